@@ -1,0 +1,29 @@
+# Two commands: `make demo` (the main job) and `make test`. Each builds .venv on a fresh machine.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	# torch first and pinned: 2.13.0 is the CPU build available on our machines
+	$(VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python tutorials/01_quick_tour.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

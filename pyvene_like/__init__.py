@@ -1,0 +1,58 @@
+"""pyvene_like: declarative interventions on the internals of any PyTorch / HuggingFace model."""
+
+__version__ = "0.1.0"
+
+from . import interventions as interventions
+from .config import IntervenableConfig, RepresentationConfig
+from .errors import (
+    ConfigError,
+    LoadError,
+    LocationError,
+    PyveneLikeError,
+    PyveneLikeWarning,
+    ShapeError,
+    SiteError,
+)
+from .interventions import (
+    AdditionIntervention,
+    CollectIntervention,
+    Intervention,
+    LambdaIntervention,
+    NoiseIntervention,
+    SkipIntervention,
+    SubtractionIntervention,
+    VanillaIntervention,
+    ZeroIntervention,
+)
+from .model import IntervenableModel, IntervenableModelOutput
+from .registry import get_intervention_class, register_intervention, registered_interventions
+from .sites import COMPONENTS
+
+__all__ = [
+    "__version__",
+    "IntervenableConfig",
+    "RepresentationConfig",
+    "IntervenableModel",
+    "IntervenableModelOutput",
+    "Intervention",
+    "VanillaIntervention",
+    "AdditionIntervention",
+    "SubtractionIntervention",
+    "ZeroIntervention",
+    "CollectIntervention",
+    "SkipIntervention",
+    "NoiseIntervention",
+    "LambdaIntervention",
+    "register_intervention",
+    "get_intervention_class",
+    "registered_interventions",
+    "COMPONENTS",
+    "PyveneLikeError",
+    "ConfigError",
+    "SiteError",
+    "LocationError",
+    "ShapeError",
+    "LoadError",
+    "PyveneLikeWarning",
+    "interventions",
+]

@@ -1,0 +1,285 @@
+"""Declarative configs: where to intervene (RepresentationConfig) and how (IntervenableConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, accepted, did_you_mean
+from .registry import get_intervention_class
+
+UNITS = ("pos", "h", "h.pos")
+MODES = ("parallel", "serial")
+
+
+@dataclass
+class RepresentationConfig:
+    """One intervention site and its intervention.
+
+    The positional order follows pyvene: ``RepresentationConfig(layer, component, unit,
+    max_number_of_units, intervention_type, low_rank_dimension, subspace_partition,
+    group_key, intervention_link_key, ...)``; keyword use is encouraged.
+
+    ``component`` is a name from :data:`pyvene_like.COMPONENTS` (``"block_output"``,
+    ``"head_attention_value_output"``, ...), optionally prefixed by a stack
+    (``"decoder.block_output"``) for encoder-decoder models, or a raw module path ending
+    in ``.input`` or ``.output`` (``"model.layers.3.mlp.down_proj.output"``;
+    ``"model.layers[{layer}].mlp.output"`` substitutes ``layer``).
+    """
+
+    layer: int = 0
+    component: str = "block_output"
+    unit: str = "pos"
+    max_number_of_units: int = 1
+    intervention_type: Any = None
+    low_rank_dimension: int | None = None
+    subspace_partition: list | None = None
+    group_key: Any = None
+    intervention_link_key: Any = None
+    intervention: Any = None
+    intervention_kwargs: dict = field(default_factory=dict)
+    source_representation: Any = None
+
+    def __post_init__(self):
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
+        if not isinstance(self.component, str) or not self.component:
+            raise ConfigError(f"component must be a non-empty string, got {self.component!r}")
+        if self.unit not in UNITS:
+            raise ConfigError(
+                f"unit {self.unit!r} is not supported; accepted: {accepted(UNITS)}."
+                f"{did_you_mean(self.unit, UNITS)}"
+            )
+        if (
+            isinstance(self.max_number_of_units, bool)
+            or not isinstance(self.max_number_of_units, int)
+            or self.max_number_of_units < 1
+        ):
+            raise ConfigError(
+                f"max_number_of_units must be a positive int, got {self.max_number_of_units!r}"
+            )
+        if self.low_rank_dimension is not None and (
+            not isinstance(self.low_rank_dimension, int) or self.low_rank_dimension < 1
+        ):
+            raise ConfigError(
+                f"low_rank_dimension must be a positive int or None, got {self.low_rank_dimension!r}"
+            )
+        if self.intervention_kwargs is None:
+            self.intervention_kwargs = {}
+        if not isinstance(self.intervention_kwargs, dict):
+            raise ConfigError(
+                f"intervention_kwargs must be a dict, got {type(self.intervention_kwargs).__name__}"
+            )
+        if self.intervention is not None:
+            from .interventions.base import Intervention
+
+            if not isinstance(self.intervention, Intervention):
+                raise ConfigError(
+                    f"intervention must be an Intervention instance, got {self.intervention!r}; "
+                    f"pass classes or names as intervention_type"
+                )
+        if self.intervention_type is not None:
+            self.intervention_type = resolve_intervention_type(self.intervention_type)
+        if self.source_representation is not None and not isinstance(
+            self.source_representation, torch.Tensor
+        ):
+            self.source_representation = torch.as_tensor(self.source_representation)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "intervention_type":
+                value = type_name(value) if value is not None else None
+            elif f.name == "intervention":
+                if value is not None:
+                    raise ConfigError(
+                        "to_dict: this RepresentationConfig holds an intervention instance; "
+                        "give intervention_type (a registered name) and intervention_kwargs instead "
+                        "so the config can be written as JSON"
+                    )
+                continue
+            elif f.name == "source_representation" and value is not None:
+                value = value.tolist()
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RepresentationConfig:
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"a representation must be a RepresentationConfig or a dict, got {data!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise ConfigError(
+                f"representation field {unknown[0]!r} is unknown; accepted: {accepted(sorted(names))}."
+                f"{did_you_mean(unknown[0], names)}"
+            )
+        return cls(**data)
+
+
+def resolve_intervention_type(value):
+    """Accept a registered name, an Intervention subclass, or a plain function."""
+    from .interventions.base import Intervention
+    from .interventions.basic import LambdaIntervention
+
+    if isinstance(value, str):
+        return get_intervention_class(value)
+    if inspect.isclass(value):
+        if issubclass(value, Intervention):
+            return value
+        raise ConfigError(
+            f"intervention_type {value.__qualname__} is not an Intervention subclass; accepted: "
+            f"a registered name, an Intervention subclass, or a function fn(base, source)"
+        )
+    if isinstance(value, Intervention):
+        raise ConfigError(
+            "intervention_type got an instance; pass the instance as intervention=... or the class "
+            "as intervention_type"
+        )
+    if callable(value):
+        fn = value
+        return _LambdaFactory(fn)
+    raise ConfigError(
+        f"intervention_type {value!r} is not accepted; give a registered name (e.g. 'vanilla'), an "
+        f"Intervention subclass, or a function fn(base, source)"
+    )
+
+
+class _LambdaFactory:
+    """A plain function given as intervention_type: built into a LambdaIntervention."""
+
+    registry_name = "lambda"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, **kwargs):
+        from .interventions.basic import LambdaIntervention
+
+        return LambdaIntervention(self.fn, **kwargs)
+
+    def __eq__(self, other):
+        return isinstance(other, _LambdaFactory) and other.fn is self.fn
+
+    def __hash__(self):
+        return hash(self.fn)
+
+
+def type_name(cls) -> str:
+    name = getattr(cls, "registry_name", None)
+    if isinstance(cls, _LambdaFactory):
+        raise ConfigError(
+            "to_dict: a plain function intervention_type cannot be written as JSON; register a "
+            "class with @register_intervention and use its name"
+        )
+    if name is None:
+        raise ConfigError(
+            f"to_dict: intervention_type {cls.__qualname__} is not registered; decorate it with "
+            f"@register_intervention('<name>') so configs can name it"
+        )
+    return name
+
+
+class IntervenableConfig:
+    """A list of representations plus the defaults they share.
+
+    ``intervention_types`` gives the type of every representation that names none: one
+    type for all, or a list with one entry per representation. ``mode`` is ``"parallel"``
+    (every intervention reads unmodified sources and writes into one base run) or
+    ``"serial"`` (intervention *i* carries stream *i* into stream *i+1*: source 0 -> source 1
+    -> ... -> base).
+    """
+
+    def __init__(self, representations=None, intervention_types=None, mode: str = "parallel"):
+        if representations is None:
+            representations = [RepresentationConfig()]
+        if isinstance(representations, (RepresentationConfig, dict)):
+            representations = [representations]
+        if not isinstance(representations, (list, tuple)) or not representations:
+            raise ConfigError(
+                f"representations must be a non-empty list of RepresentationConfig or dicts, "
+                f"got {representations!r}"
+            )
+        reps = [RepresentationConfig.from_dict(r) for r in representations]
+        if mode not in MODES:
+            raise ConfigError(f"mode {mode!r} is not supported; accepted: {accepted(MODES)}.{did_you_mean(mode, MODES)}")
+        self.mode = mode
+
+        if isinstance(intervention_types, (list, tuple)):
+            if len(intervention_types) != len(reps):
+                raise ConfigError(
+                    f"intervention_types has {len(intervention_types)} entries for "
+                    f"{len(reps)} representations; give one type, or one per representation"
+                )
+            defaults = [resolve_intervention_type(t) if t is not None else None for t in intervention_types]
+        else:
+            default = (
+                resolve_intervention_type(intervention_types) if intervention_types is not None else None
+            )
+            defaults = [default] * len(reps)
+        for i, (rep, default) in enumerate(zip(reps, defaults)):
+            if rep.intervention is None and rep.intervention_type is None:
+                if default is None:
+                    default = get_intervention_class("vanilla")
+                reps[i] = dataclasses.replace(rep, intervention_type=default)
+        self.representations = reps
+
+    @property
+    def intervention_types(self):
+        return [r.intervention_type if r.intervention is None else type(r.intervention) for r in self.representations]
+
+    def __len__(self):
+        return len(self.representations)
+
+    def __repr__(self):
+        lines = ",\n  ".join(repr(r) for r in self.representations)
+        return f"IntervenableConfig(mode={self.mode!r}, representations=[\n  {lines}\n])"
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "representations": [r.to_dict() for r in self.representations]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IntervenableConfig:
+        if not isinstance(data, dict) or "representations" not in data:
+            raise ConfigError(
+                f"IntervenableConfig.from_dict expects a dict with 'representations', got {data!r}"
+            )
+        extra = set(data) - {"mode", "representations", "intervention_types"}
+        if extra:
+            raise ConfigError(f"IntervenableConfig field {sorted(extra)[0]!r} is unknown; accepted: 'mode', 'representations', 'intervention_types'")
+        return cls(
+            data["representations"],
+            intervention_types=data.get("intervention_types"),
+            mode=data.get("mode", "parallel"),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> IntervenableConfig:
+        return cls.from_dict(json.loads(text))
+
+    def __eq__(self, other):
+        return isinstance(other, IntervenableConfig) and self.mode == other.mode and all(
+            _rep_eq(a, b) for a, b in zip(self.representations, other.representations)
+        ) and len(self) == len(other)
+
+
+def _rep_eq(a: RepresentationConfig, b: RepresentationConfig) -> bool:
+    for f in dataclasses.fields(RepresentationConfig):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -1,0 +1,1 @@
+"""The engine: compile (plan), normalise locations (units), install hooks (hooks), run (runner)."""

@@ -1,0 +1,97 @@
+"""Compile an IntervenableConfig against a model: resolve sites, build interventions."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..config import IntervenableConfig, RepresentationConfig
+from ..errors import ConfigError
+from ..interventions.base import Intervention
+from ..sites import HEAD_UNITS, ModelLayout, Site, resolve_site
+
+
+@dataclass(eq=False)
+class Slot:
+    """One compiled intervention: its site, its module, and where its source comes from."""
+
+    index: int
+    key: str
+    rep: RepresentationConfig
+    site: Site
+    intervention: Intervention
+    group: int  # index into ``sources`` (pyvene's group order)
+    heads: bool  # units split into heads
+
+    @property
+    def label(self) -> str:
+        return f"intervention {self.index} ({type(self.intervention).__name__} at {self.key})"
+
+
+def slot_key(i: int, rep: RepresentationConfig) -> str:
+    return f"layer_{rep.layer}.{rep.component}.{rep.unit}#{i}"
+
+
+def build_intervention(rep: RepresentationConfig, site: Site, index: int) -> Intervention:
+    if rep.intervention is not None:
+        return rep.intervention
+    factory = rep.intervention_type
+    offered = {
+        "embed_dim": site.head_dim if rep.unit in HEAD_UNITS else site.width,
+        "subspace_partition": rep.subspace_partition,
+        "low_rank_dimension": rep.low_rank_dimension,
+    }
+    kwargs = dict(rep.intervention_kwargs)
+    try:
+        params = inspect.signature(factory).parameters
+        takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        params, takes_var_kw = {}, True
+    for name, value in offered.items():
+        if name in kwargs:
+            continue
+        if name in params or takes_var_kw:
+            if value is not None or name == "embed_dim":
+                kwargs[name] = value
+        elif value is not None and name != "embed_dim":
+            raise ConfigError(
+                f"representation {index}: {name}={value!r} is not used by "
+                f"{getattr(factory, '__qualname__', factory)}; remove it or pick an intervention "
+                f"type that takes it"
+            )
+    unknown = [k for k in rep.intervention_kwargs if k not in params and not takes_var_kw]
+    if unknown:
+        raise ConfigError(
+            f"representation {index}: intervention_kwargs {unknown[0]!r} is not accepted by "
+            f"{getattr(factory, '__qualname__', factory)}; accepted: "
+            f"{', '.join(repr(p) for p in params if p != 'self')}"
+        )
+    intervention = factory(**kwargs)
+    if not isinstance(intervention, Intervention):
+        raise ConfigError(f"representation {index}: {factory!r} did not build an Intervention")
+    return intervention
+
+
+def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
+    layout = ModelLayout(model)
+    slots: list[Slot] = []
+    groups: dict = {}
+    for i, rep in enumerate(config.representations):
+        site = resolve_site(layout, rep.layer, rep.component, rep.unit)
+        if rep.unit in HEAD_UNITS and (site.n_heads is None or site.head_dim is None):
+            raise ConfigError(
+                f"representation {i}: unit {rep.unit!r} needs the number of heads of "
+                f"{site.path}, which the model config does not give"
+            )
+        intervention = build_intervention(rep, site, i)
+        if rep.group_key is None:
+            group = len(groups)
+            groups[("__slot", i)] = group
+        else:
+            group = groups.setdefault(("__group", rep.group_key), len(groups))
+        slots.append(Slot(i, slot_key(i, rep), rep, site, intervention, group, rep.unit in HEAD_UNITS))
+    if config.mode == "serial" and any(r.group_key is not None for r in config.representations):
+        raise ConfigError("group_key is not used in mode='serial': each intervention reads the stream before it")
+    return slots

@@ -1,0 +1,211 @@
+"""Unit locations: normalisation into index tensors, and vectorised gather / scatter.
+
+A site's activation is ``x: [batch, seq, features]`` (2-D activations ``[batch, features]``
+are treated as ``seq == 1``). Units are positions (``pos``), heads (``h``) or heads at
+positions (``h.pos``). Gathered units have shape ``[batch, units, width]`` where ``width``
+is ``features`` (or ``head_dim`` for heads); head units are ordered head-major.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import LocationError, ShapeError
+
+_ROWS: dict = {}
+
+
+def batch_rows(bsz: int, device) -> torch.Tensor:
+    """``arange(bsz)[:, None]``, cached per (size, device)."""
+    key = (bsz, device)
+    rows = _ROWS.get(key)
+    if rows is None:
+        rows = _ROWS[key] = torch.arange(bsz, device=device).unsqueeze(1)
+    return rows
+
+
+class Units:
+    """Index tensors for one intervention on one side (source or base) of one call."""
+
+    __slots__ = ("pos", "heads", "pos_lo", "pos_hi", "label")
+
+    def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label=""):
+        self.pos = pos  # LongTensor [B, P] or None for every position
+        self.heads = heads  # LongTensor [B, H] or None for every head
+        self.pos_lo = pos_lo
+        self.pos_hi = pos_hi
+        self.label = label
+
+    @property
+    def everything(self) -> bool:
+        return self.pos is None and self.heads is None
+
+    def count(self, seq_len: int, n_heads: int | None) -> int:
+        p = seq_len if self.pos is None else self.pos.shape[1]
+        if n_heads is None:
+            return p
+        h = n_heads if self.heads is None else self.heads.shape[1]
+        return p * h
+
+    def to(self, device) -> Units:
+        if (self.pos is None or self.pos.device == device) and (
+            self.heads is None or self.heads.device == device
+        ):
+            return self
+        return Units(
+            None if self.pos is None else self.pos.to(device),
+            None if self.heads is None else self.heads.to(device),
+            self.pos_lo,
+            self.pos_hi,
+            self.label,
+        )
+
+
+def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
+    """``[batch][n]`` ints (or an int) -> LongTensor ``[batch, n]``."""
+    if isinstance(value, bool):
+        raise LocationError(f"{label}: expected {what} indices, got {value!r}")
+    if isinstance(value, int):
+        return torch.full((bsz, 1), value, dtype=torch.long)
+    if isinstance(value, torch.Tensor):
+        t = value.long()
+        if t.dim() == 1:
+            t = t.unsqueeze(1)
+        if t.dim() != 2:
+            raise LocationError(f"{label}: expected a [batch, n] tensor of {what} indices, got shape {tuple(value.shape)}")
+    else:
+        if not isinstance(value, (list, tuple)):
+            raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
+        rows = [[r] if isinstance(r, int) else r for r in value]
+        try:
+            t = torch.tensor(rows, dtype=torch.long)
+        except (ValueError, TypeError):
+            lens = sorted({len(r) for r in rows if hasattr(r, "__len__")})
+            raise LocationError(
+                f"{label}: expected [batch][n] integer {what} indices with the same n for every "
+                f"example, got {value!r}" + (f" (lengths {lens})" if len(lens) > 1 else "")
+            ) from None
+        if t.dim() != 2:
+            raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
+    if t.shape[0] != bsz:
+        raise LocationError(
+            f"{label}: has {t.shape[0]} examples but the batch has {bsz}; give one list of {what} "
+            f"indices per example"
+        )
+    if t.shape[1] == 0:
+        raise LocationError(f"{label}: an example has no {what} index; give at least one")
+    return t
+
+
+def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Units:
+    """Normalise one intervention's location on one side into :class:`Units`."""
+    if loc is None:
+        return Units(label=label)
+    heads_loc = pos_loc = None
+    if unit == "pos":
+        pos_loc = loc
+    elif unit == "h":
+        heads_loc = loc
+    else:  # h.pos
+        if not (isinstance(loc, (list, tuple)) and len(loc) == 2):
+            raise LocationError(
+                f"{label}: unit 'h.pos' takes a pair (heads [batch][n], positions [batch][n]) per "
+                f"intervention, got {loc!r}"
+            )
+        heads_loc, pos_loc = loc
+    pos = heads = None
+    lo, hi = 0, -1
+    if pos_loc is not None:
+        pos = _as_index_rows(pos_loc, bsz, label, "position")
+        lo, hi = int(pos.min()), int(pos.max())
+    if heads_loc is not None:
+        heads = _as_index_rows(heads_loc, bsz, label, "head")
+        h_lo, h_hi = int(heads.min()), int(heads.max())
+        if n_heads is not None and (h_hi >= n_heads or h_lo < 0):
+            bad = h_hi if h_hi >= n_heads else h_lo
+            raise LocationError(
+                f"{label}: head {bad} is out of range; the site has {n_heads} heads (accepted: "
+                f"0..{n_heads - 1})"
+            )
+    return Units(pos, heads, lo, hi, label)
+
+
+def check_positions(units: Units, seq_len: int) -> None:
+    if units.pos is not None and (units.pos_hi >= seq_len or units.pos_lo < -seq_len):
+        bad = units.pos_hi if units.pos_hi >= seq_len else units.pos_lo
+        raise LocationError(
+            f"{units.label}: position {bad} is out of range for a sequence of length {seq_len} "
+            f"(accepted: 0..{seq_len - 1}, or negative from the end)"
+        )
+
+
+def _head_columns(units: Units, site, bsz: int, device) -> torch.Tensor:
+    """Column indices ``[B, H*head_dim]`` of the selected heads in the site's last dim."""
+    hd = site.head_dim
+    heads = units.heads
+    if heads is None:
+        heads = torch.arange(site.n_heads, device=device).expand(bsz, -1)
+    cols = (heads.unsqueeze(-1) * hd + torch.arange(hd, device=device)).reshape(bsz, -1)
+    base_cols = site.columns_on(device)
+    if base_cols is not None:
+        cols = base_cols[cols]
+    return cols
+
+
+def gather(x: torch.Tensor, units: Units, site, heads: bool) -> torch.Tensor:
+    """``[B, units, width]`` view/copy of ``x`` at ``units``."""
+    if x.dim() == 2:
+        x = x.unsqueeze(1)
+    bsz = x.shape[0]
+    check_positions(units, x.shape[1])
+    if not heads:
+        cols = site.columns_on(x.device)
+        sel = x if units.pos is None else x[batch_rows(bsz, x.device), units.pos]
+        return sel if cols is None else sel.index_select(-1, cols)
+    cols = _head_columns(units, site, bsz, x.device)  # [B, H*hd]
+    if units.pos is None:
+        sel = x.gather(-1, cols.unsqueeze(1).expand(bsz, x.shape[1], cols.shape[1]))
+    else:
+        sel = x[batch_rows(bsz, x.device).unsqueeze(-1), units.pos.unsqueeze(-1), cols.unsqueeze(1)]
+    p = sel.shape[1]
+    return sel.view(bsz, p, -1, site.head_dim).transpose(1, 2).reshape(bsz, -1, site.head_dim)
+
+
+def scatter(x: torch.Tensor, units: Units, site, heads: bool, new: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Write ``new: [B, units, width]`` into ``x`` at ``units``; returns the tensor to use."""
+    squeeze = x.dim() == 2
+    xs = x.unsqueeze(1) if squeeze else x
+    bsz, seq = xs.shape[0], xs.shape[1]
+    if new.dtype != xs.dtype:
+        new = new.to(xs.dtype)
+    if not heads:
+        cols = site.columns_on(xs.device)
+        if units.pos is None and cols is None:
+            if new.shape != xs.shape:
+                new = new.expand_as(xs)
+            if inplace:
+                xs.copy_(new)
+                return x
+            return new.squeeze(1) if squeeze else new
+        rows = batch_rows(bsz, xs.device)
+        if cols is None:
+            idx = (rows, units.pos)
+        else:
+            pos = torch.arange(seq, device=xs.device).expand(bsz, -1) if units.pos is None else units.pos
+            idx = (rows.unsqueeze(-1), pos.unsqueeze(-1), cols.view(1, 1, -1))
+    else:
+        cols = _head_columns(units, site, bsz, xs.device)
+        pos = torch.arange(seq, device=xs.device).expand(bsz, -1) if units.pos is None else units.pos
+        p = pos.shape[1]
+        new = new.reshape(bsz, -1, p, site.head_dim).transpose(1, 2).reshape(bsz, p, -1)
+        idx = (batch_rows(bsz, xs.device).unsqueeze(-1), pos.unsqueeze(-1), cols.unsqueeze(1))
+    if inplace:
+        xs.index_put_(idx, new)
+        return x
+    out = xs.index_put(idx, new)
+    return out.squeeze(1) if squeeze else out
+
+
+def check_width(t: torch.Tensor, width: int, label: str) -> None:
+    if t.shape[-1] != width:
+        raise ShapeError(f"{label}: last dimension is {t.shape[-1]} but the site's units have width {width}")

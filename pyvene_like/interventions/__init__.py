@@ -1,0 +1,25 @@
+"""Intervention types. Each class registers itself under a name usable in configs."""
+
+from .base import Intervention
+from .basic import (
+    AdditionIntervention,
+    CollectIntervention,
+    LambdaIntervention,
+    NoiseIntervention,
+    SkipIntervention,
+    SubtractionIntervention,
+    VanillaIntervention,
+    ZeroIntervention,
+)
+
+__all__ = [
+    "Intervention",
+    "VanillaIntervention",
+    "AdditionIntervention",
+    "SubtractionIntervention",
+    "ZeroIntervention",
+    "CollectIntervention",
+    "SkipIntervention",
+    "NoiseIntervention",
+    "LambdaIntervention",
+]

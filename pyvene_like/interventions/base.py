@@ -1,0 +1,152 @@
+"""The intervention contract.
+
+An intervention is an ``nn.Module`` whose ``forward(base, source=None, subspaces=None)``
+receives the *gathered* units of one site and returns their new values:
+
+* ``base``   -- ``[batch, units, width]`` activations of the base run at the chosen units
+  (``width`` is the hidden size, or ``head_dim`` for head units);
+* ``source`` -- the same shape, from the source run, a given ``source_representation``,
+  or (for :attr:`Intervention.source_from` ``"module_input"``) the module's own input;
+* ``subspaces`` -- per-example lists of subspace ids (``[batch][k]``), or ``None``.
+
+Capabilities are class attributes so the engine can plan without calling anything.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, LocationError
+
+
+class Intervention(nn.Module):
+    """Base class; subclasses register themselves with ``@register_intervention``."""
+
+    registry_name: ClassVar[str | None] = None
+    #: "source" (a source run or source_representations), "module_input" or None.
+    source_from: ClassVar[str | None] = "source"
+    #: False for interventions that only read (Collect): the base output is untouched.
+    modifies_output: ClassVar[bool] = True
+    #: True when the intervention has parameters meant to be optimised.
+    trainable: ClassVar[bool] = False
+    #: True when forward() honours ``subspaces``.
+    supports_subspaces: ClassVar[bool] = True
+
+    def __init__(self, embed_dim: int | None = None, subspace_partition=None):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.subspace_partition = _check_partition(subspace_partition, embed_dim)
+        self._partition_table: torch.Tensor | None = None
+
+    @property
+    def needs_source(self) -> bool:
+        return self.source_from == "source"
+
+    def forward(self, base, source=None, subspaces=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- helpers for subclasses -------------------------------------------------------
+    def subspace_mask(self, subspaces, base: torch.Tensor) -> torch.Tensor | None:
+        """``[batch, 1, width]`` boolean mask of the dims selected by ``subspaces``.
+
+        Without ``subspace_partition`` the ids are raw dimensions; with one, id ``k``
+        selects the dims ``partition[k][0]:partition[k][1]``. ``None`` selects all.
+        """
+        if subspaces is None:
+            return None
+        width = base.shape[-1]
+        bsz = base.shape[0]
+        rows = _rectangular(subspaces, bsz)
+        ids = torch.as_tensor(rows, dtype=torch.long, device=base.device)  # [B, K]
+        if self.subspace_partition is None:
+            if ids.numel() and (int(ids.max()) >= width or int(ids.min()) < 0):
+                raise LocationError(
+                    f"subspaces: dimension {int(ids.max()) if int(ids.max()) >= width else int(ids.min())} "
+                    f"is outside the site's width {width} (accepted: 0..{width - 1}, or set "
+                    f"subspace_partition to address groups of dimensions)"
+                )
+            mask = torch.zeros(bsz, width, dtype=torch.bool, device=base.device)
+            mask.scatter_(1, ids, True)
+        else:
+            table = self._table(width, base.device)
+            if ids.numel() and int(ids.max()) >= table.shape[0]:
+                raise LocationError(
+                    f"subspaces: subspace id {int(ids.max())} is past subspace_partition "
+                    f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"
+                )
+            mask = table[ids].any(dim=1)  # [B, width]
+        return mask.unsqueeze(1)
+
+    def _table(self, width: int, device) -> torch.Tensor:
+        table = self._partition_table
+        if table is None or table.shape[1] != width or table.device != device:
+            part = self.subspace_partition
+            if part[-1][1] > width:
+                raise LocationError(
+                    f"subspace_partition {part} reaches dimension {part[-1][1]} but the site's "
+                    f"width is {width}"
+                )
+            table = torch.zeros(len(part), width, dtype=torch.bool, device=device)
+            for i, (start, end) in enumerate(part):
+                table[i, start:end] = True
+            self._partition_table = table
+        return table
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}" if self.embed_dim is not None else ""
+
+
+def _rectangular(subspaces, bsz: int) -> list[list[int]]:
+    """Normalise ``[k]`` or ``[batch][k]`` subspace ids into a padded ``[batch][k]`` list."""
+    if isinstance(subspaces, torch.Tensor):
+        subspaces = subspaces.tolist()
+    if isinstance(subspaces, int):
+        subspaces = [subspaces]
+    if not isinstance(subspaces, (list, tuple)) or len(subspaces) == 0:
+        raise LocationError(
+            f"subspaces: expected a list of ids or a [batch][ids] list, got {subspaces!r}"
+        )
+    if all(isinstance(s, int) for s in subspaces):
+        return [list(subspaces)] * bsz
+    if len(subspaces) != bsz:
+        raise LocationError(
+            f"subspaces: got {len(subspaces)} per-example lists for a batch of {bsz}"
+        )
+    rows = [[s] if isinstance(s, int) else list(s) for s in subspaces]
+    if any(len(r) == 0 for r in rows):
+        raise LocationError(
+            "subspaces: an example selected no subspace; give at least one id per example, "
+            "or pass subspaces=None to use every dimension"
+        )
+    width = max(len(r) for r in rows)
+    # Repeating an id is harmless for a mask, so ragged rows are padded with their first id.
+    return [r + [r[0]] * (width - len(r)) for r in rows]
+
+
+def _check_partition(partition, embed_dim):
+    if partition is None:
+        return None
+    try:
+        part = [[int(a), int(b)] for a, b in partition]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"subspace_partition must be a list of [start, end) pairs like [[0, 64], [64, 128]], "
+            f"got {partition!r}"
+        ) from None
+    prev = 0
+    for start, end in part:
+        if not (0 <= start < end) or start < prev:
+            raise ConfigError(
+                f"subspace_partition must be increasing, non-overlapping [start, end) pairs with "
+                f"start < end, got {partition!r}"
+            )
+        prev = end
+    if embed_dim is not None and prev > embed_dim:
+        raise ConfigError(
+            f"subspace_partition {partition!r} reaches dimension {prev} but the site's width is "
+            f"{embed_dim}"
+        )
+    return part

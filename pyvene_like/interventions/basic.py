@@ -1,0 +1,146 @@
+"""Static interventions: interchange, arithmetic, zero, collect, skip, noise, lambda."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import register_intervention
+from .base import Intervention
+
+
+def _blend(base, new, mask):
+    """``new`` on the masked dims, ``base`` elsewhere (all dims when mask is None)."""
+    if mask is None:
+        return new
+    return torch.where(mask, new, base)
+
+
+@register_intervention("vanilla", "interchange")
+class VanillaIntervention(Intervention):
+    """Interchange: the base units take the source's values (on the chosen subspaces)."""
+
+    def forward(self, base, source=None, subspaces=None):
+        return _blend(base, source.to(base.dtype), self.subspace_mask(subspaces, base))
+
+
+@register_intervention("addition")
+class AdditionIntervention(Intervention):
+    """``base + source`` (on the chosen subspaces). Steering vectors use this."""
+
+    def forward(self, base, source=None, subspaces=None):
+        mask = self.subspace_mask(subspaces, base)
+        source = source.to(base.dtype)
+        if mask is not None:
+            source = source * mask
+        return base + source
+
+
+@register_intervention("subtraction")
+class SubtractionIntervention(Intervention):
+    """``base - source`` (on the chosen subspaces)."""
+
+    def forward(self, base, source=None, subspaces=None):
+        mask = self.subspace_mask(subspaces, base)
+        source = source.to(base.dtype)
+        if mask is not None:
+            source = source * mask
+        return base - source
+
+
+@register_intervention("zero")
+class ZeroIntervention(Intervention):
+    """Zero ablation of the chosen units (and subspaces)."""
+
+    source_from = None
+
+    def forward(self, base, source=None, subspaces=None):
+        mask = self.subspace_mask(subspaces, base)
+        if mask is None:
+            return torch.zeros_like(base)
+        return base.masked_fill(mask, 0)
+
+
+@register_intervention("collect")
+class CollectIntervention(Intervention):
+    """Reads the units and leaves the output untouched; the values are returned by the call."""
+
+    source_from = None
+    modifies_output = False
+
+    def forward(self, base, source=None, subspaces=None):
+        mask = self.subspace_mask(subspaces, base)
+        return base if mask is None else base * mask
+
+
+@register_intervention("skip")
+class SkipIntervention(Intervention):
+    """Skip the hooked module at the chosen units: its output there becomes its input.
+
+    Meant for output sites whose module keeps the width (a block, a residual sub-layer).
+    """
+
+    source_from = "module_input"
+
+    def forward(self, base, source=None, subspaces=None):
+        return _blend(base, source.to(base.dtype), self.subspace_mask(subspaces, base))
+
+
+@register_intervention("noise")
+class NoiseIntervention(Intervention):
+    """Adds Gaussian noise ``noise_level * N(0, 1)``; with ``seed`` every call draws the same noise."""
+
+    source_from = None
+
+    def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
+        super().__init__(embed_dim, subspace_partition)
+        if not isinstance(noise_level, (int, float)) or noise_level < 0:
+            raise ConfigError(f"noise_level must be a non-negative number, got {noise_level!r}")
+        if seed is not None and not isinstance(seed, int):
+            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        self.noise_level = float(noise_level)
+        self.seed = seed
+
+    def forward(self, base, source=None, subspaces=None):
+        gen = None
+        if self.seed is not None:
+            gen = torch.Generator(device=base.device).manual_seed(self.seed)
+        noise = torch.randn(base.shape, generator=gen, device=base.device, dtype=base.dtype)
+        noise = noise * self.noise_level
+        mask = self.subspace_mask(subspaces, base)
+        if mask is not None:
+            noise = noise * mask
+        return base + noise
+
+    def extra_repr(self) -> str:
+        return f"noise_level={self.noise_level}, seed={self.seed}"
+
+
+@register_intervention("lambda")
+class LambdaIntervention(Intervention):
+    """Wraps a user function ``fn(base, source)`` or ``fn(base, source, subspaces)``.
+
+    Set ``needs_source=False`` for functions of the base alone (no source run is made).
+    """
+
+    def __init__(self, fn=None, embed_dim=None, subspace_partition=None, needs_source: bool = True):
+        super().__init__(embed_dim, subspace_partition)
+        if fn is None or not callable(fn):
+            raise ConfigError(f"LambdaIntervention needs a callable fn(base, source[, subspaces]), got {fn!r}")
+        self.fn = fn
+        self.source_from = "source" if needs_source else None
+        try:
+            n_params = len(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            n_params = 2
+        self._pass_subspaces = n_params >= 3
+
+    def forward(self, base, source=None, subspaces=None):
+        if self._pass_subspaces:
+            return self.fn(base, source, subspaces)
+        return self.fn(base, source)
+
+    def extra_repr(self) -> str:
+        return f"fn={getattr(self.fn, '__qualname__', self.fn)!r}"

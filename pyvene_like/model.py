@@ -1,0 +1,135 @@
+"""IntervenableModel: an ordinary ``nn.Module`` that runs a model with declared interventions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .config import IntervenableConfig, RepresentationConfig
+from .engine import runner
+from .engine.plan import compile_plan
+from .errors import ConfigError
+
+
+@dataclass
+class IntervenableModelOutput(ModelOutput):
+    """What ``IntervenableModel(..., return_dict=True)`` returns."""
+
+    original_outputs: Any = None
+    intervened_outputs: Any = None
+    collected_activations: Any = None
+
+
+def _as_config(config) -> IntervenableConfig:
+    if isinstance(config, IntervenableConfig):
+        return config
+    if isinstance(config, (RepresentationConfig, dict, list, tuple)):
+        if isinstance(config, dict) and "representations" in config:
+            return IntervenableConfig.from_dict(config)
+        return IntervenableConfig(config)
+    raise ConfigError(
+        f"config must be an IntervenableConfig, a RepresentationConfig, a dict or a list of them, "
+        f"got {type(config).__name__}"
+    )
+
+
+class IntervenableModel(nn.Module):
+    """Wraps ``model`` with the interventions declared in ``config``.
+
+    Calling it returns ``(original_outputs, intervened_outputs)`` (``original_outputs`` is
+    ``None`` unless ``output_original_output=True``), or an
+    :class:`IntervenableModelOutput` with ``return_dict=True``. When the config holds
+    Collect interventions and ``return_dict`` is False, it returns
+    ``((original_outputs, collected_activations), intervened_outputs)`` as pyvene does.
+
+    The wrapped model is never modified: hooks exist only during a call.
+    """
+
+    def __init__(self, config, model: nn.Module, use_fast: bool = True):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.config = _as_config(config)
+        self.model = model
+        self.mode = self.config.mode
+        self._slots = compile_plan(self.config, model)
+        self.interventions = nn.ModuleList([s.intervention for s in self._slots])
+        self.representations = {s.key: s.rep for s in self._slots}
+        self._has_collect = any(not s.intervention.modifies_output for s in self._slots)
+        # Interventions live on the model's device from the start.
+        param = next(model.parameters(), None)
+        if param is not None:
+            self.interventions.to(param.device)
+
+    # -- information ----------------------------------------------------------------------
+    @property
+    def intervention_keys(self) -> list[str]:
+        return [s.key for s in self._slots]
+
+    @property
+    def sites(self):
+        """Resolved sites, one per intervention, in config order."""
+        return [s.site for s in self._slots]
+
+    def __repr__(self) -> str:
+        lines = [f"  {s.key}: {type(s.intervention).__name__} on {s.site.description}" for s in self._slots]
+        return f"IntervenableModel(model={type(self.model).__name__}, mode={self.mode!r},\n" + "\n".join(lines) + "\n)"
+
+    def count_parameters(self, include_model: bool = False) -> int:
+        """Number of trainable intervention parameters (and the model's, if asked)."""
+        params = self.get_trainable_parameters()
+        n = sum(p.numel() for p in params)
+        if include_model:
+            n += sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return n
+
+    def get_trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.interventions.parameters() if p.requires_grad]
+
+    def disable_model_gradients(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def enable_model_gradients(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def disable_intervention_gradients(self) -> None:
+        for p in self.interventions.parameters():
+            p.requires_grad_(False)
+
+    # -- running ----------------------------------------------------------------------------
+    def forward(
+        self,
+        base,
+        sources=None,
+        unit_locations=None,
+        source_representations=None,
+        subspaces=None,
+        output_original_output: bool = False,
+        return_dict: bool = False,
+    ):
+        original, intervened, collected = runner.run(
+            self.model,
+            self._slots,
+            self.mode,
+            base,
+            sources=sources,
+            unit_locations=unit_locations,
+            source_representations=source_representations,
+            subspaces=subspaces,
+            output_original_output=output_original_output,
+        )
+        if return_dict:
+            return IntervenableModelOutput(
+                original_outputs=original,
+                intervened_outputs=intervened,
+                collected_activations=collected if self._has_collect else None,
+            )
+        if self._has_collect:
+            return (original, collected), intervened
+        return original, intervened

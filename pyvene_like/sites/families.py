@@ -1,0 +1,56 @@
+"""Per-family data, only where introspection of the module tree cannot decide.
+
+Each row is keyed by ``config.model_type``. Keys:
+
+* ``qkv_layout``: how a fused QKV projection orders its output features —
+  ``"contiguous"`` ([q | k | v], GPT-2, Phi-3), ``"per_head"`` ([q_h k_h v_h] for each head,
+  GPT-NeoX, Bloom), ``"grouped"`` (per KV group: its queries, then k, then v; Falcon's new
+  decoder architecture), or a function of the config returning one of these.
+* ``roles``: role -> module path inside a layer, for roles the generic search gets wrong
+  (BERT-style models split the MLP over ``intermediate`` and ``output``).
+"""
+
+from __future__ import annotations
+
+
+def _falcon_layout(config) -> str:
+    if getattr(config, "new_decoder_architecture", False):
+        return "grouped"
+    if getattr(config, "multi_query", False):
+        return "contiguous"
+    return "per_head"
+
+
+_BERT_LIKE = {
+    "roles": {
+        "mlp": ("intermediate", "output"),  # mlp_input = input of intermediate, mlp_output = output of output
+        "act": "intermediate.intermediate_act_fn",
+    }
+}
+
+FAMILY_OVERRIDES: dict[str, dict] = {
+    "gpt_neox": {"qkv_layout": "per_head"},
+    "bloom": {"qkv_layout": "per_head"},
+    "falcon": {"qkv_layout": _falcon_layout},
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+}
+
+# Config attribute names, tried in order.
+N_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HIDDEN = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")
+N_HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
+N_KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num")
+HEAD_DIM = ("head_dim", "d_kv", "kv_channels")
+
+# Leaf module names, by role, for the generic search inside a layer.
+Q_NAMES = ("q_proj", "query", "q", "wq", "q_lin", "query_proj")
+K_NAMES = ("k_proj", "key", "k", "wk", "k_lin", "key_proj")
+V_NAMES = ("v_proj", "value", "v", "wv", "v_lin", "value_proj")
+QKV_NAMES = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv", "W_pack", "in_proj")
+O_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "o", "out_lin", "wo", "proj", "out", "Wo")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "DenseReluDense", "moe", "mlp_block")
+ACT_NAMES = ("act", "act_fn", "activation_fn", "activation", "intermediate_act_fn", "act_func", "gelu")
+STACK_NAMES = ("layers", "h", "layer", "block", "blocks")

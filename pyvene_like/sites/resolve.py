@@ -1,0 +1,387 @@
+"""(model, layer, component, unit) -> Site, by introspecting the module tree and config."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import SiteError, accepted, did_you_mean
+from . import families as fam
+from .vocabulary import BASE_COMPONENTS, COMPONENTS, HEAD_COMPONENTS, HEAD_UNITS
+
+
+@dataclass(eq=False)
+class Site:
+    """A hookable place: a module, which side of it, and how its last dim splits into heads."""
+
+    module: nn.Module
+    path: str
+    io: str  # "input" | "output"
+    width: int | None = None  # features of the addressed (sub)tensor
+    n_heads: int | None = None
+    head_dim: int | None = None
+    # Indices into the module's last dim when the site is part of a fused projection.
+    columns: torch.Tensor | None = None
+    description: str = ""
+    _col_cache: dict = field(default_factory=dict, repr=False)
+
+    def columns_on(self, device) -> torch.Tensor | None:
+        if self.columns is None:
+            return None
+        cols = self._col_cache.get(device)
+        if cols is None:
+            cols = self._col_cache[device] = self.columns.to(device)
+        return cols
+
+
+def _cfg_get(config, names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _leaf(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def _linear_dims(module: nn.Module) -> tuple[int | None, int | None]:
+    """(in_features, out_features) of a Linear, a GPT-2 Conv1D, or similar."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return module.weight.shape[0], module.nf
+    if isinstance(module, nn.Embedding):
+        return None, module.embedding_dim
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight.shape[1], weight.shape[0]
+    return None, None
+
+
+class ModelLayout:
+    """What introspection found on one model: layer stacks, roles inside a layer, head geometry."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = getattr(model, "config", None)
+        self.model_type = getattr(self.config, "model_type", None)
+        self.overrides = fam.FAMILY_OVERRIDES.get(self.model_type, {})
+        self.modules = dict(model.named_modules())
+        self.stacks = self._find_stacks()
+        cfg = self.config
+        self.hidden = _cfg_get(cfg, fam.HIDDEN) if cfg is not None else None
+        self.n_heads = _cfg_get(cfg, fam.N_HEADS) if cfg is not None else None
+        self.n_kv_heads = _cfg_get(cfg, fam.N_KV_HEADS, None) if cfg is not None else None
+        if self.n_kv_heads is None and self.n_heads is not None:
+            self.n_kv_heads = 1 if getattr(cfg, "multi_query", False) else self.n_heads
+        head_dim = _cfg_get(cfg, fam.HEAD_DIM) if cfg is not None else None
+        if head_dim is None and self.hidden and self.n_heads:
+            head_dim = self.hidden // self.n_heads
+        self.head_dim = head_dim
+        self._roles: dict[str, dict[str, str | tuple]] = {}
+
+    # -- layer stacks -------------------------------------------------------------------
+    def _find_stacks(self) -> dict[str, tuple[str, nn.ModuleList]]:
+        lists = [
+            (path, mod)
+            for path, mod in self.modules.items()
+            if isinstance(mod, nn.ModuleList)
+            and len(mod) > 0
+            and len({type(m) for m in mod}) == 1
+            and any(True for _ in mod[0].parameters())
+        ]
+        # Drop lists nested inside another candidate (MoE experts inside a layer).
+        lists = [
+            (p, m)
+            for p, m in lists
+            if not any(q != p and (q == "" or p.startswith(q + ".")) for q, _ in lists)
+        ]
+        n_layers = _cfg_get(self.config, fam.N_LAYERS) if self.config is not None else None
+        if n_layers is not None:
+            matching = [(p, m) for p, m in lists if len(m) == n_layers]
+            n_dec = getattr(self.config, "num_decoder_layers", None)
+            if n_dec is not None:
+                matching += [(p, m) for p, m in lists if len(m) == n_dec and (p, m) not in matching]
+            if matching:
+                lists = matching
+        if len(lists) > 1:
+            named = [(p, m) for p, m in lists if _leaf(p) in fam.STACK_NAMES]
+            if named:
+                lists = named
+        stacks: dict[str, tuple[str, nn.ModuleList]] = {}
+        if len(lists) == 1:
+            stacks[""] = lists[0]
+        else:
+            for path, mod in lists:
+                first = path.split(".")[0] if "." in path else path
+                for tag in ("encoder", "decoder"):
+                    if tag in path.split("."):
+                        first = tag
+                stacks[first] = (path, mod)
+        return stacks
+
+    def stack(self, name: str, component: str) -> tuple[str, nn.ModuleList]:
+        if not self.stacks:
+            raise SiteError(
+                f"component {component!r}: found no list of layers in {type(self.model).__name__}; "
+                f"address modules by path instead, e.g. component='encoder.layers.0.output'"
+            )
+        if name == "":
+            if "" in self.stacks:
+                return self.stacks[""]
+            raise SiteError(
+                f"component {component!r}: {type(self.model).__name__} has several layer stacks "
+                f"({accepted(sorted(self.stacks))}); prefix the component with one, e.g. "
+                f"{sorted(self.stacks)[0] + '.' + component!r}"
+            )
+        if name not in self.stacks:
+            raise SiteError(
+                f"component prefix {name!r} is not a layer stack of {type(self.model).__name__}; "
+                f"accepted: {accepted(sorted(s for s in self.stacks if s))}"
+            )
+        return self.stacks[name]
+
+    # -- roles inside a layer -------------------------------------------------------------
+    def roles(self, stack_name: str) -> dict:
+        if stack_name in self._roles:
+            return self._roles[stack_name]
+        _, layers = self.stacks[stack_name]
+        layer = layers[0]
+        named = [(p, m) for p, m in layer.named_modules() if p]
+        roles: dict = {}
+
+        def first(names, within=""):
+            for p, m in named:
+                if within and not p.startswith(within + "."):
+                    continue
+                if _leaf(p) in names:
+                    return p
+            return None
+
+        qkv = first(fam.QKV_NAMES)
+        q = first(fam.Q_NAMES)
+        # The attention module is the closest ancestor of the query projection that also
+        # holds an output projection.
+        anchor = q or qkv
+        if anchor is not None:
+            parts = anchor.split(".")[:-1]
+            while True:
+                within = ".".join(parts)
+                o = None
+                for p, _m in named:
+                    if within and not p.startswith(within + "."):
+                        continue
+                    if _leaf(p) in fam.O_NAMES and p != anchor and _linear_dims(_m)[0] is not None:
+                        o = p
+                        break
+                if o is not None or not parts:
+                    break
+                parts.pop()
+            if o is not None:
+                roles["attn"] = within
+                roles["o"] = o
+            if q is not None and (qkv is None or len(q) <= len(qkv)):
+                roles["q"] = q
+                scope = q.rsplit(".", 1)[0] if "." in q else ""
+                k = first(fam.K_NAMES, scope)
+                v = first(fam.V_NAMES, scope)
+                if k:
+                    roles["k"] = k
+                if v:
+                    roles["v"] = v
+            else:
+                roles["qkv"] = qkv
+        mlp = first(fam.MLP_NAMES)
+        if mlp is not None:
+            roles["mlp"] = mlp
+            act = first(fam.ACT_NAMES, mlp)
+            if act is not None:
+                roles["act"] = act
+        roles.update(self.overrides.get("roles", {}))
+        self._roles[stack_name] = roles
+        return roles
+
+    def qkv_columns(self, part: str, fused: nn.Module, path: str) -> torch.Tensor:
+        n_h, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if not (n_h and n_kv and hd):
+            raise SiteError(
+                f"{path} is a fused query/key/value projection, but the model config does not give "
+                f"the number of heads and head_dim needed to split it"
+            )
+        layout = self.overrides.get("qkv_layout", "contiguous")
+        if callable(layout):
+            layout = layout(self.config)
+        out = _linear_dims(fused)[1]
+        ar = torch.arange(hd)
+        if layout == "contiguous":
+            sizes = {"q": n_h * hd, "k": n_kv * hd, "v": n_kv * hd}
+            expected = sizes["q"] + sizes["k"] + sizes["v"]
+            start = {"q": 0, "k": sizes["q"], "v": sizes["q"] + sizes["k"]}[part]
+            cols = torch.arange(start, start + sizes[part])
+        elif layout == "per_head":
+            expected = 3 * n_h * hd
+            offset = {"q": 0, "k": 1, "v": 2}[part]
+            cols = (torch.arange(n_h)[:, None] * 3 + offset) * hd + ar
+        elif layout == "grouped":
+            per = n_h // n_kv
+            expected = n_kv * (per + 2) * hd
+            groups = torch.arange(n_kv)[:, None] * (per + 2)
+            if part == "q":
+                slots = groups + torch.arange(per)  # [kv, per]
+            else:
+                slots = groups + per + (0 if part == "k" else 1)
+            cols = slots.reshape(-1, 1) * hd + ar
+        else:  # pragma: no cover - data error
+            raise SiteError(f"unknown qkv_layout {layout!r} for {self.model_type}")
+        if out is not None and out != expected:
+            raise SiteError(
+                f"{path}: fused projection has {out} output features but the {layout} layout with "
+                f"{n_h} heads, {n_kv} key/value heads and head_dim {hd} needs {expected}"
+            )
+        return cols.reshape(-1)
+
+
+def _parse_component(component: str) -> tuple[str, str]:
+    """Split an optional stack prefix: 'decoder.block_output' -> ('decoder', 'block_output')."""
+    if "." in component:
+        prefix, _, name = component.rpartition(".")
+        if name in COMPONENTS and "." not in prefix:
+            return prefix, name
+    return "", component
+
+
+_BRACKET = re.compile(r"\[(\d+)\]")
+
+
+def resolve_raw_path(model: nn.Module, component: str, layer: int) -> Site:
+    path = component.replace("{layer}", str(layer)).replace("%s", str(layer)).replace("%d", str(layer))
+    path = _BRACKET.sub(r".\1", path)
+    if path.endswith(".input"):
+        io, mod_path = "input", path[: -len(".input")]
+    elif path.endswith(".output"):
+        io, mod_path = "output", path[: -len(".output")]
+    else:
+        raise SiteError(
+            f"component {component!r} is neither a known component ({accepted(COMPONENTS)}) nor a "
+            f"module path ending in '.input' or '.output'.{did_you_mean(component, COMPONENTS)}"
+        )
+    mods = dict(model.named_modules())
+    if mod_path not in mods:
+        raise SiteError(
+            f"component {component!r}: module path {mod_path!r} does not exist in "
+            f"{type(model).__name__}.{did_you_mean(mod_path, [p for p in mods if p])}"
+        )
+    module = mods[mod_path]
+    dims = _linear_dims(module)
+    width = dims[0] if io == "input" else dims[1]
+    return Site(module, mod_path, io, width=width, description=f"{mod_path} ({io})")
+
+
+def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> Site:
+    stack_name, name = _parse_component(component)
+    if name not in COMPONENTS:
+        looks_like_path = "." in component or "[" in component
+        if looks_like_path:
+            site = resolve_raw_path(layout.model, component, layer)
+            if unit in HEAD_UNITS:
+                raise SiteError(
+                    f"unit {unit!r} needs a named head component (e.g. 'head_attention_value_output'); "
+                    f"a raw module path {component!r} has no head geometry"
+                )
+            return site
+        raise SiteError(
+            f"component {component!r} is not known; accepted: {accepted(COMPONENTS)}, a stack prefix "
+            f"such as 'decoder.block_output', or a module path ending in '.input'/'.output'."
+            f"{did_you_mean(component, COMPONENTS)}"
+        )
+    is_head = name in HEAD_COMPONENTS
+    role, io, head_kind = (HEAD_COMPONENTS if is_head else BASE_COMPONENTS)[name]
+    if unit in HEAD_UNITS and not is_head:
+        hint = f" use 'head_{name}'" if "head_" + name in HEAD_COMPONENTS else " only head_* components split into heads"
+        raise SiteError(f"unit {unit!r} addresses heads, but component {component!r} has no heads;{hint}")
+    if is_head and unit not in HEAD_UNITS:
+        raise SiteError(
+            f"component {component!r} splits into heads and needs unit 'h' or 'h.pos', got unit {unit!r}"
+        )
+
+    model = layout.model
+    if role == "embed":
+        getter = getattr(model, "get_input_embeddings", None)
+        emb = getter() if callable(getter) else None
+        if emb is None:
+            raise SiteError(
+                f"component 'embedding_output': {type(model).__name__} has no get_input_embeddings(); "
+                f"use a module path such as 'embed.output'"
+            )
+        path = next(p for p, m in layout.modules.items() if m is emb)
+        return Site(emb, path, "output", width=_linear_dims(emb)[1], description=f"{path} (output)")
+
+    stack_path, layers = layout.stack(stack_name, component)
+    if layer >= len(layers):
+        where = f" in stack {stack_name!r}" if stack_name else ""
+        raise SiteError(
+            f"layer {layer} is out of range for {type(model).__name__}{where}: it has {len(layers)} "
+            f"layers (accepted: 0..{len(layers) - 1})"
+        )
+    layer_mod = layers[layer]
+    layer_path = f"{stack_path}.{layer}" if stack_path else str(layer)
+    if any(layer_mod is m for i, m in enumerate(layers) if i != layer):
+        raise SiteError(
+            f"layer {layer} of {type(model).__name__} is a module shared with other layers; hooks "
+            f"cannot tell the layers apart"
+        )
+    if role == "layer":
+        return Site(layer_mod, layer_path, io, width=layout.hidden, description=f"{layer_path} ({io})")
+
+    roles = layout.roles(stack_name)
+    rel = roles.get(role)
+    if role in ("q", "k", "v") and rel is None and "qkv" in roles:
+        return _fused_site(layout, roles["qkv"], layer_mod, layer_path, role, unit, head_kind)
+    if role == "mlp" and isinstance(rel, tuple):
+        rel = rel[0] if io == "input" else rel[1]
+    if rel is None:
+        family = layout.model_type or type(model).__name__
+        raise SiteError(
+            f"component {component!r}: could not find the {role!r} module inside layer {layer_path} of "
+            f"{family}; address it by module path, e.g. component='{layer_path}.<submodule>.{io}'"
+        )
+    path = f"{layer_path}.{rel}"
+    module = layer_mod.get_submodule(rel)
+    if role == "act" and any(module is m for m in layers[0].modules()) and layer != 0:
+        raise SiteError(
+            f"component {component!r}: the activation module {path} is shared between layers; hook "
+            f"it by a per-layer module path instead"
+        )
+    dims = _linear_dims(module)
+    width = dims[0] if io == "input" else dims[1]
+    if role in ("attn", "mlp"):
+        width = layout.hidden
+    site = Site(module, path, io, width=width, description=f"{path} ({io})")
+    if head_kind is not None:
+        _set_heads(layout, site, head_kind, component)
+    return site
+
+
+def _set_heads(layout: ModelLayout, site: Site, head_kind: str, component: str) -> None:
+    n = layout.n_heads if head_kind == "q" else layout.n_kv_heads
+    if not n or site.width is None:
+        return
+    site.n_heads = n
+    site.head_dim = site.width // n
+    if site.head_dim * n != site.width:
+        raise SiteError(f"component {component!r}: width {site.width} does not split into {n} heads")
+
+
+def _fused_site(layout, rel, layer_mod, layer_path, role, unit, head_kind) -> Site:
+    path = f"{layer_path}.{rel}"
+    module = layer_mod.get_submodule(rel)
+    cols = layout.qkv_columns(role, module, path)
+    site = Site(module, path, "output", width=int(cols.numel()), columns=cols,
+                description=f"{path} (output, {role} part)")
+    _set_heads(layout, site, head_kind, f"{role} of {path}")
+    return site
