@@ -128,10 +128,11 @@ class RepresentationConfig:
 def resolve_intervention_type(value):
     """Accept a registered name, an Intervention subclass, or a plain function."""
     from .interventions.base import Intervention
-    from .interventions.basic import LambdaIntervention
 
     if isinstance(value, str):
         return get_intervention_class(value)
+    if isinstance(value, _LambdaFactory):
+        return value
     if inspect.isclass(value):
         if issubclass(value, Intervention):
             return value
@@ -145,8 +146,7 @@ def resolve_intervention_type(value):
             "as intervention_type"
         )
     if callable(value):
-        fn = value
-        return _LambdaFactory(fn)
+        return _LambdaFactory(value)
     raise ConfigError(
         f"intervention_type {value!r} is not accepted; give a registered name (e.g. 'vanilla'), an "
         f"Intervention subclass, or a function fn(base, source)"
