@@ -69,6 +69,10 @@ class RepresentationConfig:
             raise ConfigError(
                 f"low_rank_dimension must be a positive int or None, got {self.low_rank_dimension!r}"
             )
+        if self.subspace_partition is not None:
+            from .interventions.base import _check_partition
+
+            self.subspace_partition = _check_partition(self.subspace_partition, None)
         if self.intervention_kwargs is None:
             self.intervention_kwargs = {}
         if not isinstance(self.intervention_kwargs, dict):
