@@ -397,3 +397,12 @@ def test_train_eval_reach_interventions(gpt2):
     assert im.count_parameters() == 0
     assert im.get_trainable_parameters() == []
     assert "interventions" not in "".join(k for k in im.state_dict() if not k.startswith(("model.", "interventions.")))
+
+
+def test_site_never_called_is_an_error_not_a_silent_no_op():
+    model = MLP()
+    model.unused = nn.Linear(8, 8)  # registered, never called by forward
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "unused.output", intervention_type="zero"), model)
+    with pytest.raises(pv.ConfigError, match=r"the base pass never reached unused \(output\)"):
+        im(torch.randn(2, 8), unit_locations={"base": 0})
+    assert not model.unused._forward_hooks

@@ -266,11 +266,17 @@ def collect_pass(model, inputs, requests, stop_early: bool = True, writes=()) ->
     return out
 
 
-def _install_writes(hooks: HookSet, writes, collected: dict | None) -> None:
-    """``writes``: (slot, units, source tensor or None, subspaces) applied in the base pass."""
+def _install_writes(hooks: HookSet, writes, collected: dict | None, fired: set | None = None) -> None:
+    """``writes``: (slot, units, source tensor or None, subspaces) applied in the base pass.
+
+    ``fired`` collects the indices of slots whose hook ran, so that an intervention on a
+    module the forward never calls is an error instead of a silent no-op.
+    """
     for module, io, items in _by_module(writes):
 
         def apply(x, args, kwargs, inplace, items=items):
+            if fired is not None:
+                fired.update(item[0].index for item in items)
             for slot, units, src, subspaces in items:
                 iv = slot.intervention
                 vals = gather(x, units, slot.site, slot.heads)
@@ -376,10 +382,21 @@ def run(model, slots: list[Slot], mode: str, base, sources=None, unit_locations=
             if reprs[i] is not None and src_acts[i] is None and slot.intervention.source_from == "source":
                 src = _check_repr(reprs[i], slot)
             writes.append((slot, base_units[i], src, subspace_list[i]))
+        fired: set = set()
         with HookSet() as hooks:
-            _install_writes(hooks, writes, collected)
+            _install_writes(hooks, writes, collected, fired)
             intervened = call_model(model, base)
+        _check_fired(slots, fired)
     return original, intervened, [collected[i] for i in sorted(collected)]
+
+
+def _check_fired(slots, fired: set) -> None:
+    missed = [s for s in slots if s.index not in fired]
+    if missed:
+        raise ConfigError(
+            f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
+            f"module used in this model's forward for these inputs?"
+        )
 
 
 def _check_repr(t, slot: Slot):
@@ -423,9 +440,12 @@ def _run_serial(model, slots, base, sources, src_locs, base_units, reprs, subspa
             src = acts[prev.index] if acts is not None else reprs[i - 1]
             writes.append((prev, base_units[i - 1], src, subspace_list[i - 1]))
         if i == n:
+            fired: set = set()
             with HookSet() as hooks:
-                _install_writes(hooks, writes, collected)
-                return call_model(model, target)
+                _install_writes(hooks, writes, collected, fired)
+                out = call_model(model, target)
+            _check_fired(slots[-1:], fired)
+            return out
         with torch.set_grad_enabled(grad or (torch.is_grad_enabled() and i > 0)):
             acts = collect_pass(model, target, [(slots[i], units_for(i, src_locs[i], "source"))], writes=writes)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -27,9 +27,10 @@ def batch_rows(bsz: int, device) -> torch.Tensor:
 class Units:
     """Index tensors for one intervention on one side (source or base) of one call."""
 
-    __slots__ = ("pos", "heads", "pos_lo", "pos_hi", "label")
+    __slots__ = ("pos", "heads", "pos_lo", "pos_hi", "label", "bsz")
 
-    def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label=""):
+    def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label="", bsz=None):
+        self.bsz = bsz  # the call's batch size, to unflatten [batch * seq, features] activations
         self.pos = pos  # LongTensor [B, P] or None for every position
         self.heads = heads  # LongTensor [B, H] or None for every head
         self.pos_lo = pos_lo
@@ -58,6 +59,7 @@ class Units:
             self.pos_lo,
             self.pos_hi,
             self.label,
+            self.bsz,
         )
 
 
@@ -100,7 +102,7 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
 def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Units:
     """Normalise one intervention's location on one side into :class:`Units`."""
     if loc is None:
-        return Units(label=label)
+        return Units(label=label, bsz=bsz)
     heads_loc = pos_loc = None
     if unit == "pos":
         pos_loc = loc
@@ -127,7 +129,7 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
                 f"{label}: head {bad} is out of range; the site has {n_heads} heads (accepted: "
                 f"0..{n_heads - 1})"
             )
-    return Units(pos, heads, lo, hi, label)
+    return Units(pos, heads, lo, hi, label, bsz)
 
 
 def check_positions(units: Units, seq_len: int) -> None:
@@ -152,10 +154,28 @@ def _head_columns(units: Units, site, bsz: int, device) -> torch.Tensor:
     return cols
 
 
+def as_3d(x: torch.Tensor, bsz: int | None) -> torch.Tensor:
+    """A ``[batch, seq, features]`` view of an activation.
+
+    2-D activations are either ``[batch, features]`` (an MLP on vectors: seq == 1) or
+    ``[batch * seq, features]`` (modules run on flattened tokens, e.g. OPT's fc1/fc2).
+    """
+    if x.dim() == 3:
+        return x
+    if x.dim() == 2:
+        n = x.shape[0]
+        if bsz is None or n == bsz:
+            return x.unsqueeze(1)
+        if n % bsz == 0:
+            return x.view(bsz, n // bsz, x.shape[1])
+    raise ShapeError(
+        f"activation of shape {tuple(x.shape)} cannot be read as [batch={bsz}, seq, features]"
+    )
+
+
 def gather(x: torch.Tensor, units: Units, site, heads: bool) -> torch.Tensor:
     """``[B, units, width]`` view/copy of ``x`` at ``units``."""
-    if x.dim() == 2:
-        x = x.unsqueeze(1)
+    x = as_3d(x, units.bsz)
     bsz = x.shape[0]
     check_positions(units, x.shape[1])
     if not heads:
@@ -174,7 +194,7 @@ def gather(x: torch.Tensor, units: Units, site, heads: bool) -> torch.Tensor:
 def scatter(x: torch.Tensor, units: Units, site, heads: bool, new: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Write ``new: [B, units, width]`` into ``x`` at ``units``; returns the tensor to use."""
     squeeze = x.dim() == 2
-    xs = x.unsqueeze(1) if squeeze else x
+    xs = as_3d(x, units.bsz)
     bsz, seq = xs.shape[0], xs.shape[1]
     if new.dtype != xs.dtype:
         new = new.to(xs.dtype)
@@ -186,7 +206,7 @@ def scatter(x: torch.Tensor, units: Units, site, heads: bool, new: torch.Tensor,
             if inplace:
                 xs.copy_(new)
                 return x
-            return new.squeeze(1) if squeeze else new
+            return new.reshape(x.shape) if squeeze else new
         rows = batch_rows(bsz, xs.device)
         if cols is None:
             idx = (rows, units.pos)
@@ -203,7 +223,7 @@ def scatter(x: torch.Tensor, units: Units, site, heads: bool, new: torch.Tensor,
         xs.index_put_(idx, new)
         return x
     out = xs.index_put(idx, new)
-    return out.squeeze(1) if squeeze else out
+    return out.reshape(x.shape) if squeeze else out
 
 
 def check_width(t: torch.Tensor, width: int, label: str) -> None:

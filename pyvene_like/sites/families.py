@@ -6,6 +6,7 @@ Each row is keyed by ``config.model_type``. Keys:
   ``"contiguous"`` ([q | k | v], GPT-2, Phi-3), ``"per_head"`` ([q_h k_h v_h] for each head,
   GPT-NeoX, Bloom), ``"grouped"`` (per KV group: its queries, then k, then v; Falcon's new
   decoder architecture), or a function of the config returning one of these.
+* ``n_kv_heads``: a function of the config, where the config attribute misleads (Falcon).
 * ``roles``: role -> module path inside a layer, for roles the generic search gets wrong
   (BERT-style models split the MLP over ``intermediate`` and ``output``).
 """
@@ -21,6 +22,12 @@ def _falcon_layout(config) -> str:
     return "per_head"
 
 
+def _falcon_kv_heads(config) -> int:
+    if getattr(config, "new_decoder_architecture", False):
+        return config.num_kv_heads
+    return 1 if getattr(config, "multi_query", False) else config.num_attention_heads
+
+
 _BERT_LIKE = {
     "roles": {
         "mlp": ("intermediate", "output"),  # mlp_input = input of intermediate, mlp_output = output of output
@@ -31,7 +38,7 @@ _BERT_LIKE = {
 FAMILY_OVERRIDES: dict[str, dict] = {
     "gpt_neox": {"qkv_layout": "per_head"},
     "bloom": {"qkv_layout": "per_head"},
-    "falcon": {"qkv_layout": _falcon_layout},
+    "falcon": {"qkv_layout": _falcon_layout, "n_kv_heads": _falcon_kv_heads},
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
@@ -52,5 +59,8 @@ V_NAMES = ("v_proj", "value", "v", "wv", "v_lin", "value_proj")
 QKV_NAMES = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv", "W_pack", "in_proj")
 O_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "o", "out_lin", "wo", "proj", "out", "Wo")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "DenseReluDense", "moe", "mlp_block")
-ACT_NAMES = ("act", "act_fn", "activation_fn", "activation", "intermediate_act_fn", "act_func", "gelu")
+ACT_NAMES = ("act", "act_fn", "activation_fn", "activation", "intermediate_act_fn", "act_func", "gelu_impl", "gelu")
+# MLP projections, for layers that hold them directly (OPT: fc1, activation_fn, fc2).
+UP_NAMES = ("fc1", "c_fc", "dense_h_to_4h", "fc_in", "up_proj", "wi", "w1", "lin1")
+DOWN_NAMES = ("fc2", "dense_4h_to_h", "fc_out", "down_proj", "wo", "w2", "lin2")
 STACK_NAMES = ("layers", "h", "layer", "block", "blocks")

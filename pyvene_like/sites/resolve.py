@@ -77,6 +77,8 @@ class ModelLayout:
         self.hidden = _cfg_get(cfg, fam.HIDDEN) if cfg is not None else None
         self.n_heads = _cfg_get(cfg, fam.N_HEADS) if cfg is not None else None
         self.n_kv_heads = _cfg_get(cfg, fam.N_KV_HEADS, None) if cfg is not None else None
+        if "n_kv_heads" in self.overrides:
+            self.n_kv_heads = self.overrides["n_kv_heads"](cfg)
         if self.n_kv_heads is None and self.n_heads is not None:
             self.n_kv_heads = 1 if getattr(cfg, "multi_query", False) else self.n_heads
         head_dim = _cfg_get(cfg, fam.HEAD_DIM) if cfg is not None else None
@@ -155,9 +157,11 @@ class ModelLayout:
         named = [(p, m) for p, m in layer.named_modules() if p]
         roles: dict = {}
 
-        def first(names, within=""):
-            for p, m in named:
+        def first(names, within="", outside=None):
+            for p, _m in named:
                 if within and not p.startswith(within + "."):
+                    continue
+                if outside and (p == outside or p.startswith(outside + ".")):
                     continue
                 if _leaf(p) in names:
                     return p
@@ -196,12 +200,24 @@ class ModelLayout:
                     roles["v"] = v
             else:
                 roles["qkv"] = qkv
-        mlp = first(fam.MLP_NAMES)
+        attn = roles.get("attn")
+        mlp = first(fam.MLP_NAMES, outside=attn)
+        act = None
         if mlp is not None:
             roles["mlp"] = mlp
             act = first(fam.ACT_NAMES, mlp)
-            if act is not None:
-                roles["act"] = act
+        else:
+            # Projections held by the layer itself (OPT): input of up, output of down.
+            up = first(fam.UP_NAMES, outside=attn)
+            down = first(fam.DOWN_NAMES, outside=attn)
+            if up is not None and down is not None:
+                roles["mlp"] = (up, down)
+                act = first(fam.ACT_NAMES, outside=attn)
+        if act is not None and "experts" in act.split("."):
+            # Mixture of experts: the activation runs once per expert on routed tokens only.
+            roles["act_missing"] = "in a mixture-of-experts MLP the activation runs per expert on routed tokens"
+        elif act is not None:
+            roles["act"] = act
         roles.update(self.overrides.get("roles", {}))
         self._roles[stack_name] = roles
         return roles
@@ -311,6 +327,18 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
 
     model = layout.model
     if role == "embed":
+        if stack_name or len(layout.stacks) > 1:
+            # Encoder-decoder: each stack has its own embedding module (T5's shared
+            # embedding is never called itself).
+            stack_path, _ = layout.stack(stack_name, component)
+            parent_path = stack_path.rpartition(".")[0]
+            parent = model.get_submodule(parent_path)
+            emb = next((m for m in parent.children() if isinstance(m, nn.Embedding)), None)
+            if emb is None:
+                raise SiteError(f"component {component!r}: found no embedding module in {parent_path!r}")
+            path = next(p for p, m in parent.named_children() if m is emb)
+            path = f"{parent_path}.{path}" if parent_path else path
+            return Site(emb, path, "output", width=emb.embedding_dim, description=f"{path} (output)")
         getter = getattr(model, "get_input_embeddings", None)
         emb = getter() if callable(getter) else None
         if emb is None:
@@ -346,9 +374,11 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
         rel = rel[0] if io == "input" else rel[1]
     if rel is None:
         family = layout.model_type or type(model).__name__
+        why = roles.get(f"{role}_missing")
         raise SiteError(
             f"component {component!r}: could not find the {role!r} module inside layer {layer_path} of "
-            f"{family}; address it by module path, e.g. component='{layer_path}.<submodule>.{io}'"
+            f"{family}{' (' + why + ')' if why else ''}; address it by module path, e.g. "
+            f"component='{layer_path}.<submodule>.{io}'"
         )
     path = f"{layer_path}.{rel}"
     module = layer_mod.get_submodule(rel)
