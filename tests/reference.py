@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def _main(x):
     return x[0] if isinstance(x, tuple) else x

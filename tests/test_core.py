@@ -406,3 +406,20 @@ def test_site_never_called_is_an_error_not_a_silent_no_op():
     with pytest.raises(pv.ConfigError, match=r"the base pass never reached unused \(output\)"):
         im(torch.randn(2, 8), unit_locations={"base": 0})
     assert not model.unused._forward_hooks
+
+
+def test_user_hooks_are_kept_and_still_run(gpt2, ids):
+    base, src = ids
+    calls = []
+    block = gpt2.transformer.h[2]
+    h1 = block.register_forward_hook(lambda m, a, o: calls.append("post") and None)
+    h2 = block.register_forward_pre_hook(lambda m, a: calls.append("pre") and None)
+    try:
+        im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output"), gpt2)
+        im({"input_ids": base}, [{"input_ids": src}], {"sources->base": 1})
+        # source pass (stopped right after block 2) and base pass: both ran the user's hooks
+        assert calls == ["pre", "post", "pre", "post"]
+        assert list(block._forward_hooks) == [h1.id] and list(block._forward_pre_hooks) == [h2.id]
+    finally:
+        h1.remove()
+        h2.remove()

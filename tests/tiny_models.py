@@ -12,7 +12,7 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -159,7 +159,7 @@ def _cfg_t5():
     ), transformers.T5ForConditionalGeneration
 
 
-_BUILDERS: Dict[str, Callable[[], Tuple[transformers.PretrainedConfig, type]]] = {
+_BUILDERS: dict[str, Callable[[], tuple[transformers.PretrainedConfig, type]]] = {
     "gpt2": _cfg_gpt2,
     "gpt_neo": _cfg_gpt_neo,
     "gpt_neox": _cfg_gpt_neox,

@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, LocationError, ShapeError
 from .hooks import HookSet, StopForward, find_input, output_tensor, replace_input, replace_output
 from .plan import Slot
-from .units import Units, gather, make_units, scatter
+from .units import gather, make_units, scatter
 
 
 def call_model(model, inputs):
