@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -24,6 +24,7 @@ class Slot:
     intervention: Intervention
     group: int  # index into ``sources`` (pyvene's group order)
     heads: bool  # units split into heads
+    units_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:

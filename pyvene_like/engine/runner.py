@@ -132,7 +132,6 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
         sources = []
     elif not isinstance(sources, (list, tuple)):
         sources = [sources]
-    n_groups = max(s.group for s in slots) + 1
     if not sources:
         missing = [s for s, need in zip(slots, needs) if need]
         if missing:
@@ -140,6 +139,7 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
                 f"{missing[0].label} needs a source: pass sources=[...] or source_representations"
             )
         return [None] * len(slots)
+    n_groups = max(s.group for s in slots) + 1
     if len(sources) == 1:
         per_slot = [sources[0]] * len(slots)
     elif len(sources) == n_groups:
@@ -244,7 +244,11 @@ def collect_pass(model, inputs, requests, stop_early: bool = True, writes=()) ->
                     return
                 for slot, units in items:
                     sel = gather(x, units, slot.site, slot.heads)
-                    out[slot.index] = sel.clone() if sel is x else sel
+                    # A view of the activation is copied: the model may still change it in
+                    # place later in the pass (Falcon adds attention into the MLP output).
+                    if sel.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                        sel = sel.clone()
+                    out[slot.index] = sel
                 pending.discard(key)
                 if stop_early and not pending:
                     raise StopForward
@@ -292,7 +296,11 @@ def _install_writes(hooks: HookSet, writes, collected: dict | None, fired: set |
                         src = _fit_source_repr(src, vals, f"{slot.label}: source activations")
                     elif src.device != vals.device:
                         src = src.to(vals.device)
-                new = iv(vals, src, subspaces)
+                # Straight to forward() unless someone hooked the intervention module itself.
+                if iv._forward_hooks or iv._forward_pre_hooks:
+                    new = iv(vals, src, subspaces)
+                else:
+                    new = iv.forward(vals, src, subspaces)
                 if not iv.modifies_output:
                     if collected is not None:
                         collected[slot.index] = new
@@ -343,8 +351,15 @@ def run(model, slots: list[Slot], mode: str, base, sources=None, unit_locations=
 
     def units_for(i, loc, side):
         s = slots[i]
-        return make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
-                          f"unit_locations ({side} of {s.label})")
+        # int / None locations recur call after call: their index objects are cached.
+        key = (side, loc, bsz) if loc is None or type(loc) is int else None
+        units = s.units_cache.get(key) if key is not None else None
+        if units is None:
+            units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
+                               f"unit_locations ({side} of {s.label})")
+            if key is not None:
+                s.units_cache[key] = units
+        return units
 
     base_units = [units_for(i, base_locs[i], "base") for i in range(n)]
     original = None

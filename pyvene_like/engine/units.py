@@ -27,10 +27,12 @@ def batch_rows(bsz: int, device) -> torch.Tensor:
 class Units:
     """Index tensors for one intervention on one side (source or base) of one call."""
 
-    __slots__ = ("pos", "heads", "pos_lo", "pos_hi", "label", "bsz")
+    __slots__ = ("pos", "heads", "pos_lo", "pos_hi", "label", "bsz", "span")
 
-    def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label="", bsz=None):
+    def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label="", bsz=None, span=None):
         self.bsz = bsz  # the call's batch size, to unflatten [batch * seq, features] activations
+        # (start, stop) when every example uses the same consecutive positions: a slice.
+        self.span = span
         self.pos = pos  # LongTensor [B, P] or None for every position
         self.heads = heads  # LongTensor [B, H] or None for every head
         self.pos_lo = pos_lo
@@ -39,7 +41,7 @@ class Units:
 
     @property
     def everything(self) -> bool:
-        return self.pos is None and self.heads is None
+        return self.pos is None and self.heads is None and self.span is None
 
     def count(self, seq_len: int, n_heads: int | None) -> int:
         p = seq_len if self.pos is None else self.pos.shape[1]
@@ -47,20 +49,6 @@ class Units:
             return p
         h = n_heads if self.heads is None else self.heads.shape[1]
         return p * h
-
-    def to(self, device) -> Units:
-        if (self.pos is None or self.pos.device == device) and (
-            self.heads is None or self.heads.device == device
-        ):
-            return self
-        return Units(
-            None if self.pos is None else self.pos.to(device),
-            None if self.heads is None else self.heads.to(device),
-            self.pos_lo,
-            self.pos_hi,
-            self.label,
-            self.bsz,
-        )
 
 
 def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
@@ -115,9 +103,12 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
                 f"intervention, got {loc!r}"
             )
         heads_loc, pos_loc = loc
-    pos = heads = None
+    pos = heads = span = None
     lo, hi = 0, -1
-    if pos_loc is not None:
+    if isinstance(pos_loc, int) and not isinstance(pos_loc, bool):
+        lo = hi = pos_loc
+        span = (pos_loc, pos_loc + 1 if pos_loc != -1 else None)
+    elif pos_loc is not None:
         pos = _as_index_rows(pos_loc, bsz, label, "position")
         lo, hi = int(pos.min()), int(pos.max())
     if heads_loc is not None:
@@ -129,11 +120,11 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
                 f"{label}: head {bad} is out of range; the site has {n_heads} heads (accepted: "
                 f"0..{n_heads - 1})"
             )
-    return Units(pos, heads, lo, hi, label, bsz)
+    return Units(pos, heads, lo, hi, label, bsz, span)
 
 
 def check_positions(units: Units, seq_len: int) -> None:
-    if units.pos is not None and (units.pos_hi >= seq_len or units.pos_lo < -seq_len):
+    if (units.pos is not None or units.span is not None) and (units.pos_hi >= seq_len or units.pos_lo < -seq_len):
         bad = units.pos_hi if units.pos_hi >= seq_len else units.pos_lo
         raise LocationError(
             f"{units.label}: position {bad} is out of range for a sequence of length {seq_len} "
@@ -173,57 +164,74 @@ def as_3d(x: torch.Tensor, bsz: int | None) -> torch.Tensor:
     )
 
 
+def _window(xs: torch.Tensor, units: Units):
+    """(positions view, per-example position index or None for every position in the view).
+
+    Positions shared by the whole batch (an int location) are a basic slice: a view, no
+    index tensors.
+    """
+    if units.span is not None:
+        return xs[:, units.span[0] : units.span[1]], None
+    return xs, units.pos
+
+
 def gather(x: torch.Tensor, units: Units, site, heads: bool) -> torch.Tensor:
-    """``[B, units, width]`` view/copy of ``x`` at ``units``."""
-    x = as_3d(x, units.bsz)
-    bsz = x.shape[0]
-    check_positions(units, x.shape[1])
+    """``[B, units, width]`` values of ``x`` at ``units`` (a view where no indexing is needed)."""
+    xs = as_3d(x, units.bsz)
+    check_positions(units, xs.shape[1])
+    v, pos = _window(xs, units)
+    bsz = v.shape[0]
     if not heads:
-        cols = site.columns_on(x.device)
-        sel = x if units.pos is None else x[batch_rows(bsz, x.device), units.pos]
+        cols = site.columns_on(v.device)
+        sel = v if pos is None else v[batch_rows(bsz, v.device), pos]
         return sel if cols is None else sel.index_select(-1, cols)
-    cols = _head_columns(units, site, bsz, x.device)  # [B, H*hd]
-    if units.pos is None:
-        sel = x.gather(-1, cols.unsqueeze(1).expand(bsz, x.shape[1], cols.shape[1]))
+    cols = _head_columns(units, site, bsz, v.device)  # [B, H*hd]
+    if pos is None:
+        sel = v.gather(-1, cols.unsqueeze(1).expand(bsz, v.shape[1], cols.shape[1]))
     else:
-        sel = x[batch_rows(bsz, x.device).unsqueeze(-1), units.pos.unsqueeze(-1), cols.unsqueeze(1)]
+        sel = v[batch_rows(bsz, v.device).unsqueeze(-1), pos.unsqueeze(-1), cols.unsqueeze(1)]
     p = sel.shape[1]
     return sel.view(bsz, p, -1, site.head_dim).transpose(1, 2).reshape(bsz, -1, site.head_dim)
 
 
 def scatter(x: torch.Tensor, units: Units, site, heads: bool, new: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """Write ``new: [B, units, width]`` into ``x`` at ``units``; returns the tensor to use."""
-    squeeze = x.dim() == 2
+    """Write ``new: [B, units, width]`` into ``x`` at ``units``; returns the tensor to use.
+
+    ``inplace=False`` (autograd is recording, or ``x`` may be aliased) writes into a copy.
+    """
     xs = as_3d(x, units.bsz)
-    bsz, seq = xs.shape[0], xs.shape[1]
     if new.dtype != xs.dtype:
         new = new.to(xs.dtype)
+    if not heads and units.everything and site.columns is None:
+        if inplace:
+            xs.copy_(new)
+            return x
+        return new.reshape(x.shape)
+    if not inplace:
+        xs = xs.clone()
+    v, pos = _window(xs, units)
+    bsz = v.shape[0]
     if not heads:
-        cols = site.columns_on(xs.device)
-        if units.pos is None and cols is None:
-            if new.shape != xs.shape:
-                new = new.expand_as(xs)
-            if inplace:
-                xs.copy_(new)
-                return x
-            return new.reshape(x.shape) if squeeze else new
-        rows = batch_rows(bsz, xs.device)
+        cols = site.columns_on(v.device)
         if cols is None:
-            idx = (rows, units.pos)
+            if pos is None:
+                v.copy_(new)
+            else:
+                v.index_put_((batch_rows(bsz, v.device), pos), new)
         else:
-            pos = torch.arange(seq, device=xs.device).expand(bsz, -1) if units.pos is None else units.pos
-            idx = (rows.unsqueeze(-1), pos.unsqueeze(-1), cols.view(1, 1, -1))
+            if pos is None:
+                pos = torch.arange(v.shape[1], device=v.device).expand(bsz, -1)
+            v.index_put_((batch_rows(bsz, v.device).unsqueeze(-1), pos.unsqueeze(-1), cols.view(1, 1, -1)), new)
     else:
-        cols = _head_columns(units, site, bsz, xs.device)
-        pos = torch.arange(seq, device=xs.device).expand(bsz, -1) if units.pos is None else units.pos
+        cols = _head_columns(units, site, bsz, v.device)
+        if pos is None:
+            pos = torch.arange(v.shape[1], device=v.device).expand(bsz, -1)
         p = pos.shape[1]
         new = new.reshape(bsz, -1, p, site.head_dim).transpose(1, 2).reshape(bsz, p, -1)
-        idx = (batch_rows(bsz, xs.device).unsqueeze(-1), pos.unsqueeze(-1), cols.unsqueeze(1))
+        v.index_put_((batch_rows(bsz, v.device).unsqueeze(-1), pos.unsqueeze(-1), cols.unsqueeze(1)), new)
     if inplace:
-        xs.index_put_(idx, new)
         return x
-    out = xs.index_put(idx, new)
-    return out.reshape(x.shape) if squeeze else out
+    return xs.reshape(x.shape) if x.dim() != 3 else xs
 
 
 def check_width(t: torch.Tensor, width: int, label: str) -> None:
