@@ -56,6 +56,7 @@ class IntervenableModel(nn.Module):
         self.model = model
         self.mode = self.config.mode
         self._slots = compile_plan(self.config, model)
+        self._program = runner.Program(self._slots, self.mode)
         self.interventions = nn.ModuleList([s.intervention for s in self._slots])
         self.representations = {s.key: s.rep for s in self._slots}
         self._has_collect = any(not s.intervention.modifies_output for s in self._slots)
@@ -112,10 +113,8 @@ class IntervenableModel(nn.Module):
         output_original_output: bool = False,
         return_dict: bool = False,
     ):
-        original, intervened, collected = runner.run(
+        original, intervened, collected = self._program.run(
             self.model,
-            self._slots,
-            self.mode,
             base,
             sources=sources,
             unit_locations=unit_locations,

@@ -423,3 +423,13 @@ def test_user_hooks_are_kept_and_still_run(gpt2, ids):
     finally:
         h1.remove()
         h2.remove()
+
+
+def test_source_representation_dtype_is_cast(gpt2, ids):
+    base, _ = ids
+    vec = torch.randn(64)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="addition"), gpt2)
+    _, a = im({"input_ids": base}, unit_locations={"base": -1}, source_representations=vec)
+    _, b = im({"input_ids": base}, unit_locations={"base": -1}, source_representations=vec.double())
+    assert torch.equal(a.logits, b.logits)
+    assert not torch.equal(a.logits, gpt2(input_ids=base).logits)

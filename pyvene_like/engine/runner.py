@@ -217,201 +217,281 @@ def _fit_source_repr(t, base_vals: torch.Tensor, label: str) -> torch.Tensor:
 
 
 # -- passes --------------------------------------------------------------------------------
-def _by_module(items):
-    """Group (slot, ...) items by (module, io), keeping execution-independent config order."""
-    groups: dict = {}
-    for item in items:
-        slot = item[0]
-        groups.setdefault((id(slot.site.module), slot.site.io), (slot.site.module, slot.site.io, []))[2].append(item)
-    return list(groups.values())
+class _CallState:
+    """What one call hands to the prebuilt hooks (indexed by slot)."""
+
+    __slots__ = ("units", "src", "subspaces", "collected", "fired", "reads", "pending", "acts")
+
+    def __init__(self, n: int):
+        self.units = [None] * n
+        self.src = [None] * n
+        self.subspaces = [None] * n
+        self.collected: dict = {}
+        self.fired = [False] * n
+        self.reads: dict = {}  # (module id, io) -> [(slot, units)] for a source pass
+        self.pending: set = set()
+        self.acts: dict = {}
 
 
-def collect_pass(model, inputs, requests, stop_early: bool = True, writes=()) -> dict:
-    """Run ``inputs`` and keep, per request ``(slot, units)``, the gathered units.
+def _aliases_input(args, kwargs, x) -> bool:
+    inp = args[0] if args and type(args[0]) is torch.Tensor else find_input(args, kwargs)[0]
+    return inp is not None and inp.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
 
-    ``writes`` are base-style write requests applied in the same pass (serial mode).
+
+class Program:
+    """A compiled plan: hook functions built once, reading per-call state from ``self.state``.
+
+    A call registers the prebuilt hooks, runs, and removes them in ``finally``; nothing is
+    rebuilt per call.
     """
-    out: dict = {}
-    reads = _by_module(requests)
-    pending = {(id(m), io) for m, io, _ in reads}
-    with HookSet() as hooks:
-        _install_writes(hooks, writes, None)
-        for module, io, items in reads:
-            key = (id(module), io)
 
-            def read(x, items=items, key=key):
-                if key not in pending:
-                    return
-                for slot, units in items:
-                    sel = gather(x, units, slot.site, slot.heads)
-                    # A view of the activation is copied: the model may still change it in
-                    # place later in the pass (Falcon adds attention into the MLP output).
-                    if sel.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-                        sel = sel.clone()
-                    out[slot.index] = sel
-                pending.discard(key)
-                if stop_early and not pending:
-                    raise StopForward
+    def __init__(self, slots: list[Slot], mode: str):
+        self.slots = slots
+        self.mode = mode
+        self.n_groups = max(s.group for s in slots) + 1
+        self.state: _CallState | None = None
+        groups: dict = {}
+        for slot in slots:
+            key = (id(slot.site.module), slot.site.io)
+            groups.setdefault(key, (slot.site.module, slot.site.io, []))[2].append(slot)
+        self.write_hooks = [
+            (module, io, self._write_hook(io, tuple(members))) for module, io, members in groups.values()
+        ]
+        self.read_hooks = {
+            key: (module, io, self._read_hook(io, key)) for key, (module, io, _) in groups.items()
+        }
 
-            if io == "output":
-                hooks.post(module, lambda m, a, k, o, read=read: read(output_tensor(o)))
-            else:
-                hooks.pre(module, lambda m, a, k, read=read: read(find_input(a, k)[0]))
-        try:
-            call_model(model, inputs)
-        except StopForward:
-            pass
-    missing = [slot for slot, _ in requests if slot.index not in out]
-    if missing:
-        raise ConfigError(
-            f"{missing[0].label}: the source pass never reached {missing[0].site.description}; is the "
-            f"module used in this model's forward for these inputs?"
-        )
-    return out
-
-
-def _install_writes(hooks: HookSet, writes, collected: dict | None, fired: set | None = None) -> None:
-    """``writes``: (slot, units, source tensor or None, subspaces) applied in the base pass.
-
-    ``fired`` collects the indices of slots whose hook ran, so that an intervention on a
-    module the forward never calls is an error instead of a silent no-op.
-    """
-    for module, io, items in _by_module(writes):
-
-        def apply(x, args, kwargs, inplace, items=items):
-            if fired is not None:
-                fired.update(item[0].index for item in items)
-            for slot, units, src, subspaces in items:
-                iv = slot.intervention
-                vals = gather(x, units, slot.site, slot.heads)
-                if iv.source_from == "module_input":
-                    src = gather(find_input(args, kwargs)[0], units, slot.site, slot.heads)
-                    if src.shape != vals.shape:
-                        raise ShapeError(
-                            f"{slot.label}: the module's input {tuple(src.shape)} and output "
-                            f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
-                        )
-                elif src is not None:
-                    if src.shape != vals.shape:
-                        src = _fit_source_repr(src, vals, f"{slot.label}: source activations")
-                    elif src.device != vals.device:
-                        src = src.to(vals.device)
-                # Straight to forward() unless someone hooked the intervention module itself.
-                if iv._forward_hooks or iv._forward_pre_hooks:
-                    new = iv(vals, src, subspaces)
-                else:
-                    new = iv.forward(vals, src, subspaces)
-                if not iv.modifies_output:
-                    if collected is not None:
-                        collected[slot.index] = new
-                    continue
-                if new.shape != vals.shape:
+    # -- hook factories -----------------------------------------------------------------------
+    def _apply(self, members, x, args, kwargs, inplace):
+        st = self.state
+        for slot in members:
+            i = slot.index
+            if st.units[i] is None:  # not active in this pass (serial mode)
+                continue
+            st.fired[i] = True
+            units = st.units[i]
+            iv = slot.intervention
+            vals = gather(x, units, slot.site, slot.heads)
+            src = st.src[i]
+            if iv.source_from == "module_input":
+                src = gather(find_input(args, kwargs)[0], units, slot.site, slot.heads)
+                if src.shape != vals.shape:
                     raise ShapeError(
-                        f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}"
+                        f"{slot.label}: the module's input {tuple(src.shape)} and output "
+                        f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
                     )
-                x = scatter(x, units, slot.site, slot.heads, new, inplace)
-            return x
+            elif src is not None and src.shape != vals.shape:
+                src = _fit_source_repr(src, vals, f"{slot.label}: source activations")
+            # Straight to forward() unless someone hooked the intervention module itself.
+            if iv._forward_hooks or iv._forward_pre_hooks:
+                new = iv(vals, src, st.subspaces[i])
+            else:
+                new = iv.forward(vals, src, st.subspaces[i])
+            if not iv.modifies_output:
+                st.collected[i] = new
+                continue
+            if new.shape != vals.shape:
+                raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
+            x = scatter(x, units, slot.site, slot.heads, new, inplace)
+        return x
 
+    def _write_hook(self, io, members):
+        apply = self._apply
         if io == "output":
 
-            def post(m, args, kwargs, output, apply=apply):
-                x = output_tensor(output)
-                inplace = not (x.requires_grad and torch.is_grad_enabled())
-                if inplace:
-                    inp = find_input(args, kwargs)[0]
-                    inplace = inp is None or inp.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
-                new = apply(x, args, kwargs, inplace)
+            def post(m, args, kwargs, output):
+                x = output if type(output) is torch.Tensor else output_tensor(output)
+                # Write in place unless autograd records x, or x aliases the module's input.
+                inplace = not (x.requires_grad and torch.is_grad_enabled()) and not _aliases_input(args, kwargs, x)
+                new = apply(members, x, args, kwargs, inplace)
                 return None if new is x else replace_output(output, new)
 
-            hooks.post(module, post)
+            return post
+
+        def pre(m, args, kwargs):
+            # Inputs are written out of place: the tensor may live on elsewhere (a residual).
+            x, where = find_input(args, kwargs)
+            new = apply(members, x, args, kwargs, False)
+            return None if new is x else replace_input(args, kwargs, where, new)
+
+        return pre
+
+    def _read_hook(self, io, key):
+        def read(x):
+            st = self.state
+            items = st.reads.get(key)
+            if items is None or key not in st.pending:
+                return
+            for slot, units in items:
+                sel = gather(x, units, slot.site, slot.heads)
+                # A view of the activation is copied: the model may still change it in place
+                # later in the pass (Falcon adds attention into the MLP output).
+                if sel.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                    sel = sel.clone()
+                st.acts[slot.index] = sel
+            st.pending.discard(key)
+            if not st.pending:
+                raise StopForward
+
+        if io == "output":
+            return lambda m, a, k, o: read(o if type(o) is torch.Tensor else output_tensor(o))
+        return lambda m, a, k: read(find_input(a, k)[0])
+
+    # -- passes ---------------------------------------------------------------------------------
+    def base_pass(self, model, inputs, st: _CallState, only=None):
+        """Run ``inputs`` with the write hooks of the slots that have units in ``st``."""
+        with HookSet() as hooks:
+            for module, io, fn in self.write_hooks:
+                (hooks.post if io == "output" else hooks.pre)(module, fn)
+            out = call_model(model, inputs)
+        missed = [s for s in (only or self.slots) if st.units[s.index] is not None and not st.fired[s.index]]
+        if missed:
+            raise ConfigError(
+                f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
+                f"module used in this model's forward for these inputs?"
+            )
+        return out
+
+    def source_pass(self, model, inputs, st: _CallState, requests, writes: bool = False) -> dict:
+        """Run ``inputs`` keeping the gathered units of ``requests`` [(slot, units)].
+
+        The pass stops right after the last needed site. With ``writes``, the write hooks of
+        ``st`` are applied in the same pass (serial mode).
+        """
+        st.reads = {}
+        for slot, units in requests:
+            st.reads.setdefault((id(slot.site.module), slot.site.io), []).append((slot, units))
+        st.pending = set(st.reads)
+        st.acts = {}
+        with HookSet() as hooks:
+            if writes:
+                for module, io, fn in self.write_hooks:
+                    (hooks.post if io == "output" else hooks.pre)(module, fn)
+            for key in st.reads:
+                module, io, fn = self.read_hooks[key]
+                (hooks.post if io == "output" else hooks.pre)(module, fn)
+            try:
+                call_model(model, inputs)
+            except StopForward:
+                pass
+        missing = [slot for slot, _ in requests if slot.index not in st.acts]
+        if missing:
+            raise ConfigError(
+                f"{missing[0].label}: the source pass never reached {missing[0].site.description}; is "
+                f"the module used in this model's forward for these inputs?"
+            )
+        return st.acts
+
+    # -- a call -----------------------------------------------------------------------------------
+    def run(self, model, base, sources=None, unit_locations=None, source_representations=None,
+            subspaces=None, output_original_output=False):
+        prev = self.state
+        try:
+            return self._run(model, base, sources, unit_locations, source_representations,
+                             subspaces, output_original_output)
+        finally:
+            self.state = prev
+
+    def _run(self, model, base, sources, unit_locations, source_representations, subspaces,
+             output_original_output):
+        slots = self.slots
+        n = len(slots)
+        bsz = batch_size(base, "base")
+        src_locs, base_locs = normalize_locations(unit_locations, slots, self.mode)
+        reprs = normalize_source_representations(source_representations, slots)
+        if subspaces is not None:
+            if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
+                raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
+            sub_list = _per_slot(subspaces, n, "subspaces")
         else:
+            sub_list = None
 
-            def pre(m, args, kwargs, apply=apply):
-                x, where = find_input(args, kwargs)
-                new = apply(x, args, kwargs, False)
-                return None if new is x else replace_input(args, kwargs, where, new)
+        def units_for(i, loc, side):
+            s = slots[i]
+            # int / None locations recur call after call: their index objects are cached.
+            key = (side, loc, bsz) if loc is None or type(loc) is int else None
+            units = s.units_cache.get(key) if key is not None else None
+            if units is None:
+                units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
+                                   f"unit_locations ({side} of {s.label})")
+                if key is not None:
+                    s.units_cache[key] = units
+            return units
 
-            hooks.pre(module, pre)
+        base_units = [units_for(i, base_locs[i], "base") for i in range(n)]
+        original = call_model(model, base) if output_original_output else None
+        st = self.state = _CallState(n)
+        if sub_list is not None:
+            st.subspaces = sub_list
+
+        if self.mode == "serial":
+            intervened = self._run_serial(model, base, sources, src_locs, base_units, reprs, bsz, units_for, st)
+        else:
+            has_repr = [r is not None for r in reprs]
+            per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
+            # One pass per distinct source input (by identity, then by equal contents).
+            distinct: list = []
+            for i, src in enumerate(per_slot_src):
+                if src is None:
+                    continue
+                for entry in distinct:
+                    if _same_inputs(entry[0], src):
+                        entry[1].append(i)
+                        break
+                else:
+                    distinct.append((src, [i]))
+            if distinct:
+                with torch.set_grad_enabled(_model_needs_grad(model)):
+                    for src, idxs in distinct:
+                        reqs = [(slots[i], units_for(i, src_locs[i], "source")) for i in idxs]
+                        acts = self.source_pass(model, src, st, reqs)
+                        for i in idxs:
+                            st.src[i] = acts[i]
+            for i, slot in enumerate(slots):
+                if st.src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
+                    st.src[i] = _check_repr(reprs[i], slot)
+            st.units = base_units
+            intervened = self.base_pass(model, base, st)
+        return original, intervened, [st.collected[i] for i in sorted(st.collected)]
+
+    def _run_serial(self, model, base, sources, src_locs, base_units, reprs, bsz, units_for, st):
+        """Intervention i reads stream i and writes into stream i+1 (streams: sources..., base)."""
+        slots = self.slots
+        n = len(slots)
+        if sources is None:
+            sources = []
+        elif not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        if len(sources) != n:
+            raise ConfigError(
+                f"sources: mode='serial' with {n} interventions needs {n} sources (stream i feeds "
+                f"intervention i, which writes into stream i+1; the last writes into base), got {len(sources)}"
+            )
+        streams = list(sources) + [base]
+        for j, s in enumerate(streams[:-1]):
+            b = batch_size(s, f"sources[{j}]")
+            if b != bsz:
+                raise ShapeError(f"sources[{j}] has batch size {b} but base has {bsz}; they must match")
+        grad = _model_needs_grad(model)
+        acts: dict = {}
+        for i in range(n + 1):
+            # Only intervention i-1 writes into stream i.
+            st.units = [None] * n
+            if i > 0:
+                st.units[i - 1] = base_units[i - 1]
+                prev = slots[i - 1]
+                st.src[i - 1] = acts.get(prev.index, reprs[i - 1])
+            if i == n:
+                return self.base_pass(model, streams[i], st, only=slots[-1:])
+            with torch.set_grad_enabled(grad or (torch.is_grad_enabled() and i > 0)):
+                acts = dict(self.source_pass(
+                    model, streams[i], st, [(slots[i], units_for(i, src_locs[i], "source"))], writes=i > 0
+                ))
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _model_needs_grad(model) -> bool:
     return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
-
-
-def run(model, slots: list[Slot], mode: str, base, sources=None, unit_locations=None,
-        source_representations=None, subspaces=None, output_original_output=False):
-    n = len(slots)
-    bsz = batch_size(base, "base")
-    src_locs, base_locs = normalize_locations(unit_locations, slots, mode)
-    reprs = normalize_source_representations(source_representations, slots)
-    has_repr = [r is not None for r in reprs]
-    subspace_list = _per_slot(subspaces, n, "subspaces") if subspaces is not None else [None] * n
-    if subspaces is not None and isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
-        raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
-
-    def units_for(i, loc, side):
-        s = slots[i]
-        # int / None locations recur call after call: their index objects are cached.
-        key = (side, loc, bsz) if loc is None or type(loc) is int else None
-        units = s.units_cache.get(key) if key is not None else None
-        if units is None:
-            units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
-                               f"unit_locations ({side} of {s.label})")
-            if key is not None:
-                s.units_cache[key] = units
-        return units
-
-    base_units = [units_for(i, base_locs[i], "base") for i in range(n)]
-    original = None
-    if output_original_output:
-        original = call_model(model, base)
-    collected: dict = {}
-
-    if mode == "serial":
-        intervened = _run_serial(model, slots, base, sources, src_locs, base_units, reprs,
-                                 subspace_list, bsz, units_for, collected)
-    else:
-        per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
-        src_acts: list = [None] * n
-        # One pass per distinct source input (by identity, then by equal contents).
-        distinct: list = []
-        for i, src in enumerate(per_slot_src):
-            if src is None:
-                continue
-            for entry in distinct:
-                if _same_inputs(entry[0], src):
-                    entry[1].append(i)
-                    break
-            else:
-                distinct.append((src, [i]))
-        if distinct:
-            with torch.set_grad_enabled(_model_needs_grad(model)):
-                for src, idxs in distinct:
-                    reqs = [(slots[i], units_for(i, src_locs[i], "source")) for i in idxs]
-                    acts = collect_pass(model, src, reqs)
-                    for i in idxs:
-                        src_acts[i] = acts[i]
-        writes = []
-        for i, slot in enumerate(slots):
-            src = src_acts[i] if src_acts[i] is not None else reprs[i]
-            if reprs[i] is not None and src_acts[i] is None and slot.intervention.source_from == "source":
-                src = _check_repr(reprs[i], slot)
-            writes.append((slot, base_units[i], src, subspace_list[i]))
-        fired: set = set()
-        with HookSet() as hooks:
-            _install_writes(hooks, writes, collected, fired)
-            intervened = call_model(model, base)
-        _check_fired(slots, fired)
-    return original, intervened, [collected[i] for i in sorted(collected)]
-
-
-def _check_fired(slots, fired: set) -> None:
-    missed = [s for s in slots if s.index not in fired]
-    if missed:
-        raise ConfigError(
-            f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
-            f"module used in this model's forward for these inputs?"
-        )
 
 
 def _check_repr(t, slot: Slot):
@@ -424,43 +504,3 @@ def _check_repr(t, slot: Slot):
             f"site's units have width {width}"
         )
     return t
-
-
-def _run_serial(model, slots, base, sources, src_locs, base_units, reprs, subspace_list, bsz,
-                units_for, collected):
-    """Intervention i reads stream i and writes into stream i+1 (streams: sources..., base)."""
-    n = len(slots)
-    if sources is None:
-        sources = []
-    elif not isinstance(sources, (list, tuple)):
-        sources = [sources]
-    if len(sources) != n:
-        raise ConfigError(
-            f"sources: mode='serial' with {n} interventions needs {n} sources (stream i feeds "
-            f"intervention i, which writes into stream i+1; the last writes into base), got {len(sources)}"
-        )
-    streams = list(sources) + [base]
-    for j, s in enumerate(streams[:-1]):
-        b = batch_size(s, f"sources[{j}]")
-        if b != bsz:
-            raise ShapeError(f"sources[{j}] has batch size {b} but base has {bsz}; they must match")
-    # tgt_units[i]: where intervention i writes in stream i+1 (given as the base side of its pair)
-    acts = None
-    grad = _model_needs_grad(model)
-    for i in range(n + 1):
-        target = streams[i]
-        writes = []
-        if i > 0:
-            prev = slots[i - 1]
-            src = acts[prev.index] if acts is not None else reprs[i - 1]
-            writes.append((prev, base_units[i - 1], src, subspace_list[i - 1]))
-        if i == n:
-            fired: set = set()
-            with HookSet() as hooks:
-                _install_writes(hooks, writes, collected, fired)
-                out = call_model(model, target)
-            _check_fired(slots[-1:], fired)
-            return out
-        with torch.set_grad_enabled(grad or (torch.is_grad_enabled() and i > 0)):
-            acts = collect_pass(model, target, [(slots[i], units_for(i, src_locs[i], "source"))], writes=writes)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -170,8 +170,10 @@ def _window(xs: torch.Tensor, units: Units):
     Positions shared by the whole batch (an int location) are a basic slice: a view, no
     index tensors.
     """
-    if units.span is not None:
-        return xs[:, units.span[0] : units.span[1]], None
+    span = units.span
+    if span is not None:
+        start = span[0] if span[0] >= 0 else xs.shape[1] + span[0]
+        return xs.narrow(1, start, (span[1] if span[1] is not None else xs.shape[1]) - start), None
     return xs, units.pos
 
 

@@ -11,6 +11,10 @@ from ..registry import register_intervention
 from .base import Intervention
 
 
+def _like(source, base):
+    return source if source.dtype == base.dtype else source.to(base.dtype)
+
+
 def _blend(base, new, mask):
     """``new`` on the masked dims, ``base`` elsewhere (all dims when mask is None)."""
     if mask is None:
@@ -23,7 +27,7 @@ class VanillaIntervention(Intervention):
     """Interchange: the base units take the source's values (on the chosen subspaces)."""
 
     def forward(self, base, source=None, subspaces=None):
-        return _blend(base, source.to(base.dtype), self.subspace_mask(subspaces, base))
+        return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
 @register_intervention("addition")
@@ -32,7 +36,7 @@ class AdditionIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
-        source = source.to(base.dtype)
+        source = _like(source, base)
         if mask is not None:
             source = source * mask
         return base + source
@@ -44,7 +48,7 @@ class SubtractionIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
-        source = source.to(base.dtype)
+        source = _like(source, base)
         if mask is not None:
             source = source * mask
         return base - source
@@ -85,7 +89,7 @@ class SkipIntervention(Intervention):
     source_from = "module_input"
 
     def forward(self, base, source=None, subspaces=None):
-        return _blend(base, source.to(base.dtype), self.subspace_mask(subspaces, base))
+        return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
 @register_intervention("noise")
