@@ -202,7 +202,7 @@ def normalize_source_representations(source_representations, slots: list[Slot]) 
     )
 
 
-def _fit_source_repr(t, base_vals: torch.Tensor, label: str) -> torch.Tensor:
+def _fit_source_repr(t, base_vals: torch.Tensor, slot) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
     if t.device != base_vals.device or t.dtype != base_vals.dtype:
@@ -211,7 +211,7 @@ def _fit_source_repr(t, base_vals: torch.Tensor, label: str) -> torch.Tensor:
         return t.expand_as(base_vals)
     except RuntimeError:
         raise ShapeError(
-            f"{label}: shape {tuple(t.shape)} does not fit the units {tuple(base_vals.shape)} "
+            f"{slot.label}: source activations: shape {tuple(t.shape)} does not fit the units {tuple(base_vals.shape)} "
             f"([batch, units, width]); accepted: [width], [units, width] or [batch, units, width]"
         ) from None
 
@@ -281,7 +281,7 @@ class Program:
                         f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
                     )
             elif src is not None and src.shape != vals.shape:
-                src = _fit_source_repr(src, vals, f"{slot.label}: source activations")
+                src = _fit_source_repr(src, vals, slot)
             # Straight to forward() unless someone hooked the intervention module itself.
             if iv._forward_hooks or iv._forward_pre_hooks:
                 new = iv(vals, src, st.subspaces[i])
@@ -292,6 +292,9 @@ class Program:
                 continue
             if new.shape != vals.shape:
                 raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
+            if inplace and units.span is not None and not slot.heads and slot.site.columns is None:
+                vals.copy_(new)  # vals is a view of x at those positions
+                continue
             x = scatter(x, units, slot.site, slot.heads, new, inplace)
         return x
 
@@ -406,26 +409,15 @@ class Program:
         else:
             sub_list = None
 
-        def units_for(i, loc, side):
-            s = slots[i]
-            # int / None locations recur call after call: their index objects are cached.
-            key = (side, loc, bsz) if loc is None or type(loc) is int else None
-            units = s.units_cache.get(key) if key is not None else None
-            if units is None:
-                units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
-                                   f"unit_locations ({side} of {s.label})")
-                if key is not None:
-                    s.units_cache[key] = units
-            return units
-
-        base_units = [units_for(i, base_locs[i], "base") for i in range(n)]
+        units_for = self._units_for
+        base_units = [units_for(i, base_locs[i], "base", bsz) for i in range(n)]
         original = call_model(model, base) if output_original_output else None
         st = self.state = _CallState(n)
         if sub_list is not None:
             st.subspaces = sub_list
 
         if self.mode == "serial":
-            intervened = self._run_serial(model, base, sources, src_locs, base_units, reprs, bsz, units_for, st)
+            intervened = self._run_serial(model, base, sources, src_locs, base_units, reprs, bsz, st)
         else:
             has_repr = [r is not None for r in reprs]
             per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
@@ -443,7 +435,7 @@ class Program:
             if distinct:
                 with torch.set_grad_enabled(_model_needs_grad(model)):
                     for src, idxs in distinct:
-                        reqs = [(slots[i], units_for(i, src_locs[i], "source")) for i in idxs]
+                        reqs = [(slots[i], units_for(i, src_locs[i], "source", bsz)) for i in idxs]
                         acts = self.source_pass(model, src, st, reqs)
                         for i in idxs:
                             st.src[i] = acts[i]
@@ -454,7 +446,19 @@ class Program:
             intervened = self.base_pass(model, base, st)
         return original, intervened, [st.collected[i] for i in sorted(st.collected)]
 
-    def _run_serial(self, model, base, sources, src_locs, base_units, reprs, bsz, units_for, st):
+    def _units_for(self, i, loc, side, bsz):
+        s = self.slots[i]
+        # int / None locations recur call after call: their index objects are cached.
+        key = (side, loc, bsz) if loc is None or type(loc) is int else None
+        units = s.units_cache.get(key) if key is not None else None
+        if units is None:
+            units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
+                               f"unit_locations ({side} of {s.label})")
+            if key is not None:
+                s.units_cache[key] = units
+        return units
+
+    def _run_serial(self, model, base, sources, src_locs, base_units, reprs, bsz, st):
         """Intervention i reads stream i and writes into stream i+1 (streams: sources..., base)."""
         slots = self.slots
         n = len(slots)
@@ -485,7 +489,7 @@ class Program:
                 return self.base_pass(model, streams[i], st, only=slots[-1:])
             with torch.set_grad_enabled(grad or (torch.is_grad_enabled() and i > 0)):
                 acts = dict(self.source_pass(
-                    model, streams[i], st, [(slots[i], units_for(i, src_locs[i], "source"))], writes=i > 0
+                    model, streams[i], st, [(slots[i], self._units_for(i, src_locs[i], "source", bsz))], writes=i > 0
                 ))
         raise AssertionError("unreachable")  # pragma: no cover
 
