@@ -35,23 +35,21 @@ class AdditionIntervention(Intervention):
     """``base + source`` (on the chosen subspaces). Steering vectors use this."""
 
     def forward(self, base, source=None, subspaces=None):
+        return base + self._selected(base, source, subspaces)
+
+    def _selected(self, base, source, subspaces):
+        """The source, cast to the base's dtype and zero outside the chosen subspaces."""
         mask = self.subspace_mask(subspaces, base)
         source = _like(source, base)
-        if mask is not None:
-            source = source * mask
-        return base + source
+        return source if mask is None else source * mask
 
 
 @register_intervention("subtraction")
-class SubtractionIntervention(Intervention):
+class SubtractionIntervention(AdditionIntervention):
     """``base - source`` (on the chosen subspaces)."""
 
     def forward(self, base, source=None, subspaces=None):
-        mask = self.subspace_mask(subspaces, base)
-        source = _like(source, base)
-        if mask is not None:
-            source = source * mask
-        return base - source
+        return base - self._selected(base, source, subspaces)
 
 
 @register_intervention("zero")
