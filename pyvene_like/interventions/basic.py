@@ -15,6 +15,13 @@ def _like(source, base):
     return source if source.dtype == base.dtype else source.to(base.dtype)
 
 
+def _selected(iv, base, source, subspaces):
+    """The source, cast to the base's dtype and zero outside the chosen subspaces."""
+    mask = iv.subspace_mask(subspaces, base)
+    source = _like(source, base)
+    return source if mask is None else source * mask
+
+
 def _blend(base, new, mask):
     """``new`` on the masked dims, ``base`` elsewhere (all dims when mask is None)."""
     if mask is None:
@@ -35,21 +42,15 @@ class AdditionIntervention(Intervention):
     """``base + source`` (on the chosen subspaces). Steering vectors use this."""
 
     def forward(self, base, source=None, subspaces=None):
-        return base + self._selected(base, source, subspaces)
-
-    def _selected(self, base, source, subspaces):
-        """The source, cast to the base's dtype and zero outside the chosen subspaces."""
-        mask = self.subspace_mask(subspaces, base)
-        source = _like(source, base)
-        return source if mask is None else source * mask
+        return base + _selected(self, base, source, subspaces)
 
 
 @register_intervention("subtraction")
-class SubtractionIntervention(AdditionIntervention):
+class SubtractionIntervention(Intervention):
     """``base - source`` (on the chosen subspaces)."""
 
     def forward(self, base, source=None, subspaces=None):
-        return base - self._selected(base, source, subspaces)
+        return base - _selected(self, base, source, subspaces)
 
 
 @register_intervention("zero")
