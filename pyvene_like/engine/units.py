@@ -136,6 +136,8 @@ def _head_columns(units: Units, site, bsz: int, device) -> torch.Tensor:
     """Column indices ``[B, H*head_dim]`` of the selected heads in the site's last dim."""
     hd = site.head_dim
     heads = units.heads
+    if heads is not None and heads.device != device:
+        heads = units.heads = heads.to(device)
     if heads is None:
         heads = torch.arange(site.n_heads, device=device).expand(bsz, -1)
     cols = (heads.unsqueeze(-1) * hd + torch.arange(hd, device=device)).reshape(bsz, -1)
@@ -174,7 +176,11 @@ def _window(xs: torch.Tensor, units: Units):
     if span is not None:
         start = span[0] if span[0] >= 0 else xs.shape[1] + span[0]
         return xs.narrow(1, start, (span[1] if span[1] is not None else xs.shape[1]) - start), None
-    return xs, units.pos
+    pos = units.pos
+    if pos is not None and pos.device != xs.device:
+        # Index tensors follow the hooked module's device (sharded models: per module).
+        pos = units.pos = pos.to(xs.device)
+    return xs, pos
 
 
 def gather(x: torch.Tensor, units: Units, site, heads: bool) -> torch.Tensor:
