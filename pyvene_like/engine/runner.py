@@ -280,7 +280,7 @@ class Program:
                         f"{slot.label}: the module's input {tuple(src.shape)} and output "
                         f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
                     )
-            elif src is not None and src.shape != vals.shape:
+            elif src is not None and (src.shape != vals.shape or src.device != vals.device):
                 src = _fit_source_repr(src, vals, slot)
             # Straight to forward() unless someone hooked the intervention module itself.
             if iv._forward_hooks or iv._forward_pre_hooks:
