@@ -433,3 +433,14 @@ def test_source_representation_dtype_is_cast(gpt2, ids):
     _, b = im({"input_ids": base}, unit_locations={"base": -1}, source_representations=vec.double())
     assert torch.equal(a.logits, b.logits)
     assert not torch.equal(a.logits, gpt2(input_ids=base).logits)
+
+
+def test_intervention_link_key_shares_one_intervention(gpt2):
+    reps = [
+        pv.RepresentationConfig(0, "block_output", intervention_type="noise", intervention_link_key="n"),
+        pv.RepresentationConfig(2, "block_output", intervention_type="noise", intervention_link_key="n"),
+        pv.RepresentationConfig(3, "block_output", intervention_type="noise"),
+    ]
+    im = pv.IntervenableModel(reps, gpt2)
+    assert im.interventions[0] is im.interventions[1]
+    assert im.interventions[2] is not im.interventions[0]

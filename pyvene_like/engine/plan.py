@@ -79,6 +79,7 @@ def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
     layout = ModelLayout(model)
     slots: list[Slot] = []
     groups: dict = {}
+    linked: dict = {}
     for i, rep in enumerate(config.representations):
         site = resolve_site(layout, rep.layer, rep.component, rep.unit)
         if rep.unit in HEAD_UNITS and (site.n_heads is None or site.head_dim is None):
@@ -86,7 +87,13 @@ def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
                 f"representation {i}: unit {rep.unit!r} needs the number of heads of "
                 f"{site.path}, which the model config does not give"
             )
-        intervention = build_intervention(rep, site, i)
+        if rep.intervention_link_key is not None and rep.intervention_link_key in linked:
+            # Linked representations share one intervention (one set of parameters).
+            intervention = linked[rep.intervention_link_key]
+        else:
+            intervention = build_intervention(rep, site, i)
+            if rep.intervention_link_key is not None:
+                linked[rep.intervention_link_key] = intervention
         if rep.group_key is None:
             group = len(groups)
             groups[("__slot", i)] = group
