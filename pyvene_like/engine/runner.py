@@ -292,10 +292,13 @@ class Program:
                 continue
             if new.shape != vals.shape:
                 raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
-            if inplace and units.span is not None and not slot.heads and slot.site.columns is None:
+            # A result autograd records may have saved the gathered view (a rotation saves its
+            # input): writing into x in place would change it under autograd's feet.
+            ip = inplace and not (new.requires_grad and torch.is_grad_enabled())
+            if ip and units.span is not None and not slot.heads and slot.site.columns is None:
                 vals.copy_(new)  # vals is a view of x at those positions
                 continue
-            x = scatter(x, units, slot.site, slot.heads, new, inplace)
+            x = scatter(x, units, slot.site, slot.heads, new, ip)
         return x
 
     def _write_hook(self, io, members):
@@ -406,6 +409,12 @@ class Program:
             if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
                 raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
             sub_list = _per_slot(subspaces, n, "subspaces")
+            for slot, sub in zip(slots, sub_list):
+                if sub is not None and not slot.intervention.supports_subspaces:
+                    raise ConfigError(
+                        f"subspaces: {slot.label} does not take subspaces (it learns its own mask); "
+                        f"pass None for it"
+                    )
         else:
             sub_list = None
 
