@@ -11,6 +11,12 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from .masked import SigmoidMaskIntervention, SigmoidMaskRotatedSpaceIntervention
+from .rotated import (
+    BoundlessRotatedSpaceIntervention,
+    LowRankRotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+)
 
 __all__ = [
     "Intervention",
@@ -22,4 +28,9 @@ __all__ = [
     "SkipIntervention",
     "NoiseIntervention",
     "LambdaIntervention",
+    "RotatedSpaceIntervention",
+    "LowRankRotatedSpaceIntervention",
+    "BoundlessRotatedSpaceIntervention",
+    "SigmoidMaskIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
 ]
