@@ -444,3 +444,11 @@ def test_intervention_link_key_shares_one_intervention(gpt2):
     im = pv.IntervenableModel(reps, gpt2)
     assert im.interventions[0] is im.interventions[1]
     assert im.interventions[2] is not im.interventions[0]
+
+
+def test_plain_module_layer_width_is_inferred_for_trainable_interventions():
+    model = MLP()
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space"), model)
+    assert im.sites[0].width == 8 and im.interventions[0].embed_dim == 8
+    im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output", intervention_type="rotated_space"), model)
+    assert im.interventions[0].embed_dim == 2

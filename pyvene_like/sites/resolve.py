@@ -364,7 +364,8 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
             f"cannot tell the layers apart"
         )
     if role == "layer":
-        return Site(layer_mod, layer_path, io, width=layout.hidden, description=f"{layer_path} ({io})")
+        width = layout.hidden if layout.hidden is not None else _infer_width(layer_mod, io)
+        return Site(layer_mod, layer_path, io, width=width, description=f"{layer_path} ({io})")
 
     roles = layout.roles(stack_name)
     rel = roles.get(role)
@@ -395,6 +396,14 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)
     return site
+
+
+def _infer_width(module: nn.Module, io: str) -> int | None:
+    """Width of a plain module's input (its first linear map) or output (its last one)."""
+    dims = [d for d in (_linear_dims(m) for m in module.modules()) if d[1] is not None]
+    if not dims:
+        return None
+    return dims[0][0] if io == "input" else dims[-1][1]
 
 
 def _set_heads(layout: ModelLayout, site: Site, head_kind: str, component: str) -> None:
