@@ -26,6 +26,7 @@ from .interventions import (
     SigmoidMaskRotatedSpaceIntervention,
     SkipIntervention,
     SubtractionIntervention,
+    TrainableIntervention,
     VanillaIntervention,
     ZeroIntervention,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "BoundlessRotatedSpaceIntervention",
     "SigmoidMaskIntervention",
     "SigmoidMaskRotatedSpaceIntervention",
+    "TrainableIntervention",
     "register_intervention",
     "get_intervention_class",
     "registered_interventions",

@@ -16,6 +16,8 @@ from .rotated import (
     BoundlessRotatedSpaceIntervention,
     LowRankRotatedSpaceIntervention,
     RotatedSpaceIntervention,
+    RotateLayer,
+    TrainableIntervention,
 )
 
 __all__ = [
@@ -33,4 +35,6 @@ __all__ = [
     "BoundlessRotatedSpaceIntervention",
     "SigmoidMaskIntervention",
     "SigmoidMaskRotatedSpaceIntervention",
+    "TrainableIntervention",
+    "RotateLayer",
 ]

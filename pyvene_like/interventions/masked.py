@@ -1,4 +1,12 @@
-"""Trainable soft masks: learn which dimensions (or rotated dimensions) carry a variable."""
+"""Trainable soft masks: learn which dimensions (or rotated dimensions) carry a variable.
+
+``mask = sigmoid(logits / temperature)``; the output is ``(1 - mask) * base + mask * source``
+(in a learned rotated basis for :class:`SigmoidMaskRotatedSpaceIntervention`). ``temperature``
+is a saved buffer: lower it during training (``set_temperature``) to push the mask towards 0/1.
+The defaults follow pyvene (temperature 0.01 and logits 0 for the plain mask; temperature 50
+and logits 100 for the rotated one). Parameters and computation are float32, as in
+:mod:`.rotated`.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +14,82 @@ import torch
 from torch import nn
 
 from ..registry import register_intervention
-from .base import Intervention
-from .rotated import _f32, _need_width, _Orthonormal
-
-
-class _SoftMask(nn.Module):
-    """``sigmoid(logits / temperature)`` over ``n`` dims; temperature is a saved buffer."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.mask_logits = nn.Parameter(torch.zeros(n))
-        self.register_buffer("temperature", torch.tensor(1.0))
-
-    def forward(self):
-        return torch.sigmoid(self.mask_logits / self.temperature)
+from .rotated import (
+    TrainableIntervention,
+    _compute_dtype,
+    _full_precision,
+    _need_width,
+    _rotated_interchange,
+    _rotated_selection,
+    _temperature_value,
+    orthonormal_layer,
+)
 
 
 @register_intervention("sigmoid_mask")
-class SigmoidMaskIntervention(Intervention):
-    """``(1 - m) * base + m * source`` with a learned per-dimension mask ``m``."""
+class SigmoidMaskIntervention(TrainableIntervention):
+    """``(1 - m) * base + m * source`` with ``m = sigmoid(mask / temperature)`` learned per dim.
 
-    trainable = True
-    supports_subspaces = False
+    ``subspaces`` (raw dims, or ``subspace_partition`` groups) restrict the mask: dims outside
+    them keep the base. Parameters: ``embed_dim`` (``mask``).
+    """
 
-    def __init__(self, embed_dim=None, subspace_partition=None):
-        n = _need_width(embed_dim, type(self).__name__)
+    def __init__(self, embed_dim=None, subspace_partition=None, temperature: float = 0.01, mask_init: float = 0.0):
+        name = type(self).__name__
+        n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.mask = _SoftMask(n)
+        self.mask = nn.Parameter(torch.full((n,), float(mask_init)))
+        self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
-    def set_temperature(self, value: float) -> None:
-        self.mask.temperature.fill_(float(value))
+    def mask_weights(self) -> torch.Tensor:
+        """The ``[embed_dim]`` soft mask (float32)."""
+        return torch.sigmoid(self.mask / self.temperature)
 
     def forward(self, base, source=None, subspaces=None):
-        dtype = base.dtype
-        b, s = _f32(base, source)
-        m = self.mask()
-        return ((1 - m) * b + m * s).to(dtype)
+        self._check(base, source)
+        with _full_precision(base):
+            cdt = _compute_dtype(base)
+            m = self.mask_weights().to(cdt)
+            if subspaces is not None:
+                sel = self.subspace_mask(subspaces, base)  # [B, 1, width]
+                m = torch.where(sel, m, 0.0)
+            b = base if base.dtype == cdt else base.to(cdt)
+            s = source if source.dtype == cdt else source.to(cdt)
+            out = b + (s - b) * m
+        return out if out.dtype == base.dtype else out.to(base.dtype)
 
 
 @register_intervention("sigmoid_mask_rotated_space")
-class SigmoidMaskRotatedSpaceIntervention(Intervention):
-    """The learned soft mask applied in a learned rotated basis."""
+class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
+    """The learned soft mask in a learned rotated basis:
+    ``base + ((source - base) R * sigmoid(masks / temperature)) R^T``.
 
-    trainable = True
-    supports_subspaces = False
+    ``subspaces`` (rotated dims, or ``subspace_partition`` groups) restrict the mask to those
+    rotated dims. Parameters: ``embed_dim**2 + embed_dim`` (rotation and ``masks``).
+    """
 
-    def __init__(self, embed_dim=None, subspace_partition=None):
-        n = _need_width(embed_dim, type(self).__name__)
+    def __init__(self, embed_dim=None, subspace_partition=None, temperature: float = 50.0, mask_init: float = 100.0):
+        name = type(self).__name__
+        n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.rotate_layer = _Orthonormal(n, n)
-        self.mask = _SoftMask(n)
+        self.rotate_layer = orthonormal_layer(n)
+        self.masks = nn.Parameter(torch.full((n,), float(mask_init)))
+        self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
-    def set_temperature(self, value: float) -> None:
-        self.mask.temperature.fill_(float(value))
+    def mask_weights(self) -> torch.Tensor:
+        """The ``[embed_dim]`` soft mask over rotated dims (float32)."""
+        return torch.sigmoid(self.masks / self.temperature)
 
     def forward(self, base, source=None, subspaces=None):
-        dtype = base.dtype
-        b, s = _f32(base, source)
-        rb, rs = self.rotate_layer(b), self.rotate_layer(s)
-        m = self.mask()
-        return (((1 - m) * rb + m * rs) @ self.rotate_layer.weight).to(dtype)
+        self._check(base, source)
+        with _full_precision(base):
+            soft = self.mask_weights()
+            sel = None
+            if subspaces is not None:
+                sel = _rotated_selection(self, subspaces, base.shape[0], self.embed_dim, base.device)
+                if not isinstance(sel, torch.Tensor) or sel.dtype != torch.bool:
+                    # same dims for every example: zero the mask elsewhere, keep the full R
+                    keep = torch.zeros(self.embed_dim, dtype=torch.bool, device=soft.device)
+                    keep[sel] = True
+                    sel = keep
+        return _rotated_interchange(self, base, source, sel=sel, soft=soft)

@@ -1,142 +1,385 @@
 """Trainable interventions in a learned rotated basis (distributed alignment search, DAS).
 
-All of them keep their parameters in float32 and compute in float32, casting the result back
-to the activation's dtype, so bfloat16 models train the rotation without precision loss.
+``R`` is the ``[embed_dim, k]`` matrix ``rotate_layer.weight`` with orthonormal columns
+(``k == embed_dim`` for a full rotation), kept orthonormal by a parametrization (torch's
+orthogonal one for a full rotation; a QR one for ``k < embed_dim``, see
+:class:`_Orthonormalize`). As in pyvene, ``rotate_layer(x) == x @ rotate_layer.weight`` gives the rotated
+coordinates and ``y @ rotate_layer.weight.T`` rotates back.
+
+Every intervention here computes ``base + ((source - base) R * m) R^T`` for a (hard or soft)
+mask ``m`` over the rotated dims. For a full rotation this equals "rotate base and source,
+interchange the chosen rotated dims, rotate back", and it keeps the base exactly where nothing
+is interchanged.
+
+Precision: parameters stay float32 whatever the module is cast to (an orthogonal matrix in
+bfloat16 is orthogonal only to about 1e-2, and torch has no bfloat16 Householder kernel on CPU),
+and the computation runs in float32 (outside autocast), with the result cast back to the
+activation's dtype. A bfloat16 model trains a float32 rotation.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
-from .base import Intervention
+from .base import Intervention, _check_partition, _rectangular
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+# -- shared pieces ---------------------------------------------------------------------------
 def _need_width(embed_dim, cls_name: str) -> int:
     if embed_dim is None:
         raise ConfigError(
             f"{cls_name}: embed_dim is None — the site's width could not be determined; pass "
             f"intervention_kwargs={{'embed_dim': <width>}} in the RepresentationConfig"
         )
-    if not isinstance(embed_dim, int) or embed_dim < 1:
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
         raise ConfigError(f"{cls_name}: embed_dim must be a positive int, got {embed_dim!r}")
     return embed_dim
 
 
-class _Orthonormal(nn.Module):
-    """``k`` orthonormal directions in ``n`` dims: ``weight`` is ``[k, n]`` with orthonormal rows."""
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
-    def __init__(self, n: int, k: int):
+
+def _full_precision(x: torch.Tensor):
+    """A context that turns autocast off on ``x``'s device (when it is on)."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()
+
+
+class RotateLayer(nn.Module):
+    """``x @ weight`` with ``weight`` ``[n, k]`` (``k <= n``), as pyvene's ``RotateLayer``.
+
+    Wrapped by :func:`torch.nn.utils.parametrizations.orthogonal`, the ``[n, k]`` weight has
+    orthonormal columns: a full rotation when ``k == n``, a projection onto ``k`` orthonormal
+    directions otherwise.
+    """
+
+    def __init__(self, n: int, k: int | None = None):
         super().__init__()
-        self.proj = orthogonal(nn.Linear(n, k, bias=False))
+        self.weight = nn.Parameter(torch.empty(n, n if k is None else k))
+        nn.init.orthogonal_(self.weight)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.proj.weight
-
-    def forward(self, x):  # x [..., n] -> [..., k]
-        return x @ self.proj.weight.T
+    def forward(self, x):
+        return x @ self.weight
 
 
-def _f32(*xs):
-    return [x if x is None or x.dtype == torch.float32 else x.float() for x in xs]
+class _Orthonormalize(nn.Module):
+    """Parametrization of a tall ``[n, k]`` matrix by the Q factor of its QR decomposition.
+
+    Used instead of torch's Householder map for ``k < n``: that map reads the diagonal of its
+    stored matrix as signs through ``int()``, so any optimiser step that touches the diagonal
+    (AdamW's default weight decay turns 1.0 into 0.99999, which truncates to 0) zeroes columns
+    and the projection stops being orthonormal. The Q factor does not care about the scale of
+    its input, and its columns' signs are fixed (``diag(R) > 0``) so the map is continuous.
+    Cost ``O(n k^2)`` like Householder.
+    """
+
+    def forward(self, X):
+        Q, Rf = torch.linalg.qr(X)
+        sign = torch.where(torch.diagonal(Rf, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)
+        return Q * sign.unsqueeze(-2)
+
+    def right_inverse(self, W):
+        return W
 
 
-def _interchange_mask(iv, subspaces, rotated: torch.Tensor, default_dims: int) -> torch.Tensor:
-    mask = iv.subspace_mask(subspaces, rotated)
-    if mask is None:
-        mask = torch.zeros(rotated.shape[-1], dtype=torch.bool, device=rotated.device)
-        mask[:default_dims] = True
-    return mask
+def orthonormal_layer(n: int, k: int | None = None) -> RotateLayer:
+    """A :class:`RotateLayer` whose ``[n, k]`` weight is kept with orthonormal columns.
+
+    A full rotation (``k == n``) uses torch's orthogonal parametrization (matrix exponential,
+    as pyvene); ``k < n`` uses :class:`_Orthonormalize`. Either way the trainable tensor is
+    ``rotate_layer.parametrizations.weight.original``.
+    """
+    if k is None or k == n:
+        return orthogonal(RotateLayer(n))
+    layer = RotateLayer(n, k)
+    parametrize.register_parametrization(layer, "weight", _Orthonormalize())
+    return layer
 
 
-@register_intervention("rotated_space")
-class RotatedSpaceIntervention(Intervention):
-    """Rotate base and source by a learned orthogonal ``R``, interchange the chosen rotated
-    dims (``subspaces`` / ``subspace_partition``, else the first ``interchange_dim``), rotate back.
+def _temperature_value(value, cls_name: str) -> float:
+    t = float(value.item() if isinstance(value, torch.Tensor) else value)
+    if not t > 0 or t == float("inf"):
+        raise ConfigError(f"{cls_name}: temperature must be a positive finite number, got {value!r}")
+    return t
+
+
+class TrainableIntervention(Intervention):
+    """Base of the trainable interventions: float32 parameters and buffers, whatever the cast.
+
+    ``module.to(torch.bfloat16)`` (or ``.half()``) moves the module but leaves its floating
+    parameters and buffers in float32; the forward passes cast activations themselves.
     """
 
     trainable = True
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for mod in self.modules():
+            for p in mod._parameters.values():
+                if p is not None and p.dtype in _LOW_PRECISION:
+                    p.data = p.data.float()
+                    if p.grad is not None:
+                        p.grad = p.grad.float()
+            for name, b in mod._buffers.items():
+                if b is not None and b.dtype in _LOW_PRECISION:
+                    mod._buffers[name] = b.float()
+        return self
+
+    # -- temperature (for the interventions that have one) -----------------------------------
+    def set_temperature(self, value) -> None:
+        """Set the mask's temperature (a saved buffer); a positive number or 0-d tensor."""
+        if not hasattr(self, "temperature"):
+            raise ConfigError(f"{type(self).__name__} has no temperature")
+        self.temperature.fill_(_temperature_value(value, type(self).__name__))
+
+    def get_temperature(self) -> torch.Tensor:
+        return self.temperature
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check(self, base, source, needs_source: bool = True):
+        name = type(self).__name__
+        if base.shape[-1] != self.embed_dim:
+            raise ShapeError(
+                f"{name} was built for width {self.embed_dim} (embed_dim) but the site's units "
+                f"have width {base.shape[-1]}; drop intervention_kwargs['embed_dim'] or set it to "
+                f"{base.shape[-1]}"
+            )
+        if needs_source and source is None:
+            raise ConfigError(f"{name} needs a source: give sources or source_representations")
+
+    def _no_subspaces(self, subspaces):
+        if subspaces is not None:
+            raise ConfigError(
+                f"subspaces: {type(self).__name__} does not take subspaces (it learns its own "
+                f"mask); pass None for it"
+            )
+
+
+def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device):
+    """Which of ``width`` rotated dims ``subspaces`` selects.
+
+    Returns a ``slice`` or a 1-d index tensor when every example selects the same dims (the
+    usual DAS case: the rotation is then cut to those columns), else a ``[batch, 1, width]``
+    boolean mask. Ids are rotated dims, or ``subspace_partition`` groups of them.
+    """
+    name = type(iv).__name__
+    rows = _rectangular(subspaces, bsz)
+    flat = [i for r in rows for i in r]
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
+        raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
+    lo, hi = min(flat), max(flat)
+    part = iv.subspace_partition
+    if part is None:
+        if lo < 0 or hi >= width:
+            raise LocationError(
+                f"subspaces: dimension {hi if hi >= width else lo} is past the rotation width "
+                f"{width} of {name} (subspace ids index the rotated space: accepted 0..{width - 1}, "
+                f"or set subspace_partition to address groups of rotated dimensions)"
+            )
+    elif lo < 0 or hi >= len(part):
+        raise LocationError(
+            f"subspaces: subspace id {hi if hi >= len(part) else lo} is past subspace_partition "
+            f"{part} (accepted ids: 0..{len(part) - 1}), which splits the {width} rotated dims "
+            f"of {name}"
+        )
+    first = rows[0]
+    if all(r == first for r in rows):
+        if part is None:
+            dims = sorted(set(first))
+        else:
+            dims = sorted({d for i in first for d in range(part[i][0], part[i][1])})
+        if dims[-1] - dims[0] + 1 == len(dims):
+            return slice(dims[0], dims[-1] + 1)
+        return torch.tensor(dims, dtype=torch.long, device=device)
+    ids = torch.as_tensor(rows, dtype=torch.long, device=device)  # [B, K]
+    if part is None:
+        mask = torch.zeros(bsz, width, dtype=torch.bool, device=device)
+        mask.scatter_(1, ids, True)
+    else:
+        mask = iv._table(width, device)[ids].any(dim=1)
+    return mask.unsqueeze(1)
+
+
+def _rotated_interchange(iv, base, source, sel=None, soft=None):
+    """``base + ((source - base) R [* sel or soft]) R^T`` in float32, cast back to base's dtype.
+
+    ``sel``: ``None`` (every column of R), a ``slice`` / index tensor of columns, or a
+    ``[batch, 1, k]`` boolean mask; ``soft``: an optional ``[k]`` weight per rotated dim.
+    """
+    with _full_precision(base):
+        cdt = _compute_dtype(base)
+        R = iv.rotate_layer.weight
+        if R.dtype != cdt:
+            R = R.to(cdt)
+        mask = None
+        if isinstance(sel, slice) or (isinstance(sel, torch.Tensor) and sel.dtype == torch.long):
+            R = R[:, sel]
+        elif sel is not None:
+            mask = sel
+        b = base if base.dtype == cdt else base.to(cdt)
+        s = source if source.dtype == cdt else source.to(cdt)
+        diff = (s - b) @ R
+        if soft is not None:
+            diff = diff * soft.to(cdt)
+        if mask is not None:
+            diff = torch.where(mask, diff, 0.0)
+        out = b + diff @ R.T
+    return out if out.dtype == base.dtype else out.to(base.dtype)
+
+
+# -- the interventions ---------------------------------------------------------------------------
+@register_intervention("rotated_space")
+class RotatedSpaceIntervention(TrainableIntervention):
+    """DAS: rotate base and source by a learned orthogonal ``R`` (``[embed_dim, embed_dim]``),
+    interchange the chosen rotated dims, rotate back.
+
+    The chosen dims are given per call by ``subspaces`` (rotated dims, or groups of them with
+    ``subspace_partition``), else they are the first ``interchange_dim`` (default: all, which is
+    the vanilla interchange; ``0`` leaves the base untouched). Parameters: ``embed_dim**2``.
+    """
 
     def __init__(self, embed_dim=None, subspace_partition=None, interchange_dim: int | None = None):
         n = _need_width(embed_dim, type(self).__name__)
         super().__init__(n, subspace_partition)
-        if interchange_dim is not None and not 0 <= interchange_dim <= n:
-            raise ConfigError(f"interchange_dim must be in 0..{n}, got {interchange_dim!r}")
-        self.interchange_dim = n if interchange_dim is None else interchange_dim
-        self.rotate_layer = _Orthonormal(n, n)
+        self.interchange_dim = n
+        if interchange_dim is not None:
+            self.set_interchange_dim(interchange_dim)
+        self.rotate_layer = orthonormal_layer(n)
+
+    def set_interchange_dim(self, interchange_dim: int) -> None:
+        """Interchange the first ``interchange_dim`` rotated dims when no subspaces are given."""
+        if isinstance(interchange_dim, torch.Tensor):
+            interchange_dim = int(interchange_dim.item())
+        if isinstance(interchange_dim, bool) or not isinstance(interchange_dim, int) or not (
+            0 <= interchange_dim <= self.embed_dim
+        ):
+            raise ConfigError(
+                f"{type(self).__name__}: interchange_dim must be an int in 0..{self.embed_dim} "
+                f"(the rotation width), got {interchange_dim!r}"
+            )
+        self.interchange_dim = interchange_dim
 
     def forward(self, base, source=None, subspaces=None):
-        dtype = base.dtype
-        b, s = _f32(base, source)
-        rb, rs = self.rotate_layer(b), self.rotate_layer(s)
-        mixed = torch.where(_interchange_mask(self, subspaces, rb, self.interchange_dim), rs, rb)
-        return (mixed @ self.rotate_layer.weight).to(dtype)
+        self._check(base, source)
+        if subspaces is not None:
+            sel = _rotated_selection(self, subspaces, base.shape[0], self.embed_dim, base.device)
+        elif self.interchange_dim == 0:
+            return base
+        elif self.interchange_dim == self.embed_dim:
+            sel = None
+        else:
+            sel = slice(0, self.interchange_dim)
+        return _rotated_interchange(self, base, source, sel)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, interchange_dim={self.interchange_dim}"
 
 
 @register_intervention("low_rank_rotated_space")
-class LowRankRotatedSpaceIntervention(Intervention):
-    """Interchange inside a learned ``low_rank_dimension``-dim subspace; the orthogonal
-    complement of the base is kept: ``base + (mix(source R, base R) - base R) R^T``.
+class LowRankRotatedSpaceIntervention(TrainableIntervention):
+    """Interchange inside a learned ``low_rank_dimension``-dim subspace and keep the rest of the
+    base: ``base + (source R - base R) R^T`` with ``R`` ``[embed_dim, low_rank_dimension]``
+    (orthonormal columns).
+
+    ``subspaces`` restrict the interchange to some of the ``low_rank_dimension`` rotated dims
+    (or ``subspace_partition`` groups of them). Parameters: ``embed_dim * low_rank_dimension``.
     """
 
-    trainable = True
-
     def __init__(self, embed_dim=None, subspace_partition=None, low_rank_dimension: int | None = None):
-        n = _need_width(embed_dim, type(self).__name__)
+        name = type(self).__name__
+        n = _need_width(embed_dim, name)
         if low_rank_dimension is None:
             raise ConfigError(
-                "LowRankRotatedSpaceIntervention needs low_rank_dimension (set it in the "
-                "RepresentationConfig)"
+                f"{name} needs low_rank_dimension: set RepresentationConfig(..., "
+                f"low_rank_dimension=r) with 1 <= r <= {n} (the site's width)"
             )
-        if not isinstance(low_rank_dimension, int) or not 1 <= low_rank_dimension <= n:
+        if (
+            isinstance(low_rank_dimension, bool)
+            or not isinstance(low_rank_dimension, int)
+            or not 1 <= low_rank_dimension <= n
+        ):
             raise ConfigError(
                 f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r}"
             )
-        super().__init__(n, subspace_partition)
+        part = _check_partition(subspace_partition, None)
+        if part is not None and part[-1][1] > low_rank_dimension:
+            raise ConfigError(
+                f"subspace_partition {subspace_partition!r} reaches dimension {part[-1][1]} but the "
+                f"low-rank rotation has only low_rank_dimension={low_rank_dimension} rotated dims"
+            )
+        super().__init__(n, part)
         self.low_rank_dimension = low_rank_dimension
-        self.rotate_layer = _Orthonormal(n, low_rank_dimension)
+        self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 
     def forward(self, base, source=None, subspaces=None):
-        dtype = base.dtype
-        b, s = _f32(base, source)
-        rb, rs = self.rotate_layer(b), self.rotate_layer(s)
-        mixed = torch.where(_interchange_mask(self, subspaces, rb, self.low_rank_dimension), rs, rb)
-        return (b + (mixed - rb) @ self.rotate_layer.weight).to(dtype)
+        self._check(base, source)
+        sel = None
+        if subspaces is not None:
+            sel = _rotated_selection(self, subspaces, base.shape[0], self.low_rank_dimension, base.device)
+        return _rotated_interchange(self, base, source, sel)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, low_rank_dimension={self.low_rank_dimension}"
 
 
 @register_intervention("boundless_rotated_space")
-class BoundlessRotatedSpaceIntervention(Intervention):
-    """Rotation plus a learned soft boundary (Boundless DAS): rotated dim ``i`` is taken from the
-    source with weight ``sigmoid((boundary * width - i) / temperature)``.
+class BoundlessRotatedSpaceIntervention(TrainableIntervention):
+    """Boundless DAS: a learned rotation plus a learned soft boundary on how many rotated dims
+    are interchanged.
 
-    Anneal the temperature during training (e.g. linearly from 50 to 0.1) with
-    :meth:`set_temperature`; the boundary starts at half the width.
+    Rotated dim ``i`` is taken from the source with weight
+    ``sigmoid((boundary * embed_dim - (i + 0.5)) / temperature)`` where ``boundary`` is the
+    parameter ``intervention_boundaries`` clamped to ``[0, 1]`` (starts at ``init_boundary``),
+    so at a low temperature the first ``round(boundary * embed_dim)`` rotated dims are swapped.
+
+    The schedule users run: start hot and anneal, e.g. for ``total`` optimiser steps::
+
+        temps = torch.linspace(50.0, 0.1, total)
+        for step in range(total):
+            iv.set_temperature(temps[step])
+            ...  # forward, loss (+ optionally a penalty on the boundary), backward, step
+
+    Give the boundary its own, larger learning rate (pyvene's recipes use 1e-2 for it and 1e-3
+    for the rotation). ``temperature`` is a buffer, so it is saved with the state dict. No
+    subspaces: the boundary *is* the learned subspace. Parameters: ``embed_dim**2 + 1``.
     """
 
-    trainable = True
+    supports_subspaces = False
 
-    def __init__(self, embed_dim=None, subspace_partition=None, init_boundary: float = 0.5):
-        n = _need_width(embed_dim, type(self).__name__)
-        super().__init__(n, subspace_partition)
-        self.rotate_layer = _Orthonormal(n, n)
+    def __init__(self, embed_dim=None, init_boundary: float = 0.5, temperature: float = 50.0):
+        name = type(self).__name__
+        n = _need_width(embed_dim, name)
+        super().__init__(n, None)
+        if not isinstance(init_boundary, (int, float)) or not 0.0 <= init_boundary <= 1.0:
+            raise ConfigError(f"{name}: init_boundary must be a fraction in [0, 1], got {init_boundary!r}")
+        self.rotate_layer = orthonormal_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
-        self.register_buffer("temperature", torch.tensor(50.0))
-        self.register_buffer("_positions", torch.arange(n, dtype=torch.float32), persistent=False)
+        self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
-    def set_temperature(self, value: float) -> None:
-        self.temperature.fill_(float(value))
+    def get_boundary_parameters(self) -> nn.Parameter:
+        return self.intervention_boundaries
 
     def boundary_mask(self) -> torch.Tensor:
+        """The soft ``[embed_dim]`` interchange weight of each rotated dim (float32)."""
         edge = self.intervention_boundaries.clamp(0.0, 1.0) * self.embed_dim
-        return torch.sigmoid((edge - self._positions) / self.temperature)
+        centres = torch.arange(self.embed_dim, dtype=torch.float32, device=edge.device) + 0.5
+        return torch.sigmoid((edge - centres) / self.temperature)
 
     def forward(self, base, source=None, subspaces=None):
-        dtype = base.dtype
-        b, s = _f32(base, source)
-        rb, rs = self.rotate_layer(b), self.rotate_layer(s)
-        m = self.boundary_mask()
-        return (((1 - m) * rb + m * rs) @ self.rotate_layer.weight).to(dtype)
+        self._no_subspaces(subspaces)
+        self._check(base, source)
+        with _full_precision(base):
+            soft = self.boundary_mask()
+        return _rotated_interchange(self, base, source, soft=soft)
