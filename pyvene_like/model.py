@@ -103,6 +103,16 @@ class IntervenableModel(nn.Module):
             p.requires_grad_(False)
 
     # -- running ----------------------------------------------------------------------------
+    def collect_source_representations(self, sources, unit_locations=None) -> list:
+        """Source activations at every intervention's units, without running the base.
+
+        Returns one ``[batch, units, width]`` tensor per intervention (``None`` for those that
+        take no source), ready to pass back as ``source_representations=``: the same call with
+        them gives the same outputs as with ``sources``, minus the source passes. Sources are
+        fixed inputs, so a trainer computes these once and reuses them every epoch.
+        """
+        return self._program.collect_sources(self.model, sources, unit_locations)
+
     def forward(
         self,
         base,

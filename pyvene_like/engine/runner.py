@@ -418,8 +418,7 @@ class Program:
         else:
             sub_list = None
 
-        units_for = self._units_for
-        base_units = [units_for(i, base_locs[i], "base", bsz) for i in range(n)]
+        base_units = [self._units_for(i, base_locs[i], "base", bsz) for i in range(n)]
         original = call_model(model, base) if output_original_output else None
         st = self.state = _CallState(n)
         if sub_list is not None:
@@ -430,30 +429,59 @@ class Program:
         else:
             has_repr = [r is not None for r in reprs]
             per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
-            # One pass per distinct source input (by identity, then by equal contents).
-            distinct: list = []
-            for i, src in enumerate(per_slot_src):
-                if src is None:
-                    continue
-                for entry in distinct:
-                    if _same_inputs(entry[0], src):
-                        entry[1].append(i)
-                        break
-                else:
-                    distinct.append((src, [i]))
-            if distinct:
-                with torch.set_grad_enabled(_model_needs_grad(model)):
-                    for src, idxs in distinct:
-                        reqs = [(slots[i], units_for(i, src_locs[i], "source", bsz)) for i in idxs]
-                        acts = self.source_pass(model, src, st, reqs)
-                        for i in idxs:
-                            st.src[i] = acts[i]
+            self._run_sources(model, per_slot_src, src_locs, bsz, st)
             for i, slot in enumerate(slots):
                 if st.src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
                     st.src[i] = _check_repr(reprs[i], slot)
             st.units = base_units
             intervened = self.base_pass(model, base, st)
         return original, intervened, [st.collected[i] for i in sorted(st.collected)]
+
+    def _run_sources(self, model, per_slot_src, src_locs, bsz, st: _CallState) -> None:
+        """Fill ``st.src`` with one pass per distinct source input (by identity, then contents)."""
+        slots = self.slots
+        distinct: list = []
+        for i, src in enumerate(per_slot_src):
+            if src is None:
+                continue
+            for entry in distinct:
+                if _same_inputs(entry[0], src):
+                    entry[1].append(i)
+                    break
+            else:
+                distinct.append((src, [i]))
+        if not distinct:
+            return
+        with torch.set_grad_enabled(_model_needs_grad(model)):
+            for src, idxs in distinct:
+                reqs = [(slots[i], self._units_for(i, src_locs[i], "source", bsz)) for i in idxs]
+                acts = self.source_pass(model, src, st, reqs)
+                for i in idxs:
+                    st.src[i] = acts[i]
+
+    def collect_sources(self, model, sources, unit_locations=None) -> list:
+        """The source activations each intervention would read, ``[batch, units, width]`` per slot
+        (``None`` for slots that take no source), as ``source_representations`` accepts them."""
+        if self.mode == "serial":
+            raise ConfigError(
+                "collect_source_representations: mode='serial' feeds each intervention from the "
+                "previous one's intervened stream, so its sources cannot be computed apart; use "
+                "mode='parallel'"
+            )
+        slots = self.slots
+        if sources is None or (isinstance(sources, (list, tuple)) and not sources):
+            raise ConfigError("collect_source_representations: sources is empty; give the source inputs")
+        first = sources[0] if isinstance(sources, (list, tuple)) else sources
+        bsz = batch_size(first, "sources[0]")
+        src_locs, _ = normalize_locations(unit_locations, slots, self.mode)
+        per_slot_src = normalize_sources(sources, slots, [False] * len(slots), bsz)
+        prev = self.state
+        try:
+            st = self.state = _CallState(len(slots))
+            self._run_sources(model, per_slot_src, src_locs, bsz, st)
+            return list(st.src)
+        finally:
+            self.state = prev
 
     def _units_for(self, i, loc, side, bsz):
         s = self.slots[i]
