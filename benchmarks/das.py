@@ -23,8 +23,9 @@ under ``inference_mode``), timed round-robin with the starting contender rotated
   after the hooked layer, as pyvene_like does; for information.
 * ``pyvene_like`` -- ``im(base, [source], {"sources->base": pos}, subspaces=...)``.
 * ``pyvene`` -- pyvene 0.1.8's ``RotatedSpaceIntervention``, the same call (when importable).
-* ``pyvene_like_cached`` -- the source's units collected once beforehand (no grad) and
-  passed as ``source_representations``: every epoch after the first costs this.
+* ``pyvene_like_cached`` -- the source's units collected once beforehand (no grad, with
+  ``im.collect_source_representations``) and passed as ``source_representations``: every
+  epoch after the first costs this.
 
 Every contender has its own rotation, all starting from the same weights, and its own
 optimiser. Before any timing, one step's loss and rotation gradient are computed for each and
@@ -136,22 +137,26 @@ def hand_das(model, rot, base, src, labels, stop_early: bool):
 def make_contenders(model, base, src, labels):
     rep = pvl.RepresentationConfig(LAYER, "block_output", intervention_type="rotated_space")
     im = pvl.IntervenableModel(rep, model)
-    state = im.interventions[0].rotate_layer.state_dict()  # every rotation starts here
+    # Every rotation starts from these weights (a copy: the optimiser later moves im's own).
+    state = {k: v.clone() for k, v in im.interventions[0].rotate_layer.state_dict().items()}
     subspaces = [[list(range(K))] * BATCH]
 
     def pvl_forward():
         _, out = im(base, [src], {"sources->base": POS}, subspaces=subspaces)
         return F.cross_entropy(out.logits[:, -1], labels)
 
-    # Cached sources: the units collected once, without grad, as an epoch loop would.
-    collector = pvl.IntervenableModel(
-        pvl.RepresentationConfig(LAYER, "block_output", intervention_type="collect"), model
-    )
-    with torch.no_grad():
-        (_, collected), _ = collector(src, unit_locations={"base": POS})
-    cached = collected[0]  # [batch, 1, width]
+    # Cached sources: the units collected once, without grad, as an epoch loop would, with
+    # the library's own call for it; a collect intervention must see the same values.
     im_cached = pvl.IntervenableModel(rep, model)
     im_cached.interventions[0].rotate_layer.load_state_dict(state)
+    with torch.no_grad():
+        (cached,) = im_cached.collect_source_representations([src], {"sources->base": POS})
+        collector = pvl.IntervenableModel(
+            pvl.RepresentationConfig(LAYER, "block_output", intervention_type="collect"), model
+        )
+        (_, collected), _ = collector(src, unit_locations={"base": POS})
+    if not torch.equal(cached, collected[0]):
+        sys.exit("ABORT: collect_source_representations differs from a collect intervention")
 
     def cached_forward():
         _, out = im_cached(base, unit_locations={"base": POS}, source_representations=cached,
