@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/das.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks
