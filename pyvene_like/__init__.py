@@ -34,6 +34,19 @@ from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
 from .sites import COMPONENTS
 
+_TRAINING_NAMES = (
+    "CausalModel",
+    "CounterfactualCollator",
+    "EvalResult",
+    "TrainResult",
+    "Trainer",
+    "evaluate",
+    "generate_counterfactual_dataset",
+    "generate_factual_dataset",
+    "hierarchical_equality",
+    "train_interventions",
+)
+
 __all__ = [
     "__version__",
     "IntervenableConfig",
@@ -67,4 +80,16 @@ __all__ = [
     "LoadError",
     "PyveneLikeWarning",
     "interventions",
+    "training",
+    *_TRAINING_NAMES,
 ]
+
+
+def __getattr__(name):
+    # The training stack pulls in accelerate and datasets: imported on first use only.
+    if name == "training" or name in _TRAINING_NAMES:
+        import importlib
+
+        training = importlib.import_module(".training", __name__)
+        return training if name == "training" else getattr(training, name)
+    raise AttributeError(f"module 'pyvene_like' has no attribute {name!r}")

@@ -1,0 +1,317 @@
+"""Factual and counterfactual datasets from a causal model, and the collator that batches them.
+
+Datasets are ``datasets.Dataset``s with pyvene's column names:
+
+* ``input_ids``: the base input (the encoded input setting, or token ids);
+* ``source_input_ids``: ``[n_sources, ...]`` source inputs per example;
+* ``labels``: the counterfactual label (what the causal model says after the interchange);
+* ``base_labels``: the base input's own label (for factual accuracy);
+* ``intervention_id``: which variables were interchanged (a key of ``intervention_ids``);
+* optionally ``base_locations`` / ``source_locations``: ``[n_interventions, n_units]`` positions.
+
+Generation is vectorised: every example of a dataset comes out of one batched run of the
+causal model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import datasets
+import torch
+
+from ..errors import ConfigError, ShapeError
+from .causal_model import CausalModel, _generator
+
+
+def _to_dataset(columns: dict[str, torch.Tensor]) -> datasets.Dataset:
+    ds = datasets.Dataset.from_dict({k: v.numpy() for k, v in columns.items()})
+    return ds.with_format("torch")
+
+
+def _encoders(model: CausalModel, input_encoder, label_encoder):
+    return input_encoder or model.encode_inputs, label_encoder or model.encode_output
+
+
+def generate_factual_dataset(
+    model: CausalModel,
+    size: int,
+    seed=0,
+    input_encoder: Callable | None = None,
+    label_encoder: Callable | None = None,
+) -> datasets.Dataset:
+    """``size`` examples of the causal model's input -> output behaviour: columns
+    ``input_ids`` and ``labels``."""
+    _check_size(size)
+    setting = model.run_forward(model.sample_inputs(size, _generator(seed)))
+    enc_in, enc_out = _encoders(model, input_encoder, label_encoder)
+    return _to_dataset({"input_ids": enc_in(setting), "labels": enc_out(setting)})
+
+
+def _check_size(size):
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"size: expected a positive int, got {size!r}")
+
+
+def _check_ids(model: CausalModel, intervention_ids) -> dict:
+    if isinstance(intervention_ids, Mapping):
+        ids = {k: [intervention_ids[k]] if isinstance(intervention_ids[k], str) else list(intervention_ids[k])
+               for k in intervention_ids}
+    elif isinstance(intervention_ids, (list, tuple)):
+        ids = {i: [v] if isinstance(v, str) else list(v) for i, v in enumerate(intervention_ids)}
+    else:
+        raise ConfigError(
+            f"intervention_ids: expected {{id: [variables]}} such as {{0: ['WX'], 1: ['YZ'], "
+            f"2: ['WX', 'YZ']}}, got {intervention_ids!r}"
+        )
+    if not ids:
+        raise ConfigError("intervention_ids: give at least one id -> [variables]")
+    for k, vars_ in ids.items():
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ConfigError(f"intervention_ids: ids must be ints, got {k!r}")
+        if not vars_:
+            raise ConfigError(f"intervention_ids[{k}]: names no variable")
+        for v in vars_:
+            if v not in model.parents:
+                raise ConfigError(
+                    f"intervention_ids[{k}]: {v!r} is not a variable of the causal model; "
+                    f"variables: {model.variables}"
+                )
+            if v in model.outputs:
+                raise ConfigError(
+                    f"intervention_ids[{k}]: {v!r} is an output; interchanging it just copies the "
+                    f"source's label. Intervene on intermediate variables"
+                )
+    return ids
+
+
+def generate_counterfactual_dataset(
+    model: CausalModel,
+    size: int,
+    intervention_ids,
+    seed=0,
+    input_encoder: Callable | None = None,
+    label_encoder: Callable | None = None,
+    id_weights: Sequence[float] | None = None,
+    distinct_sources: bool = False,
+    base_locations=None,
+    source_locations=None,
+) -> datasets.Dataset:
+    """``size`` interchange-intervention examples, drawn in one batched run.
+
+    Args:
+        intervention_ids: ``{id: [variables]}``: id ``k`` interchanges those variables, e.g.
+            ``{0: ["WX"], 1: ["YZ"], 2: ["WX", "YZ"]}``; each example draws an id (uniformly,
+            or by ``id_weights``).
+        distinct_sources: ``False`` (pyvene's DAS setting): one source per example supplies
+            every interchanged variable. ``True``: the j-th variable of an id comes from the
+            j-th source, so ``source_input_ids`` holds ``max(len(vars))`` sources.
+        base_locations / source_locations: optional unit positions stored with every example:
+            an int, or ``[n_interventions][n_units]``.
+
+    Returns a ``datasets.Dataset`` (torch format) with columns ``input_ids``,
+    ``source_input_ids`` ``[n_sources, ...]``, ``labels`` (counterfactual), ``base_labels``,
+    ``intervention_id`` and, when given, ``base_locations`` / ``source_locations``.
+    """
+    _check_size(size)
+    ids = _check_ids(model, intervention_ids)
+    keys = list(ids)
+    g = _generator(seed)
+    if id_weights is None:
+        choice = torch.randint(0, len(keys), (size,), generator=g)
+    else:
+        w = torch.as_tensor(id_weights, dtype=torch.float)
+        if w.shape != (len(keys),) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(
+                f"id_weights: expected {len(keys)} non-negative weights (one per id {keys}), got {id_weights!r}"
+            )
+        choice = torch.multinomial(w, size, replacement=True, generator=g)
+    id_col = torch.as_tensor(keys)[choice]
+    n_sources = max(len(v) for v in ids.values()) if distinct_sources else 1
+
+    base = model.sample_inputs(size, g)
+    srcs = [model.sample_inputs(size, g) for _ in range(n_sources)]
+    src_runs = [model.run_forward(s) for s in srcs]
+    fixed: dict[str, tuple] = {}
+    for var in dict.fromkeys(v for vs in ids.values() for v in vs):
+        mask = torch.zeros(size, dtype=torch.bool)
+        value = None
+        for j, run in enumerate(src_runs):
+            # Which examples take `var` from source j.
+            takes = [k for k, vs in ids.items() if var in vs and (not distinct_sources or vs.index(var) == j)]
+            if not takes:
+                continue
+            m = torch.isin(id_col, torch.as_tensor(takes))
+            val = run[var]
+            value = val.clone() if value is None else torch.where(
+                m.reshape(-1, *([1] * (val.dim() - 1))), val, value
+            )
+            mask |= m
+        fixed[var] = (value, mask)
+    enc_in, enc_out = _encoders(model, input_encoder, label_encoder)
+    cf = model.run_forward(base, fixed)
+    base_run = model.run_forward(base)
+    columns = {
+        "input_ids": enc_in(base_run),
+        "source_input_ids": torch.stack([enc_in(r) for r in src_runs], dim=1),
+        "labels": enc_out(cf),
+        "base_labels": enc_out(base_run),
+        "intervention_id": id_col,
+    }
+    for name, loc in (("base_locations", base_locations), ("source_locations", source_locations)):
+        if loc is not None:
+            t = torch.as_tensor(loc, dtype=torch.long)
+            t = t.reshape(1, 1) if t.dim() == 0 else t.reshape(1, -1) if t.dim() == 1 else t
+            columns[name] = t.unsqueeze(0).expand(size, *t.shape).clone()
+    return _to_dataset(columns)
+
+
+# -- batching -----------------------------------------------------------------------------------
+REQUIRED_COLUMNS = ("input_ids", "source_input_ids", "labels")
+
+
+def check_columns(dataset, label: str, need_ids: bool) -> None:
+    names = list(getattr(dataset, "column_names", None) or (dataset.keys() if isinstance(dataset, Mapping) else []))
+    need = list(REQUIRED_COLUMNS) + (["intervention_id"] if need_ids else [])
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise ConfigError(
+            f"{label}: missing column {missing[0]!r} (has {names}); a counterfactual dataset needs "
+            f"{need}" + (" because subspaces is given per intervention id" if need_ids and missing == ["intervention_id"] else "")
+        )
+
+
+class CounterfactualCollator:
+    """Turns rows (or stacked columns) of a counterfactual dataset into ``IntervenableModel``
+    call arguments: ``{"base", "sources", "unit_locations", "subspaces", "labels",
+    "intervention_id", "base_labels"}``.
+
+    Args:
+        subspaces: ``None``; or ``{intervention id: subspaces}`` where ``subspaces`` is a list of
+            partition ids for a single intervention (``{0: [0], 1: [1], 2: [0, 1]}``) or one such
+            list per intervention (``{0: [[0], None]}``); each example gets its id's subspaces.
+        input_key: ``None`` passes inputs positionally (``model(x)``); a name such as
+            ``"input_ids"`` or ``"inputs_embeds"`` passes ``model(**{input_key: x})`` together
+            with ``attention_mask`` / ``source_attention_mask`` columns when present.
+        unit_locations: used when the rows carry no ``base_locations``: any value
+            ``IntervenableModel`` accepts (default ``0``, the first and only unit of an MLP layer).
+        n_interventions: the number of interventions of the model (for per-id subspaces).
+    """
+
+    def __init__(self, subspaces=None, input_key: str | None = None, unit_locations=0, n_interventions: int = 1):
+        self.input_key = input_key
+        self.unit_locations = unit_locations
+        self.n_interventions = n_interventions
+        self.subspace_tables = None if subspaces is None else self._tables(subspaces, n_interventions)
+
+    @staticmethod
+    def _tables(subspaces, n: int):
+        if not isinstance(subspaces, Mapping):
+            raise ConfigError(
+                f"subspaces: expected {{intervention id: subspaces}}, e.g. {{0: [0], 1: [1], 2: [0, 1]}}, "
+                f"got {subspaces!r}"
+            )
+        per_slot: list[dict] = [dict() for _ in range(n)]
+        for k, spec in subspaces.items():
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise ConfigError(f"subspaces: keys are intervention ids (ints), got {k!r}")
+            if spec is None or (isinstance(spec, (list, tuple)) and spec and all(isinstance(i, int) for i in spec)):
+                spec = [spec] * n if n == 1 else None
+            if not isinstance(spec, (list, tuple)) or len(spec) != n:
+                raise ConfigError(
+                    f"subspaces[{k}]: expected a list of subspace ids (one intervention) or one list per "
+                    f"intervention ({n}), got {subspaces[k]!r}"
+                )
+            for slot, ids in enumerate(spec):
+                if ids is not None and (not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                    raise ConfigError(f"subspaces[{k}]: subspace ids must be non-empty lists of ints, got {ids!r}")
+                per_slot[slot][k] = ids
+        tables = []
+        ids_sorted = sorted(subspaces)
+        lo, hi = ids_sorted[0], ids_sorted[-1]
+        for slot in range(n):
+            entries = per_slot[slot]
+            if all(v is None for v in entries.values()):
+                tables.append(None)
+                continue
+            if any(v is None for v in entries.values()):
+                raise ConfigError(
+                    f"subspaces: intervention {slot} has subspaces for some ids but None for others; "
+                    f"give every id a list"
+                )
+            width = max(len(v) for v in entries.values())
+            # Padded with each row's first id: a repeated id selects nothing new.
+            table = torch.full((hi - lo + 1, width), -1, dtype=torch.long)
+            for k, v in entries.items():
+                table[k - lo] = torch.as_tensor(v + [v[0]] * (width - len(v)))
+            tables.append((lo, table, set(entries)))
+        return tables
+
+    def known_ids(self) -> set | None:
+        if self.subspace_tables is None:
+            return None
+        return next((t[2] for t in self.subspace_tables if t is not None), None)
+
+    def subspaces_for(self, ids: torch.Tensor):
+        if self.subspace_tables is None:
+            return None
+        out = []
+        known = self.known_ids()
+        unknown = set(ids.unique().tolist()) - known
+        if unknown:
+            raise ConfigError(
+                f"intervention_id: the data has id(s) {sorted(unknown)} with no entry in subspaces "
+                f"(which covers {sorted(known)})"
+            )
+        for t in self.subspace_tables:
+            if t is None:
+                out.append(None)
+                continue
+            lo, table, _ = t
+            out.append(table[ids.long() - lo])
+        return out
+
+    def _wrap(self, x, mask):
+        if self.input_key is None:
+            return x
+        d = {self.input_key: x}
+        if mask is not None:
+            d["attention_mask"] = mask
+        return d
+
+    def __call__(self, batch):
+        if isinstance(batch, (list, tuple)):  # rows from a DataLoader
+            batch = {k: torch.stack([torch.as_tensor(r[k]) for r in batch]) for k in batch[0]}
+        check_columns(batch, "batch", self.subspace_tables is not None)
+        base = batch["input_ids"]
+        src = batch["source_input_ids"]
+        if src.dim() < 2 or src.shape[0] != base.shape[0]:
+            raise ShapeError(
+                f"source_input_ids: expected [batch, n_sources, ...] with batch {base.shape[0]}, got "
+                f"shape {tuple(src.shape)}"
+            )
+        src_mask = batch.get("source_attention_mask")
+        sources = [
+            self._wrap(src[:, j], None if src_mask is None else src_mask[:, j]) for j in range(src.shape[1])
+        ]
+        out = {
+            "base": self._wrap(base, batch.get("attention_mask")),
+            "sources": sources,
+            "labels": batch["labels"],
+        }
+        if "base_locations" in batch:
+            b = batch["base_locations"].transpose(0, 1)  # [n_interventions, batch, units]
+            s = batch.get("source_locations", batch["base_locations"]).transpose(0, 1)
+            out["unit_locations"] = {"sources->base": (s.tolist(), b.tolist())}
+        else:
+            out["unit_locations"] = self.unit_locations if isinstance(self.unit_locations, Mapping) else {
+                "sources->base": self.unit_locations
+            }
+        if "intervention_id" in batch:
+            out["intervention_id"] = batch["intervention_id"]
+            out["subspaces"] = self.subspaces_for(batch["intervention_id"])
+        else:
+            out["subspaces"] = None
+        if "base_labels" in batch:
+            out["base_labels"] = batch["base_labels"]
+        return out

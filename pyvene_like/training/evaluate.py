@@ -1,0 +1,172 @@
+"""Interchange-intervention accuracy (IIA) and factual accuracy, with tensor ops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.runner import call_model
+from ..errors import ShapeError
+from .data import CounterfactualCollator, check_columns
+
+
+def default_logits(outputs) -> torch.Tensor:
+    """Class scores from a model's outputs: ``.logits`` (HF) or the tensor itself; for
+    sequence outputs ``[batch, seq, classes]`` the last position's."""
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    if not isinstance(logits, torch.Tensor):
+        raise ShapeError(
+            f"outputs: cannot find logits in a {type(outputs).__name__}; pass logits_fn= to pick them"
+        )
+    return logits[:, -1] if logits.dim() == 3 else logits
+
+
+def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if labels.shape != logits.shape[:1] or labels.dtype.is_floating_point:
+        raise ShapeError(
+            f"labels: expected class ids of shape [batch] = [{logits.shape[0]}] (integers) for logits "
+            f"{tuple(logits.shape)}, got {tuple(labels.shape)} {labels.dtype}; pass loss_fn= / "
+            f"metric_fn= for other label layouts"
+        )
+
+
+def default_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits ``[batch, classes]`` against class ids ``[batch]``."""
+    _check_labels(logits, labels)
+    return F.cross_entropy(logits.float(), labels.to(logits.device))
+
+
+def default_metric(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example correctness (argmax equals the label), a float tensor ``[batch]``."""
+    _check_labels(logits, labels)
+    return (logits.argmax(-1) == labels.to(logits.device)).float()
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured. ``iia_per_id`` is keyed by id name when names were given."""
+
+    iia: float
+    iia_per_id: dict = field(default_factory=dict)
+    factual_accuracy: float | None = None
+    n_examples: int = 0
+    n_per_id: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "iia": self.iia,
+            "iia_per_id": dict(self.iia_per_id),
+            "factual_accuracy": self.factual_accuracy,
+            "n_examples": self.n_examples,
+            "n_per_id": dict(self.n_per_id),
+            **({"metrics": self.metrics} if self.metrics else {}),
+        }
+
+
+def _columns(dataset) -> dict:
+    """All columns of a dataset as stacked tensors (one vectorised read)."""
+    if isinstance(dataset, Mapping):
+        return {k: torch.as_tensor(v) for k, v in dataset.items()}
+    return dict(dataset.with_format("torch")[:])
+
+
+def _take(cols: dict, idx) -> dict:
+    return {k: v[idx] for k, v in cols.items()}
+
+
+def _move(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _move(v, device) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_move(v, device) for v in x]
+    return x
+
+
+def _device_of(intervenable) -> torch.device:
+    p = next(intervenable.model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    intervenable,
+    dataset,
+    subspaces=None,
+    batch_size: int = 1024,
+    input_key: str | None = None,
+    unit_locations=0,
+    logits_fn: Callable | None = None,
+    metric_fn: Callable | None = None,
+    id_names: Mapping | None = None,
+    factual: bool = True,
+    collator: CounterfactualCollator | None = None,
+) -> EvalResult:
+    """IIA of ``intervenable`` on a counterfactual dataset, overall and per intervention id,
+    plus the model's factual accuracy on the base inputs (``base_labels``).
+
+    ``metric_fn(logits, labels)`` returns per-example scores ``[batch]`` (default: argmax
+    equals label) that are averaged overall and per id; a metric returning a dict instead is
+    called once on all logits and labels and reported under ``metrics``.
+    """
+    if collator is None:
+        collator = CounterfactualCollator(
+            subspaces, input_key=input_key, unit_locations=unit_locations,
+            n_interventions=len(intervenable.interventions),
+        )
+    check_columns(dataset, "dataset", collator.subspace_tables is not None)
+    cols = _columns(dataset)
+    n = len(cols["labels"])
+    logits_fn = logits_fn or default_logits
+    metric = metric_fn or default_metric
+    device = _device_of(intervenable)
+    was_training = intervenable.training
+    intervenable.eval()
+    try:
+        cf_logits, base_logits = [], []
+        for start in range(0, n, batch_size):
+            b = _move(collator(_take(cols, slice(start, start + batch_size))), device)
+            _, out = intervenable(
+                b["base"], b["sources"], b["unit_locations"], subspaces=b["subspaces"],
+            )
+            cf_logits.append(logits_fn(out).float())
+            if factual and "base_labels" in b:
+                base_logits.append(logits_fn(call_model(intervenable.model, b["base"])).float())
+    finally:
+        intervenable.train(was_training)
+    logits = torch.cat(cf_logits)
+    labels = cols["labels"].to(logits.device)
+    scores = metric(logits, labels)
+    result = EvalResult(iia=float("nan"), n_examples=n)
+    if isinstance(scores, Mapping):
+        result.metrics = dict(scores)
+        first = next(iter(scores.values()), float("nan"))
+        result.iia = float(first)
+    else:
+        scores = torch.as_tensor(scores, dtype=torch.float, device=logits.device).reshape(-1)
+        if scores.shape[0] != n:
+            raise ShapeError(
+                f"metric_fn: returned {scores.shape[0]} scores for {n} examples; return one per "
+                f"example, or a dict of aggregate metrics"
+            )
+        result.iia = scores.mean().item()
+        if "intervention_id" in cols:
+            ids = cols["intervention_id"].to(scores.device)
+            uniq = ids.unique()
+            sums = torch.zeros(len(uniq), device=scores.device).index_add_(0, torch.searchsorted(uniq, ids), scores)
+            counts = torch.bincount(torch.searchsorted(uniq, ids), minlength=len(uniq))
+            for k, s, c in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
+                name = id_names.get(k, k) if id_names else k
+                result.iia_per_id[name] = s / c
+                result.n_per_id[name] = c
+    if base_logits:
+        bl = torch.cat(base_logits)
+        result.factual_accuracy = default_metric(bl, cols["base_labels"].to(bl.device)).mean().item()
+    return result

@@ -1,0 +1,463 @@
+"""Training trainable interventions (DAS and friends) on counterfactual data.
+
+Built on ``accelerate`` (device placement, mixed precision, gradient accumulation, data
+parallel) and ``tqdm``. Sources are fixed inputs: when the wrapped model is frozen, their
+activations at the intervention sites are computed once before the first step and every step
+after that runs only the base pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..errors import ConfigError, LoadError, LocationError, ShapeError
+from .data import CounterfactualCollator, check_columns
+from .evaluate import (
+    EvalResult,
+    _columns,
+    _move,
+    _take,
+    default_logits,
+    default_loss,
+    default_metric,
+    evaluate,
+)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` did: one history entry per epoch."""
+
+    history: list = field(default_factory=list)
+    global_step: int = 0
+    best_eval_iia: float | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    sources_cached: bool = False
+    seconds: float = 0.0
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Row indices; the DataLoader hands out index tensors and columns are sliced with them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+    def __getitems__(self, idx):
+        return torch.as_tensor(idx, dtype=torch.long)
+
+
+def _identity(x):
+    return x
+
+
+def _allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    precision. A notebook that trains in float32 and then in bf16 is ordinary use, so outside
+    a distributed launch the per-accelerator part of that state (not the process group) is
+    dropped when the precision changes."""
+    from accelerate.state import AcceleratorState, DistributedType, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or state.get("_mixed_precision", mixed_precision) == mixed_precision:
+        return
+    if PartialState().distributed_type == DistributedType.NO:
+        AcceleratorState._reset_state()
+
+
+class Trainer:
+    """Optimises the trainable interventions of an :class:`~pyvene_like.IntervenableModel`.
+
+    Args:
+        intervenable: the wrapped model. Unless ``train_model=True`` the base model's
+            gradients are disabled and only intervention parameters train.
+        train_dataset / eval_dataset: counterfactual datasets (``input_ids``,
+            ``source_input_ids``, ``labels``, ``intervention_id``, optional ``base_labels`` and
+            locations; see :mod:`pyvene_like.training.data`), or dicts of such columns.
+        subspaces: ``{intervention id: subspaces}``, e.g. ``{0: [0], 1: [1], 2: [0, 1]}``.
+        input_key, unit_locations: how rows become model calls (see ``CounterfactualCollator``).
+        epochs, batch_size, lr, weight_decay: the usual; ``optimizer`` may be a
+            ``torch.optim.Optimizer`` class or a ready instance (default ``AdamW``).
+        scheduler: a transformers schedule name (``"linear"``, ``"cosine"``, ``"constant"``...)
+            with ``warmup_ratio``, or a ready ``LRScheduler``.
+        gradient_accumulation_steps, max_grad_norm, mixed_precision (``"no"``, ``"bf16"``,
+        ``"fp16"``): handled by ``accelerate``.
+        loss_fn(logits, labels) -> scalar; metric_fn(logits, labels) -> per-example scores;
+        logits_fn(outputs) -> logits (default: ``.logits``, last position of sequences).
+        cache_sources: ``"auto"`` caches source activations when the model is frozen and the
+            config runs in parallel mode; ``True`` insists (error otherwise); ``False`` never.
+        temperature_schedule: ``(start, end)``: interventions with a temperature (boundless,
+            sigmoid masks) are annealed linearly over the training steps.
+        early_stopping_patience: stop after this many evaluations without an IIA gain of
+            ``early_stopping_min_delta`` (needs ``eval_dataset``); the best interventions are
+            restored at the end when ``load_best_at_end`` (their whole state, temperatures
+            included, as it was when that IIA was measured).
+        checkpoint_dir: each epoch's intervention weights (safetensors), optimizer state and
+            trainer state; ``resume_from_checkpoint`` continues from one.
+    """
+
+    def __init__(
+        self,
+        intervenable,
+        train_dataset,
+        eval_dataset=None,
+        *,
+        subspaces=None,
+        input_key: str | None = None,
+        unit_locations=0,
+        epochs: int = 1,
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer=None,
+        scheduler="linear",
+        warmup_ratio: float = 0.0,
+        gradient_accumulation_steps: int = 1,
+        max_grad_norm: float | None = None,
+        mixed_precision: str = "no",
+        loss_fn: Callable | None = None,
+        metric_fn: Callable | None = None,
+        logits_fn: Callable | None = None,
+        cache_sources="auto",
+        temperature_schedule: tuple[float, float] | None = None,
+        early_stopping_patience: int | None = None,
+        early_stopping_min_delta: float = 0.0,
+        load_best_at_end: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        train_model: bool = False,
+        id_names: Mapping | None = None,
+        seed: int = 0,
+        show_progress: bool = True,
+        cpu: bool = False,
+    ):
+        self.intervenable = intervenable
+        self.n_interventions = len(intervenable.interventions)
+        self.collator = CounterfactualCollator(
+            subspaces, input_key=input_key, unit_locations=unit_locations, n_interventions=self.n_interventions
+        )
+        need_ids = self.collator.subspace_tables is not None
+        check_columns(train_dataset, "train_dataset", need_ids)
+        if eval_dataset is not None:
+            check_columns(eval_dataset, "eval_dataset", need_ids)
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("gradient_accumulation_steps", gradient_accumulation_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: expected a positive int, got {value!r}")
+        if early_stopping_patience is not None and eval_dataset is None:
+            raise ConfigError("early_stopping_patience: needs an eval_dataset to measure IIA on")
+        if cache_sources not in ("auto", True, False):
+            raise ConfigError(f"cache_sources: expected 'auto', True or False, got {cache_sources!r}")
+        self.cols = _columns(train_dataset)
+        self.eval_dataset = eval_dataset
+        labels = self.cols["labels"]
+        if loss_fn is None and (labels.dim() != 1 or labels.dtype.is_floating_point):
+            raise ShapeError(
+                f"train_dataset: column 'labels' has shape {tuple(labels.shape)} ({labels.dtype}); the "
+                f"default loss needs integer class ids of shape [n_examples]; pass loss_fn= for other labels"
+            )
+        if "intervention_id" in self.cols and need_ids:
+            self.collator.subspaces_for(self.cols["intervention_id"])  # unknown ids fail here
+        self._check_subspaces()
+
+        if not train_model:
+            intervenable.disable_model_gradients()
+        params = intervenable.get_trainable_parameters()
+        if train_model:
+            params = params + [p for p in intervenable.model.parameters() if p.requires_grad]
+        if not params:
+            kinds = ", ".join(f"{type(iv).__name__}" for iv in intervenable.interventions)
+            raise ConfigError(
+                f"Trainer: nothing to train: the interventions ({kinds}) have no trainable parameters; "
+                f"use a trainable type (rotated_space, low_rank_rotated_space, boundless_rotated_space, "
+                f"sigmoid_mask, ...) or train_model=True"
+            )
+        model_frozen = not any(p.requires_grad for p in intervenable.model.parameters())
+        can_cache = model_frozen and intervenable.mode == "parallel"
+        if cache_sources is True and not can_cache:
+            raise ConfigError(
+                "cache_sources=True: source activations can only be cached when the model is frozen "
+                "(train_model=False) and the config runs in mode='parallel'"
+            )
+        self.cache_sources = can_cache if cache_sources == "auto" else bool(cache_sources)
+
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_grad_norm = max_grad_norm
+        self.loss_fn = loss_fn or default_loss
+        self.metric_fn = metric_fn
+        self.logits_fn = logits_fn or default_logits
+        self.temperature_schedule = temperature_schedule
+        self.patience = early_stopping_patience
+        self.min_delta = early_stopping_min_delta
+        self.load_best_at_end = load_best_at_end
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.train_model = train_model
+        self.id_names = id_names
+        self.seed = seed
+        self.show_progress = show_progress
+
+        _allow_precision(mixed_precision)
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps, cpu=cpu
+        )
+        n = len(labels)
+        g = self._shuffle_gen = torch.Generator()
+        g.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(
+            _Rows(n), batch_size=batch_size, shuffle=True, generator=g, collate_fn=_identity
+        )
+        steps_per_epoch = math.ceil(len(loader) / gradient_accumulation_steps)
+        self.total_steps = steps_per_epoch * epochs
+        if optimizer is None or isinstance(optimizer, type):
+            cls = optimizer or torch.optim.AdamW
+            optimizer = cls(params, lr=lr, weight_decay=weight_decay)
+        if isinstance(scheduler, str):
+            scheduler = get_scheduler(
+                scheduler, optimizer, num_warmup_steps=int(warmup_ratio * self.total_steps),
+                num_training_steps=self.total_steps,
+            )
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            intervenable, optimizer, loader, scheduler
+        )
+        self.device = self.accelerator.device
+        self._source_cache = None
+        self.state = {"epoch": 0, "global_step": 0, "history": [], "best_eval_iia": None, "best_epoch": None}
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_subspaces(self) -> None:
+        tables = self.collator.subspace_tables
+        if tables is None:
+            return
+        for slot, (iv, t) in enumerate(zip(self.intervenable.interventions, tables)):
+            if t is None:
+                continue
+            top = int(t[1].max())
+            if not getattr(iv, "supports_subspaces", True):
+                raise ConfigError(
+                    f"subspaces: intervention {slot} ({type(iv).__name__}) does not take subspaces (it "
+                    f"learns its own mask); give None for it"
+                )
+            part = getattr(iv, "subspace_partition", None)
+            width = getattr(iv, "embed_dim", None)
+            if part is not None and top >= len(part):
+                raise LocationError(
+                    f"subspaces: subspace id {top} is past subspace_partition {part} of intervention "
+                    f"{slot} ({type(iv).__name__}; accepted ids: 0..{len(part) - 1})"
+                )
+            if part is None and width is not None and top >= width:
+                raise LocationError(
+                    f"subspaces: dimension {top} is past the rotation width {width} of intervention "
+                    f"{slot} ({type(iv).__name__}; accepted: 0..{width - 1})"
+                )
+
+    # -- source caching -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _build_source_cache(self) -> list:
+        """Every training example's source activations at every site, computed once."""
+        n = len(self.cols["labels"])
+        parts: list[list] = []
+        im = self.intervenable
+        was = im.training
+        im.eval()
+        try:
+            for start in range(0, n, self.eval_batch_size):
+                b = _move(self.collator(_take(self.cols, slice(start, start + self.eval_batch_size))), self.device)
+                parts.append(im.collect_source_representations(b["sources"], b["unit_locations"]))
+        finally:
+            im.train(was)
+        return [None if chunk[0] is None else torch.cat(chunk) for chunk in zip(*parts)]
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _set_temperature(self, step: int) -> None:
+        if self.temperature_schedule is None:
+            return
+        start, end = self.temperature_schedule
+        frac = step / max(1, self.total_steps - 1)
+        value = start + (end - start) * min(1.0, frac)
+        for iv in self.intervenable.interventions:
+            if hasattr(iv, "set_temperature"):
+                iv.set_temperature(value)
+
+    def _step_batch(self, idx: torch.Tensor):
+        b = _move(self.collator(_take(self.cols, idx)), self.device)
+        if self._source_cache is not None:
+            reps = [None if c is None else c[idx.to(c.device)] for c in self._source_cache]
+            _, out = self.model(b["base"], None, b["unit_locations"], source_representations=reps,
+                                subspaces=b["subspaces"])
+        else:
+            _, out = self.model(b["base"], b["sources"], b["unit_locations"], subspaces=b["subspaces"])
+        logits = self.logits_fn(out)
+        return self.loss_fn(logits, b["labels"]), logits, b["labels"]
+
+    def train(self, resume_from_checkpoint: str | Path | None = None) -> TrainResult:
+        t0 = time.perf_counter()
+        acc = self.accelerator
+        im = self.intervenable
+        if resume_from_checkpoint is not None:
+            self.load_checkpoint(resume_from_checkpoint)
+        if self.cache_sources and self._source_cache is None:
+            self._source_cache = self._build_source_cache()
+        result = TrainResult(sources_cached=self._source_cache is not None)
+        im.train()
+        if not self.train_model:
+            im.model.eval()  # a frozen model runs as in inference (no dropout)
+        best_state = None
+        bad_evals = 0
+        bar = tqdm(total=self.total_steps, initial=self.state["global_step"], disable=not self.show_progress,
+                   desc="training interventions", dynamic_ncols=True)
+        try:
+            for epoch in range(self.state["epoch"], self.epochs):
+                te = time.perf_counter()
+                # Each epoch's order depends only on (seed, epoch), so a resumed run repeats it.
+                self._shuffle_gen.manual_seed(self.seed * 100_003 + epoch)
+                loss_sum = torch.zeros((), device=self.device)
+                correct = torch.zeros((), device=self.device)
+                seen = 0
+                for idx in self.loader:
+                    idx = idx.cpu()
+                    with acc.accumulate(self.model):
+                        self._set_temperature(self.state["global_step"])
+                        loss, logits, labels = self._step_batch(idx)
+                        acc.backward(loss)
+                        if self.max_grad_norm is not None and acc.sync_gradients:
+                            acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                                self.max_grad_norm)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        loss_sum += loss.detach() * len(idx)
+                        if self.metric_fn is None and logits.dim() == 2 and labels.dim() == 1:
+                            correct += (logits.argmax(-1) == labels).sum()
+                        seen += len(idx)
+                    if acc.sync_gradients:
+                        self.state["global_step"] += 1
+                        bar.update(1)
+                        if self.state["global_step"] % 20 == 0:
+                            bar.set_postfix(loss=f"{loss.item():.4f}")
+                entry = {
+                    "epoch": epoch + 1,
+                    "step": self.state["global_step"],
+                    "train_loss": (loss_sum / max(seen, 1)).item(),
+                    "seconds": round(time.perf_counter() - te, 3),
+                }
+                if self.metric_fn is None:
+                    entry["train_iia"] = (correct / max(seen, 1)).item()
+                if self.eval_dataset is not None:
+                    ev = self.evaluate(factual=False)
+                    entry["eval_iia"] = ev.iia
+                    entry["eval_iia_per_id"] = ev.iia_per_id
+                    bar.set_postfix(loss=f"{entry['train_loss']:.4f}", iia=f"{ev.iia:.3f}")
+                    best = self.state["best_eval_iia"]
+                    if best is None or ev.iia > best + self.min_delta:
+                        self.state["best_eval_iia"], self.state["best_epoch"] = ev.iia, epoch + 1
+                        best_state = copy.deepcopy(im.interventions.state_dict())
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                self.state["history"].append(entry)
+                self.state["epoch"] = epoch + 1
+                if self.checkpoint_dir is not None:
+                    self.save_checkpoint(self.checkpoint_dir / f"epoch-{epoch + 1}")
+                if self.patience is not None and bad_evals >= self.patience:
+                    result.stopped_early = True
+                    break
+        finally:
+            bar.close()
+            im.eval()
+        if best_state is not None and self.load_best_at_end:
+            im.interventions.load_state_dict(best_state)
+        result.history = list(self.state["history"])
+        result.global_step = self.state["global_step"]
+        result.best_eval_iia = self.state["best_eval_iia"]
+        result.best_epoch = self.state["best_epoch"]
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def evaluate(self, dataset=None, factual: bool = True) -> EvalResult:
+        """IIA (overall and per id) on ``dataset`` (default: the eval dataset)."""
+        dataset = self.eval_dataset if dataset is None else dataset
+        if dataset is None:
+            raise ConfigError("evaluate: no dataset given and the Trainer has no eval_dataset")
+        return evaluate(
+            self.intervenable, dataset, batch_size=self.eval_batch_size, logits_fn=self.logits_fn,
+            metric_fn=self.metric_fn or default_metric, id_names=self.id_names, factual=factual,
+            collator=self.collator,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, path) -> Path:
+        """Intervention weights and optimizer tensors as safetensors, the rest as JSON."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.intervenable.interventions.state_dict().items()}
+        save_file(weights, str(path / "interventions.safetensors"))
+        opt = self.optimizer.state_dict()
+        tensors, plain = {}, {}
+        for pid, st in opt["state"].items():
+            for name, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"{pid}.{name}"] = v.detach().cpu().contiguous()
+                else:
+                    plain[f"{pid}.{name}"] = v
+        save_file(tensors, str(path / "optimizer.safetensors"))
+        meta = {
+            "trainer_state": self.state,
+            "optimizer_param_groups": opt["param_groups"],
+            "optimizer_plain_state": plain,
+            "scheduler": self.scheduler.state_dict() if hasattr(self.scheduler, "state_dict") else None,
+        }
+        (path / "trainer_state.json").write_text(json.dumps(meta, indent=1, default=float))
+        return path
+
+    def load_checkpoint(self, path) -> None:
+        path = Path(path)
+        files = [path / "interventions.safetensors", path / "optimizer.safetensors", path / "trainer_state.json"]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise LoadError(f"resume_from_checkpoint: {str(path)!r} lacks {missing}; expected a folder written by save_checkpoint")
+        try:
+            weights = load_file(str(files[0]))
+            opt_tensors = load_file(str(files[1]))
+            meta = json.loads(files[2].read_text())
+        except Exception as e:  # a truncated or foreign file
+            raise LoadError(f"resume_from_checkpoint: cannot read {str(path)!r}: {type(e).__name__}: {e}") from None
+        try:
+            self.intervenable.interventions.load_state_dict(weights)
+        except RuntimeError as e:
+            raise LoadError(
+                f"resume_from_checkpoint: the saved interventions do not fit this model's: {e}"
+            ) from None
+        state: dict = {}
+        for key, v in list(opt_tensors.items()) + list(meta["optimizer_plain_state"].items()):
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+        if meta.get("scheduler") is not None and hasattr(self.scheduler, "load_state_dict"):
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.state = meta["trainer_state"]
+
+
+def train_interventions(intervenable, train_dataset, eval_dataset=None, **kwargs) -> TrainResult:
+    """``Trainer(intervenable, train_dataset, eval_dataset, **kwargs).train()``."""
+    return Trainer(intervenable, train_dataset, eval_dataset, **kwargs).train()
