@@ -102,6 +102,43 @@ class IntervenableModel(nn.Module):
         for p in self.interventions.parameters():
             p.requires_grad_(False)
 
+    # -- saving and sharing (pyvene_like.hub does the work) --------------------------------------
+    def save_pretrained(self, save_directory, *, repo_id: str | None = None):
+        """Write ``config.json``, ``interventions.safetensors`` and a ``README.md`` model card.
+
+        The wrapped model is not saved, only its identity (name, ``model_type``, config hash).
+        Returns the folder as a ``Path``.
+        """
+        from . import hub
+
+        return hub.save_pretrained(self, save_directory, repo_id=repo_id)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, model=None, *, functions: dict | None = None,
+                        revision: str | None = None, cache_dir=None, local_files_only: bool = False,
+                        token=None):
+        """Rebuild the interventions saved in a folder or Hub repo on ``model``.
+
+        A repo id is fetched with ``huggingface_hub.snapshot_download`` (cache and
+        ``HF_HUB_OFFLINE`` honoured). ``functions`` gives back plain-function interventions,
+        keyed by their saved name or representation index. Loading onto a model other than the
+        one saved on warns; bad files raise :class:`~pyvene_like.LoadError`.
+        """
+        from . import hub
+
+        return hub.load_pretrained(path_or_repo_id, model, functions=functions, revision=revision,
+                                   cache_dir=cache_dir, local_files_only=local_files_only,
+                                   token=token, cls=cls)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None,
+                    revision: str | None = None, commit_message: str | None = None,
+                    create_pr: bool = False, api=None):
+        """Save to a temporary folder and upload it to ``repo_id`` (created when missing)."""
+        from . import hub
+
+        return hub.push_to_hub(self, repo_id, private=private, token=token, revision=revision,
+                               commit_message=commit_message, create_pr=create_pr, api=api)
+
     # -- running ----------------------------------------------------------------------------
     def collect_source_representations(self, sources, unit_locations=None) -> list:
         """Source activations at every intervention's units, without running the base.
