@@ -362,3 +362,21 @@ def test_trainer_errors(cm):
         pv.Trainer(im, ds, subspaces={0: [0], 1: [1]})
     with pytest.raises(pv.ShapeError, match=r"labels: expected class ids of shape \[batch\]"):
         pv.Trainer(im, ds, subspaces=SUBSPACES, logits_fn=lambda out: out[:, :1].T, show_progress=False).train()
+
+
+def test_checkpoint_of_linked_interventions(cm, tmp_path):
+    """Two representations sharing one rotation (intervention_link_key) save it once."""
+    ds = pv.generate_counterfactual_dataset(cm, 64, IDS, seed=0)
+    reps = [pv.RepresentationConfig(0, "block_output", intervention_type="rotated_space",
+                                    subspace_partition=[[0, 8], [8, 16]], intervention_link_key=0,
+                                    group_key=g) for g in (0, 1)]
+    im = pv.IntervenableModel(reps, MLP())
+    assert im.interventions[0] is im.interventions[1]
+    tr = pv.Trainer(im, ds, subspaces={k: [v, v] for k, v in SUBSPACES.items()}, batch_size=32,
+                    checkpoint_dir=tmp_path, show_progress=False)
+    tr.train()
+    torch.manual_seed(5)
+    other = pv.IntervenableModel(reps, MLP())
+    pv.Trainer(other, ds, subspaces={k: [v, v] for k, v in SUBSPACES.items()}, batch_size=32,
+               epochs=1, show_progress=False).load_checkpoint(tmp_path / "epoch-1")
+    assert torch.equal(other.interventions[0].rotate_layer.weight, im.interventions[0].rotate_layer.weight)

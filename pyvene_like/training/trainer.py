@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -410,8 +410,8 @@ class Trainer:
         """Intervention weights and optimizer tensors as safetensors, the rest as JSON."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.intervenable.interventions.state_dict().items()}
-        save_file(weights, str(path / "interventions.safetensors"))
+        # save_model stores tensors shared by linked interventions once.
+        save_model(self.intervenable.interventions, str(path / "interventions.safetensors"))
         opt = self.optimizer.state_dict()
         tensors, plain = {}, {}
         for pid, st in opt["state"].items():
@@ -437,14 +437,13 @@ class Trainer:
         if missing:
             raise LoadError(f"resume_from_checkpoint: {str(path)!r} lacks {missing}; expected a folder written by save_checkpoint")
         try:
-            weights = load_file(str(files[0]))
             opt_tensors = load_file(str(files[1]))
             meta = json.loads(files[2].read_text())
         except Exception as e:  # a truncated or foreign file
             raise LoadError(f"resume_from_checkpoint: cannot read {str(path)!r}: {type(e).__name__}: {e}") from None
         try:
-            self.intervenable.interventions.load_state_dict(weights)
-        except RuntimeError as e:
+            load_model(self.intervenable.interventions, str(files[0]), device=str(self.device))
+        except Exception as e:
             raise LoadError(
                 f"resume_from_checkpoint: the saved interventions do not fit this model's: {e}"
             ) from None
