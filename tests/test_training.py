@@ -380,3 +380,19 @@ def test_checkpoint_of_linked_interventions(cm, tmp_path):
     pv.Trainer(other, ds, subspaces={k: [v, v] for k, v in SUBSPACES.items()}, batch_size=32,
                epochs=1, show_progress=False).load_checkpoint(tmp_path / "epoch-1")
     assert torch.equal(other.interventions[0].rotate_layer.weight, im.interventions[0].rotate_layer.weight)
+
+
+def test_subspace_id_tensors_equal_lists():
+    """The collator's [batch, k] id tensors select exactly what per-example lists select."""
+    im = rotated(MLP())
+    g = torch.Generator().manual_seed(0)
+    x, s = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    rows = [[0, 0], [1, 1], [0, 1], [0, 0], [1, 1], [0, 1]]
+    with torch.no_grad():
+        want = im(x, [s], {"sources->base": 0}, subspaces=[rows])[1]
+        got = im(x, [s], {"sources->base": 0}, subspaces=[torch.tensor(rows)])[1]
+        same = im(x, [s], {"sources->base": 0}, subspaces=[torch.tensor([[1]] * 6)])[1]
+        same_list = im(x, [s], {"sources->base": 0}, subspaces=[[1]])[1]
+    assert torch.equal(got, want) and torch.equal(same, same_list)
+    with pytest.raises(pv.LocationError, match=r"subspace id 2 is past subspace_partition"):
+        im(x, [s], {"sources->base": 0}, subspaces=[torch.tensor([[2]] * 6)])

@@ -175,11 +175,21 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
     boolean mask. Ids are rotated dims, or ``subspace_partition`` groups of them.
     """
     name = type(iv).__name__
-    rows = _rectangular(subspaces, bsz)
-    flat = [i for r in rows for i in r]
-    if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
-        raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
-    lo, hi = min(flat), max(flat)
+    if (isinstance(subspaces, torch.Tensor) and subspaces.dim() == 2 and subspaces.shape[0] == bsz
+            and subspaces.numel() and not subspaces.dtype.is_floating_point and subspaces.dtype != torch.bool):
+        # A [batch, k] id tensor (what the trainer's collator makes): checked with tensor ops.
+        ids = subspaces
+        lo, hi = int(ids.min()), int(ids.max())
+        rows = [ids[0].tolist()] if bool((ids == ids[0]).all()) else None
+    else:
+        rows = _rectangular(subspaces, bsz)
+        flat = [i for r in rows for i in r]
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
+            raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
+        lo, hi = min(flat), max(flat)
+        first = rows[0]
+        ids = None if all(r == first for r in rows) else torch.as_tensor(rows, dtype=torch.long, device=device)
+        rows = [first] if ids is None else None
     part = iv.subspace_partition
     if part is None:
         if lo < 0 or hi >= width:
@@ -194,8 +204,8 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
             f"{part} (accepted ids: 0..{len(part) - 1}), which splits the {width} rotated dims "
             f"of {name}"
         )
-    first = rows[0]
-    if all(r == first for r in rows):
+    if rows is not None:  # every example selects the same dims
+        first = rows[0]
         if part is None:
             dims = sorted(set(first))
         else:
@@ -203,7 +213,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
         if dims[-1] - dims[0] + 1 == len(dims):
             return slice(dims[0], dims[-1] + 1)
         return torch.tensor(dims, dtype=torch.long, device=device)
-    ids = torch.as_tensor(rows, dtype=torch.long, device=device)  # [B, K]
+    ids = ids.to(device=device, dtype=torch.long)  # [B, K]
     if part is None:
         mask = torch.zeros(bsz, width, dtype=torch.bool, device=device)
         mask.scatter_(1, ids, True)
