@@ -178,3 +178,37 @@ class IntervenableModel(nn.Module):
         if self._has_collect:
             return (original, collected), intervened
         return original, intervened
+
+    def generate(
+        self,
+        base,
+        sources=None,
+        unit_locations=None,
+        source_representations=None,
+        intervene_on_prompt: bool = True,
+        timesteps=None,
+        subspaces=None,
+        output_original_output: bool = False,
+        return_dict: bool = False,
+        **generate_kwargs,
+    ):
+        """HuggingFace ``generate`` with the interventions, identical with or without the KV cache.
+
+        Positions are absolute per example (the p-th real token, after any left padding), across
+        prompt and generated tokens. ``intervene_on_prompt`` applies the interventions at the
+        prompt positions of ``unit_locations`` (``None``: all of them); ``timesteps`` (``"all"``,
+        an int or a list) names generated tokens to steer: token ``t`` is steered by intervening
+        at position ``prompt_length - 1 + t``, the position that predicts it, so token 0 can be
+        steered too. Sources run once before generating. Returns what ``forward`` returns, with
+        ``generate``'s outputs in place of the model outputs; Collect activations come as
+        ``[rows, entries, width]`` (prompt positions, then timesteps). Details:
+        :mod:`pyvene_like.generation`.
+        """
+        from . import generation
+
+        return generation.generate(
+            self, base, sources=sources, unit_locations=unit_locations,
+            source_representations=source_representations, intervene_on_prompt=intervene_on_prompt,
+            timesteps=timesteps, subspaces=subspaces, output_original_output=output_original_output,
+            return_dict=return_dict, **generate_kwargs,
+        )

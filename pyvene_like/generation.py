@@ -1,0 +1,680 @@
+"""``IntervenableModel.generate``: interventions during HuggingFace ``generate``, KV-cache correct.
+
+Positions
+---------
+Every position is **absolute and per example**: position ``p`` of example ``b`` is its
+``p``-th real token, counted from its first non-pad token (left padding is read from
+``attention_mask``), across the prompt and then the generated tokens. With ``L_b`` prompt
+tokens, generated token ``t`` (``t = 0`` is the first one) sits at position ``L_b + t``.
+"Position 7" therefore names the same token with or without the KV cache, whatever the
+padding, whichever step of the loop computes it.
+
+What is intervened
+------------------
+The positions an intervention changes (or, for Collect, reads) in example ``b`` are the
+union of two sets, each applied once:
+
+* **prompt positions** (``intervene_on_prompt=True``): the positions of ``unit_locations``
+  (the base side), as in ``forward``: ints or ``[batch][units]`` lists, negative ones counted
+  from the end of the example's prompt; ``None`` means every prompt position. A position
+  past the prompt is an error: generated tokens are named by ``timesteps``.
+* **generated tokens** (``timesteps``): intervening *on generated token t* changes the
+  activations at position ``L_b - 1 + t``, the position whose output predicts token ``t``.
+  So token ``t`` is the first token the change can affect, and ``timesteps=0`` (or
+  ``"all"``) steers the very first generated token through the last prompt position;
+  ``timesteps="all"`` covers every one of the ``max_new_tokens`` tokens. pyvene's
+  generation (``intervene_on_prompt=False``, location 0 of each new-token step) equals
+  ``timesteps=range(1, max_new_tokens)`` here: it never reaches token 0.
+
+``intervene_on_prompt=True, timesteps=None`` (the default) intervenes on the prompt only;
+``intervene_on_prompt=False, timesteps="all"`` on every generated token only; both give
+every position the model ever computes (``0 .. L_b + max_new_tokens - 2``: the last
+generated token is never fed back). When a prompt position and a timestep name the same
+position (``L_b - 1`` and timestep 0), it is intervened once, with the prompt entry's source.
+
+Head units (``"h"``, ``"h.pos"``) take their heads from ``unit_locations`` and apply them at
+every intervened position of that example.
+
+Sources
+-------
+Each distinct source input runs once, before generation, keeping the units named by the
+source side of ``unit_locations`` (positions per example as above, for left-padded sources
+too); ``source_representations`` skip that pass. A source gives either **one** position
+(used at every intervened position: the usual steering vector or patched state) or exactly
+as many positions as the example's prompt positions (paired in order). Generated tokens
+always take a one-position source.
+
+Each forward step of ``generate`` sees a window of positions (with the cache only the new
+tokens, without it the whole sequence). The engine selects the (row, position) pairs of
+the window to intervene on as a flat pseudo-batch ``[pairs, units, width]``, each pair
+with its example's source, heads and subspaces, runs the intervention and scatters the
+result back; a window where every row is intervened at every position with a one-position
+source is handled as one ``[rows, window, width]`` block instead. Rows of
+``num_return_sequences`` and beams map to examples by integer division (``row // k``).
+Without the cache, positions computed in an earlier step are recomputed, and intervened
+again the same way, so greedy decoding gives the same tokens with and without the cache for
+any intervention that is a function of its inputs at one position (every registered one
+but unseeded noise).
+
+Collected activations
+---------------------
+For each Collect intervention (config order), a tensor ``[rows, J, width]`` (head units:
+``[rows, heads * J, head_dim]``, head-major as in ``forward``), one row per output sequence,
+with the ``J`` entries: first the prompt positions in ``unit_locations`` order (``None``: the
+example's prompt positions ``0 .. L_b - 1``), then the timesteps in increasing order (entry
+of timestep ``t``: the activation at position ``L_b - 1 + t``). Each position is recorded
+the first time it is computed. Entries that were never computed are NaN: a shorter prompt
+than the longest in the batch, or generation stopping (every row reached EOS) before that
+timestep. Collect is refused with beam search, whose rows swap hypotheses between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .engine import runner
+from .engine.hooks import HookSet, find_input, output_tensor, replace_input, replace_output
+from .engine.units import as_3d, make_units
+from .errors import ConfigError, LocationError, ShapeError
+
+_TIMESTEP_WORDS = ("all",)
+
+
+# -- argument normalisation -----------------------------------------------------------------
+def _left_pads(mask: torch.Tensor | None, bsz: int, length: int, label: str) -> list[int]:
+    """Pad count per example of a left-padded ``attention_mask`` (all zeros when absent)."""
+    if mask is None:
+        return [0] * bsz
+    if mask.dim() != 2 or tuple(mask.shape) != (bsz, length):
+        raise ShapeError(
+            f"{label}: attention_mask has shape {tuple(mask.shape)}; expected [batch={bsz}, "
+            f"length={length}] like input_ids"
+        )
+    m = mask.detach().to("cpu", torch.long)
+    pads = (length - m.sum(1)).tolist()
+    # Left padding: zeros first, then ones only.
+    expected = torch.arange(length).unsqueeze(0) >= torch.tensor(pads).unsqueeze(1)
+    bad = (m.bool() != expected).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise ShapeError(
+            f"{label}: example {bad[0]}'s attention_mask {m[bad[0]].tolist()} is not left-padded; "
+            f"generation needs pads before the tokens (tokenizer.padding_side = 'left')"
+        )
+    if any(p >= length for p in pads):
+        raise ShapeError(f"{label}: example {pads.index(length)} has no token (its attention_mask is all zero)")
+    return pads
+
+
+def _as_inputs(base, label: str) -> dict:
+    if isinstance(base, torch.Tensor):
+        return {"input_ids": base}
+    if isinstance(base, Mapping):
+        if not isinstance(base.get("input_ids"), torch.Tensor):
+            raise ShapeError(
+                f"{label}: generate needs input_ids (a [batch, length] tensor, e.g. a tokenizer's "
+                f"output); got keys {sorted(base)}"
+            )
+        return dict(base)
+    raise ShapeError(f"{label}: expected a tensor of token ids or a dict with input_ids, got {type(base).__name__}")
+
+
+def _max_new_tokens(model, prompt_len: int, kwargs: dict) -> int:
+    gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    n = kwargs.get("max_new_tokens", getattr(gc, "max_new_tokens", None))
+    if n is None:
+        max_length = kwargs.get("max_length", getattr(gc, "max_length", None))
+        if max_length is None:
+            raise ConfigError("generate: give max_new_tokens (how many tokens to generate)")
+        n = max_length - prompt_len
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"generate: max_new_tokens must be a positive int (max_length must exceed the prompt "
+            f"length {prompt_len}), got {n!r}"
+        )
+    return n
+
+
+def _timesteps(timesteps, n_new: int) -> list[int]:
+    """``None | 'all' | int | iterable of ints`` -> sorted distinct timesteps in ``0..n_new-1``."""
+    if timesteps is None:
+        return []
+    if isinstance(timesteps, str):
+        if timesteps not in _TIMESTEP_WORDS:
+            raise LocationError(
+                f"timesteps: {timesteps!r} is not accepted; give 'all', None, an int or a list of "
+                f"generated-token indices (0 is the first generated token)"
+            )
+        return list(range(n_new))
+    if isinstance(timesteps, torch.Tensor):
+        timesteps = timesteps.flatten().tolist()
+    items = [timesteps] if isinstance(timesteps, int) and not isinstance(timesteps, bool) else timesteps
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    if items is None or not items or any(isinstance(t, bool) or not isinstance(t, int) for t in items):
+        raise LocationError(
+            f"timesteps: expected 'all', None, an int or a non-empty list of ints, got {timesteps!r}"
+        )
+    out = set()
+    for t in items:
+        if not -n_new <= t < n_new:
+            raise LocationError(
+                f"timesteps: timestep {t} is past max_new_tokens={n_new} (accepted: 0..{n_new - 1}, "
+                f"or negative from the last generated token)"
+            )
+        out.add(t % n_new)
+    return sorted(out)
+
+
+def _positions(units, bsz: int) -> list | None:
+    """Per-example position lists of a :class:`Units` (``None``: every position)."""
+    if units.span is not None:
+        return [[units.pos_lo]] * bsz
+    if units.pos is not None:
+        return units.pos.tolist()
+    return None
+
+
+def _shift_source_locations(loc, unit: str, pads: list[int], label: str):
+    """Source positions counted per example in a left-padded source -> tensor columns."""
+    if not any(pads):
+        return loc
+    bsz = len(pads)
+
+    def shift(pos):
+        if pos is None:
+            raise LocationError(
+                f"{label}: every position (None) of a left-padded source would read its pad tokens; "
+                f"give the source positions explicitly"
+            )
+        units = make_units(pos, "pos", bsz, None, label)
+        rows = _positions(units, bsz)
+        return [[p + pads[b] if p >= 0 else p for p in row] for b, row in enumerate(rows)]
+
+    if unit == "pos":
+        return shift(loc)
+    if unit == "h.pos":
+        if not (isinstance(loc, (list, tuple)) and len(loc) == 2):
+            return loc  # make_units reports the malformed pair
+        return (loc[0], shift(loc[1]))
+    return shift(None)  # unit 'h' reads every position, pads included
+
+
+# -- the compiled schedule of one intervention ------------------------------------------------
+class _Schedule:
+    """Where one intervention acts, as ``[examples, columns]`` tables of the padded sequence."""
+
+    __slots__ = (
+        "slot", "iv", "site", "collect", "needs_src", "from_input", "heads", "n_units", "src",
+        "sel", "srcpos", "any_pre", "full_pre", "fast", "layout", "subs", "subs_per_example",
+        "rows", "row_ex", "sel_rows", "srcpos_rows", "src_rows", "src_dev", "cols", "subs_rows",
+        "buf", "fired", "width",
+    )
+
+    def __init__(self, slot):
+        self.slot = slot
+        self.iv = slot.intervention
+        self.site = slot.site
+        self.collect = not self.iv.modifies_output
+        self.needs_src = self.iv.source_from == "source"
+        self.from_input = self.iv.source_from == "module_input"
+        self.rows = None
+        self.buf = None
+        self.fired = False
+
+
+def _build_schedule(slot, base_loc, src_t, subs, intervene_on_prompt, steps, lengths, pads, n_cols):
+    sc = _Schedule(slot)
+    bsz = len(lengths)
+    label = f"unit_locations (base of {slot.label})"
+    units = make_units(base_loc, slot.rep.unit, bsz, slot.site.n_heads if slot.heads else None, label)
+    positions = _positions(units, bsz)
+    if slot.heads:
+        heads = units.heads if units.heads is not None else torch.arange(slot.site.n_heads).expand(bsz, -1)
+        sc.heads = heads
+        sc.n_units = heads.shape[1]
+    else:
+        sc.heads = None
+        sc.n_units = 1
+    if intervene_on_prompt:
+        if positions is None:
+            prompt = [list(range(n)) for n in lengths]
+        else:
+            prompt = []
+            for b, row in enumerate(positions):
+                n = lengths[b]
+                resolved = []
+                for p in row:
+                    if not -n <= p < n:
+                        raise LocationError(
+                            f"{label}: position {p} is past the prompt of example {b} (length {n}; "
+                            f"accepted: 0..{n - 1}, or negative from its end); intervene_on_prompt "
+                            f"covers prompt positions, generated tokens are named by timesteps="
+                        )
+                    p %= n
+                    if p in resolved:
+                        raise LocationError(f"{label}: position {p} appears twice for example {b}")
+                    resolved.append(p)
+                prompt.append(resolved)
+    else:
+        if positions is not None:
+            raise LocationError(
+                f"{label}: base positions {base_loc!r} are given but intervene_on_prompt=False; "
+                f"generated tokens are chosen by timesteps=, so leave the base positions None "
+                f"(e.g. {{'sources->base': (source_positions, None)}})"
+            )
+        prompt = [[] for _ in lengths]
+
+    # Sources: [examples, units, width] -> per position of a source, ``src_pos`` units.
+    src_pos = 1
+    if sc.needs_src:
+        if src_t.dim() == 1:
+            src_t = src_t.view(1, 1, -1)
+        elif src_t.dim() == 2:
+            src_t = src_t.unsqueeze(0)
+        if src_t.dim() != 3 or src_t.shape[0] not in (1, bsz):
+            raise ShapeError(
+                f"source_representations for {slot.label}: shape {tuple(src_t.shape)}; accepted: "
+                f"[width], [units, width] or [batch={bsz}, units, width]"
+            )
+        src_t = src_t.expand(bsz, -1, -1)
+        if src_t.shape[1] % sc.n_units:
+            raise ShapeError(
+                f"{slot.label}: the source has {src_t.shape[1]} units, not a multiple of the "
+                f"{sc.n_units} heads intervened on"
+            )
+        src_pos = src_t.shape[1] // sc.n_units
+        for b, row in enumerate(prompt):
+            if src_pos not in (1, len(row)) and row:
+                raise ShapeError(
+                    f"{slot.label}: the source gives {src_pos} positions but example {b} is intervened "
+                    f"on at {len(row)} prompt positions; give one source position (used everywhere) "
+                    f"or one per prompt position"
+                )
+        if steps and src_pos != 1:
+            raise ShapeError(
+                f"{slot.label}: generated tokens (timesteps) take one source position, used at every "
+                f"token, but the source gives {src_pos}; select one source position in unit_locations"
+            )
+    sc.src = src_t
+
+    # Built as Python lists, then one tensor each (per-element tensor writes are slow).
+    n_prompt = max((len(r) for r in prompt), default=0)
+    sel = [[False] * n_cols for _ in range(bsz)]
+    srcpos = [[0] * n_cols for _ in range(bsz)]
+    layout = []  # entry j of example b -> its column; n_cols (a NaN column) when never computed
+    for b, row in enumerate(prompt):
+        pad, n = pads[b], lengths[b]
+        sel_b, src_b = sel[b], srcpos[b]
+        for i, p in enumerate(row):
+            sel_b[pad + p] = True
+            src_b[pad + p] = i if src_pos > 1 else 0
+        # Generated token t is predicted at column pad + n - 1 + t; a prompt entry at the same
+        # column keeps its source.
+        step_cols = [pad + n - 1 + t for t in steps]
+        for c in step_cols:
+            sel_b[c] = True
+        layout.append([pad + p for p in row] + [n_cols] * (n_prompt - len(row)) + step_cols)
+    sc.sel = torch.tensor(sel, dtype=torch.bool)
+    sc.srcpos = torch.tensor(srcpos, dtype=torch.long)
+    sc.layout = torch.tensor(layout, dtype=torch.long).view(bsz, n_prompt + len(steps))
+    sc.any_pre = [0]
+    sc.full_pre = [0]
+    for col in zip(*sel):
+        sc.any_pre.append(sc.any_pre[-1] + any(col))
+        sc.full_pre.append(sc.full_pre[-1] + all(col))
+    sc.fast = not slot.heads and slot.site.columns is None and src_pos == 1
+
+    if subs is None:
+        sc.subs, sc.subs_per_example = None, False
+    else:
+        if isinstance(subs, torch.Tensor):
+            subs = subs.tolist()
+        if isinstance(subs, int) or (isinstance(subs, (list, tuple)) and all(isinstance(s, int) for s in subs)):
+            sc.subs, sc.subs_per_example = subs, False  # the same subspaces for every example
+        elif isinstance(subs, (list, tuple)) and len(subs) == bsz:
+            sc.subs, sc.subs_per_example = list(subs), True
+        else:
+            raise LocationError(
+                f"subspaces for {slot.label}: expected a list of ids or one list per example "
+                f"({bsz}), got {subs!r}"
+            )
+    return sc
+
+
+def _bind_rows(sc: _Schedule, rows: int, x: torch.Tensor) -> None:
+    """Per-row tables (rows = examples x return sequences / beams), on the activation's device."""
+    bsz = sc.sel.shape[0]
+    if rows % bsz:
+        raise ShapeError(
+            f"{sc.slot.label}: generate ran {rows} rows for {bsz} examples; rows must be a multiple "
+            f"of the batch (num_return_sequences / num_beams)"
+        )
+    k = rows // bsz
+    dev = x.device
+    row_ex = torch.arange(rows, device=dev) // k
+    sc.rows = rows
+    sc.row_ex = row_ex
+    sc.sel_rows = sc.sel.to(dev)[row_ex]
+    sc.srcpos_rows = sc.srcpos.to(dev)[row_ex]
+    if sc.needs_src:
+        src = sc.src.to(device=dev, dtype=x.dtype)
+        sc.src_dev = src
+        sc.src_rows = src[row_ex][:, :1]  # fast path: one source position
+    site = sc.site
+    cols = None
+    if sc.heads is not None:
+        hd = site.head_dim
+        cols = (sc.heads.unsqueeze(-1) * hd + torch.arange(hd)).reshape(bsz, -1).to(dev)
+        base_cols = site.columns_on(dev)
+        if base_cols is not None:
+            cols = base_cols[cols]
+    elif site.columns is not None:
+        cols = site.columns_on(dev).expand(bsz, -1)
+    sc.cols = cols
+    if sc.subs_per_example:
+        sc.subs_rows = [sc.subs[r // k] for r in range(rows)]
+    else:
+        sc.subs_rows = sc.subs
+
+
+class _Step:
+    """The window of the forward step under way: columns ``c0..c1-1``, first new column ``new``."""
+
+    __slots__ = ("c0", "c1", "new", "seen", "rows", "n_cols")
+
+    def __init__(self, n_cols):
+        self.c0 = self.c1 = self.new = self.seen = self.rows = 0
+        self.n_cols = n_cols
+
+
+def _call(iv, vals, src, subs):
+    if iv._forward_hooks or iv._forward_pre_hooks:
+        return iv(vals, src, subs)
+    return iv.forward(vals, src, subs)
+
+
+def _apply(members, step: _Step, x, args, kwargs, inplace: bool):
+    c0, c1 = step.c0, step.c1
+    n = c1 - c0
+    xs = None
+    for sc in members:
+        if sc.any_pre[c1] == sc.any_pre[c0]:
+            continue  # nothing of this intervention in the window
+        sc.fired = True
+        if xs is None:
+            xs = as_3d(x, step.rows)
+            if xs.shape[1] != n:
+                raise ShapeError(
+                    f"{sc.slot.label}: the activation at {sc.site.description} has {xs.shape[1]} "
+                    f"positions but this generation step computes {n}"
+                )
+        if sc.rows != xs.shape[0]:
+            _bind_rows(sc, xs.shape[0], xs)
+        iv = sc.iv
+        if sc.fast and sc.full_pre[c1] - sc.full_pre[c0] == n:
+            # Every row at every position of the window, one source position: one block.
+            src = None
+            if sc.needs_src:
+                src = sc.src_rows.expand(-1, n, -1)
+            elif sc.from_input:
+                src = as_3d(find_input(args, kwargs)[0], xs.shape[0])
+            new = _call(iv, xs, src, sc.subs_rows)
+            if sc.collect:
+                _record(sc, step, new, None, None)
+                continue
+            if new.shape != xs.shape:
+                raise ShapeError(f"{sc.slot.label} returned shape {tuple(new.shape)}; expected {tuple(xs.shape)}")
+            if inplace:
+                xs.copy_(new)
+            else:
+                # A copy: the result may be a view of the source (an interchange returns it).
+                xs = new.to(xs.dtype, copy=True, memory_format=torch.contiguous_format)
+                x = xs.reshape(x.shape) if x.dim() != 3 else xs
+                inplace = True  # xs is now our own tensor
+            continue
+        # General path: the window's (row, position) pairs as a pseudo-batch [pairs, units, width].
+        r, j = sc.sel_rows[:, c0:c1].nonzero(as_tuple=True)
+        c = j + c0
+        ex = sc.row_ex[r]
+        cols = sc.cols
+        if cols is None:
+            vals = xs[r, j].unsqueeze(1)
+        else:
+            vals = xs[r.unsqueeze(1), j.unsqueeze(1), cols[ex]].view(r.shape[0], sc.n_units, -1)
+        src = None
+        if sc.needs_src:
+            sp = sc.srcpos_rows[r, c]
+            if sc.heads is None:
+                src = sc.src_dev[ex, sp].unsqueeze(1)
+            else:
+                s4 = sc.src_dev.view(sc.src_dev.shape[0], sc.n_units, -1, sc.src_dev.shape[-1])
+                src = s4[ex, :, sp]
+        elif sc.from_input:
+            inp = as_3d(find_input(args, kwargs)[0], xs.shape[0])
+            src = inp[r, j].unsqueeze(1) if cols is None else inp[r.unsqueeze(1), j.unsqueeze(1), cols[ex]].view_as(vals)
+        subs = sc.subs_rows
+        if sc.subs_per_example:
+            subs = [subs[i] for i in r.tolist()]
+        new = _call(iv, vals, src, subs)
+        if sc.collect:
+            _record(sc, step, new, r, c)
+            continue
+        if new.shape != vals.shape:
+            raise ShapeError(f"{sc.slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
+        if not inplace:
+            xs = xs.clone()
+            x = xs.reshape(x.shape) if x.dim() != 3 else xs
+            inplace = True
+        new = new.to(xs.dtype).reshape(r.shape[0], -1)
+        if cols is None:
+            xs[r, j] = new
+        else:
+            xs[r.unsqueeze(1), j.unsqueeze(1), cols[ex]] = new
+    return x
+
+
+def _record(sc: _Schedule, step: _Step, new, r, c):
+    """Keep the values of positions computed for the first time in this step."""
+    rows = sc.rows
+    if sc.buf is None:
+        width = new.shape[-1] * (sc.n_units if sc.heads is not None else 1)
+        sc.width = width
+        # Column n_cols stays NaN: the layout points there for entries never computed.
+        sc.buf = torch.full((rows, step.n_cols + 1, width), float("nan"), dtype=new.dtype, device=new.device)
+    if r is None:  # a [rows, window, width] block
+        k = step.new - step.c0
+        if k < new.shape[1]:
+            sc.buf[:, step.new:step.c1] = new[:, k:].detach()
+        return
+    keep = c >= step.new
+    if not bool(keep.all()):
+        r, c, new = r[keep], c[keep], new[keep]
+    sc.buf[r, c] = new.detach().reshape(r.shape[0], -1)
+
+
+def _collected(sc: _Schedule, bsz: int) -> torch.Tensor | None:
+    if sc.buf is None:
+        return None
+    rows = sc.rows
+    layout = sc.layout.to(sc.buf.device)[sc.row_ex]  # [rows, J]
+    out = sc.buf[torch.arange(rows, device=layout.device).unsqueeze(1), layout]  # [rows, J, width]
+    if sc.heads is None:
+        return out
+    hd = out.shape[-1] // sc.n_units
+    return out.view(rows, -1, sc.n_units, hd).transpose(1, 2).reshape(rows, -1, hd)
+
+
+# -- the call -----------------------------------------------------------------------------------
+def generate(im, base, sources=None, unit_locations=None, source_representations=None,
+             intervene_on_prompt: bool = True, timesteps=None, subspaces=None,
+             output_original_output: bool = False, return_dict: bool = False, **generate_kwargs):
+    """Run ``im.model.generate`` with ``im``'s interventions; see the module docstring."""
+    model = im.model
+    program = im._program
+    slots = program.slots
+    n = len(slots)
+    if im.mode != "parallel":
+        raise ConfigError("generate: mode='serial' is not supported during generation; use mode='parallel'")
+    if not callable(getattr(model, "generate", None)):
+        raise ConfigError(f"generate: the wrapped {type(model).__name__} has no generate() method")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ConfigError("generate: encoder-decoder models are not supported yet; use a decoder-only model")
+    if not isinstance(intervene_on_prompt, bool):
+        raise ConfigError(f"intervene_on_prompt must be True or False, got {intervene_on_prompt!r}")
+    for key in ("input_ids", "attention_mask", "inputs_embeds"):
+        if key in generate_kwargs:
+            raise ConfigError(f"generate: pass {key} inside base, not as a keyword argument")
+
+    inputs = _as_inputs(base, "base")
+    ids = inputs["input_ids"]
+    if ids.dim() != 2:
+        raise ShapeError(f"base: input_ids must be [batch, length], got shape {tuple(ids.shape)}")
+    bsz, length = ids.shape
+    pads = _left_pads(inputs.get("attention_mask"), bsz, length, "base")
+    lengths = [length - p for p in pads]
+    n_new = _max_new_tokens(model, length, generate_kwargs)
+    steps = _timesteps(timesteps, n_new)
+    if not intervene_on_prompt and not steps:
+        raise ConfigError(
+            "generate: intervene_on_prompt=False and timesteps=None leave nothing to intervene on; "
+            "set timesteps ('all', an int or a list of generated-token indices) or intervene_on_prompt=True"
+        )
+    has_collect = any(not s.intervention.modifies_output for s in slots)
+    if has_collect:
+        beams = generate_kwargs.get("num_beams")
+        gc = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        if (beams if beams is not None else getattr(gc, "num_beams", 1) or 1) > 1:
+            raise ConfigError(
+                "generate: Collect interventions are not supported with beam search (num_beams > 1): "
+                "beams swap hypotheses between steps, so a row's activations would mix sequences"
+            )
+
+    src_locs, base_locs = runner.normalize_locations(unit_locations, slots, im.mode)
+    reprs = runner.normalize_source_representations(source_representations, slots)
+    sub_list = [None] * n
+    if subspaces is not None:
+        if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
+            raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
+        sub_list = runner._per_slot(subspaces, n, "subspaces")
+        for slot, sub in zip(slots, sub_list):
+            if sub is not None and not slot.intervention.supports_subspaces:
+                raise ConfigError(f"subspaces: {slot.label} does not take subspaces; pass None for it")
+
+    # Sources: each distinct input runs once, now; every step then reads these tensors.
+    has_repr = [r is not None for r in reprs]
+    per_slot_src = runner.normalize_sources(sources, slots, has_repr, bsz)
+    src_vals = [runner._check_repr(r, s) if r is not None and s.intervention.source_from == "source" else None
+                for r, s in zip(reprs, slots)]
+    if any(s is not None for s in per_slot_src):
+        shifted = list(src_locs)
+        for i, (slot, src) in enumerate(zip(slots, per_slot_src)):
+            if src is not None and isinstance(src, Mapping) and isinstance(src.get("input_ids"), torch.Tensor):
+                s_ids = src["input_ids"]
+                s_pads = _left_pads(src.get("attention_mask"), s_ids.shape[0], s_ids.shape[1], f"sources[{slot.group}]")
+                shifted[i] = _shift_source_locations(src_locs[i], slot.rep.unit, s_pads,
+                                                     f"unit_locations (source of {slot.label})")
+        prev = program.state
+        try:
+            st = program.state = runner._CallState(n)
+            with torch.no_grad():
+                program._run_sources(model, per_slot_src, shifted, bsz, st)
+        finally:
+            program.state = prev
+        for i, t in enumerate(st.src):
+            if t is not None:
+                src_vals[i] = t
+
+    n_cols = length + n_new - 1  # the last generated token is never fed back
+    schedules = [
+        _build_schedule(slot, base_locs[i], src_vals[i], sub_list[i], intervene_on_prompt, steps,
+                        lengths, pads, n_cols)
+        for i, slot in enumerate(slots)
+    ]
+
+    original = model.generate(**inputs, **generate_kwargs) if output_original_output else None
+    step = _Step(n_cols)
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover - transformers always has it
+        Cache = ()
+
+    def on_model(m, args, kwargs):
+        t = kwargs.get("input_ids")
+        if t is None:
+            t = kwargs.get("inputs_embeds")
+        if t is None and args and isinstance(args[0], torch.Tensor):
+            t = args[0]
+        cache = kwargs.get("cache")
+        if not isinstance(cache, Cache):
+            cache = next((v for v in kwargs.values() if isinstance(v, Cache)), None)
+        past = cache.get_seq_length() if cache is not None else 0
+        c1 = past + t.shape[1]
+        if c1 > n_cols:
+            raise ConfigError(
+                f"generate: a step computes positions up to column {c1 - 1}, past the {n_cols} columns "
+                f"planned for a prompt of {length} and max_new_tokens={n_new}"
+            )
+        step.c0, step.c1, step.rows = past, c1, t.shape[0]
+        step.new = max(past, step.seen)
+        step.seen = max(step.seen, c1)
+
+    groups: dict = {}
+    for sc in schedules:
+        key = (id(sc.site.module), sc.site.io)
+        groups.setdefault(key, (sc.site.module, sc.site.io, []))[2].append(sc)
+
+    with HookSet() as hooks:
+        hooks.pre(model, on_model)
+        for module, io, members in groups.values():
+            if io == "output":
+                hooks.post(module, _post(members, step))
+            else:
+                hooks.pre(module, _pre(members, step))
+        with torch.no_grad():
+            intervened = model.generate(**inputs, **generate_kwargs)
+    # An intervention with positions among those computed must have run.
+    missed = [sc for sc in schedules if not sc.fired and sc.any_pre[step.seen] > 0]
+    if missed:
+        raise ConfigError(
+            f"{missed[0].slot.label}: generation never reached {missed[0].site.description}; is the "
+            f"module used in this model's forward?"
+        )
+    collected = [_collected(sc, bsz) for sc in schedules if sc.collect]
+    if return_dict:
+        from .model import IntervenableModelOutput
+
+        return IntervenableModelOutput(
+            original_outputs=original, intervened_outputs=intervened,
+            collected_activations=collected if has_collect else None,
+        )
+    if has_collect:
+        return (original, collected), intervened
+    return original, intervened
+
+
+def _post(members, step):
+    members = tuple(members)
+
+    def post(m, args, kwargs, output):
+        x = output if type(output) is torch.Tensor else output_tensor(output)
+        inplace = not runner._aliases_input(args, kwargs, x)
+        new = _apply(members, step, x, args, kwargs, inplace)
+        return None if new is x else replace_output(output, new)
+
+    return post
+
+
+def _pre(members, step):
+    members = tuple(members)
+
+    def pre(m, args, kwargs):
+        # Inputs are written out of place: the tensor may live on (a residual stream).
+        x, where = find_input(args, kwargs)
+        new = _apply(members, step, x, args, kwargs, False)
+        return None if new is x else replace_input(args, kwargs, where, new)
+
+    return pre
