@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
 	$(VENV)/bin/python benchmarks/das.py
+	$(VENV)/bin/python benchmarks/generation.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks
