@@ -493,7 +493,7 @@ def _record(sc: _Schedule, step: _Step, new, r, c):
     keep = c >= step.new
     if not bool(keep.all()):
         r, c, new = r[keep], c[keep], new[keep]
-    sc.buf[r, c] = new.detach().reshape(r.shape[0], -1)
+    sc.buf[r, c] = new.detach().reshape(r.shape[0], sc.width)
 
 
 def _collected(sc: _Schedule, bsz: int) -> torch.Tensor | None:

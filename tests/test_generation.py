@@ -167,6 +167,26 @@ def test_head_units_cache_and_no_cache_agree(tiny):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_head_collect_on_a_fused_projection_cache_and_no_cache_agree(tiny):
+    """GPT-2's query heads (columns of c_attn); without the cache, steps recompute only old pairs."""
+    model = tiny["gpt2"]
+    ids = _prompt(2, 6)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "head_query_output", unit="h", intervention_type="collect"), model)
+    cols = [im.generate({"input_ids": ids}, unit_locations={"base": [[[1, 3]] * 2]}, timesteps=[0, 2],
+                        use_cache=c, **GREEDY)[0][1][0] for c in (True, False)]
+    assert cols[0].shape == (2, 2 * (6 + 2), 8)  # [rows, heads x entries, head_dim], head-major
+    assert torch.allclose(cols[0], cols[1], atol=1e-5)
+    box = {}
+    h = model.transformer.h[1].attn.c_attn.register_forward_hook(lambda m, a, o: box.setdefault("x", o.clone()))
+    try:
+        model(_prompt(2, 6))
+    finally:
+        h.remove()
+    q = box["x"][..., :32].view(2, 6, 4, 8)  # [batch, seq, heads, head_dim]
+    assert torch.allclose(cols[0][:, :6], q[:, :, 1], atol=1e-5)  # head 1 at prompt positions 0..5
+    assert torch.allclose(cols[0][:, 8:14], q[:, :, 3], atol=1e-5)
+
+
 def test_qwen2_cache_and_no_cache_agree_with_padding(tiny):
     model = tiny["qwen2"]
     ids = _prompt(2, 7)
