@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -36,6 +37,21 @@ def _as_config(config) -> IntervenableConfig:
     )
 
 
+def _site_device(model: nn.Module, module: nn.Module, parents: dict):
+    """Where ``module`` runs: an accelerate hook's execution device on it or an ancestor, else
+    the first non-meta parameter of the module, else of the model."""
+    m = module
+    while m is not None:
+        dev = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device(dev)
+        m = parents.get(id(m))
+    for p in list(module.parameters()) + list(model.parameters()):
+        if p.device.type != "meta":
+            return p.device
+    return None
+
+
 class IntervenableModel(nn.Module):
     """Wraps ``model`` with the interventions declared in ``config``.
 
@@ -60,10 +76,14 @@ class IntervenableModel(nn.Module):
         self.interventions = nn.ModuleList([s.intervention for s in self._slots])
         self.representations = {s.key: s.rep for s in self._slots}
         self._has_collect = any(not s.intervention.modifies_output for s in self._slots)
-        # Interventions live on the model's device from the start.
-        param = next(model.parameters(), None)
-        if param is not None:
-            self.interventions.to(param.device)
+        # Each intervention lives where its site computes: the hooked module's device, or the
+        # execution device accelerate gives it when weights are offloaded (device_map with
+        # "cpu"/"disk", cpu_offload), where parameters sit on the meta device.
+        parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+        for slot in self._slots:
+            device = _site_device(model, slot.site.module, parents)
+            if device is not None:
+                slot.intervention.to(device)
 
     # -- information ----------------------------------------------------------------------
     @property

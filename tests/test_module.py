@@ -103,3 +103,25 @@ def test_torch_compile_matches_eager():
         compiled = torch.compile(im)(base, [source], {"sources->base": 3})[1].logits
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in gpt2.modules())
+
+
+@pytest.mark.parametrize("kind", ["addition", "vanilla", "rotated_space"])
+def test_offloaded_model_matches_in_memory_model(kind):
+    """accelerate offloading (what device_map with "cpu"/"disk" entries does) leaves the
+    weights on the meta device; interventions go to the execution device instead."""
+    from accelerate import cpu_offload
+
+    ref = make_gpt2()
+    offloaded = make_gpt2()
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    assert next(offloaded.parameters()).device.type == "meta"
+    base, source = _inputs()
+    outs = []
+    for model in (ref, offloaded):
+        torch.manual_seed(0)
+        im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type=kind), model)
+        assert all(p.device.type == "cpu" for p in im.interventions.parameters())
+        kw = {"source_representations": torch.ones(64)} if kind == "addition" else {"sources": [source]}
+        with torch.no_grad():
+            outs.append(im(base, unit_locations={"sources->base": 3}, **kw)[1].logits)
+    assert torch.equal(outs[0], outs[1])
