@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_gpt2
 from torch import nn
 
 import pyvene_like as pv
@@ -396,3 +397,28 @@ def test_subspace_id_tensors_equal_lists():
     assert torch.equal(got, want) and torch.equal(same, same_list)
     with pytest.raises(pv.LocationError, match=r"subspace id 2 is past subspace_partition"):
         im(x, [s], {"sources->base": 0}, subspaces=[torch.tensor([[2]] * 6)])
+
+
+def test_trainer_leaves_a_dispatched_model_in_place():
+    """An offloaded / device_map model is not moved by accelerate and trains like the in-memory one."""
+    from accelerate import cpu_offload
+
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    cols = {"input_ids": torch.randint(0, 100, (n, 6), generator=g),
+            "source_input_ids": torch.randint(0, 100, (n, 1, 6), generator=g),
+            "labels": torch.randint(0, 5, (n,), generator=g)}
+    weights = []
+    for offload in (False, True):
+        model = make_gpt2()
+        if offload:
+            cpu_offload(model, execution_device=torch.device("cpu"))
+            model.hf_device_map = {"": "cpu"}
+        torch.manual_seed(0)
+        im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space"), model)
+        pv.Trainer(im, cols, input_key="input_ids", unit_locations=5, batch_size=8, lr=1e-2,
+                   show_progress=False).train()
+        if offload:
+            assert next(model.parameters()).device.type == "meta"
+        weights.append(im.interventions[0].rotate_layer.weight.detach())
+    torch.testing.assert_close(weights[0], weights[1])

@@ -236,8 +236,11 @@ class Trainer:
                 scheduler, optimizer, num_warmup_steps=int(warmup_ratio * self.total_steps),
                 num_training_steps=self.total_steps,
             )
+        # A model dispatched with device_map already sits where it should: accelerate must not
+        # move it to one device (its own hooks move activations between the parts).
+        place = not getattr(intervenable.model, "hf_device_map", None)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            intervenable, optimizer, loader, scheduler
+            intervenable, optimizer, loader, scheduler, device_placement=[place, True, True, True]
         )
         self.device = self.accelerator.device
         self._source_cache = None
