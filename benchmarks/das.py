@@ -36,15 +36,9 @@ the run aborts. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
-import json
-import pstats
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -55,11 +49,8 @@ from torch.nn.utils.parametrizations import orthogonal
 import pyvene_like as pvl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402  (benchmarks/run.py: models, machine info, pyvene import)
-
-HERE = core.HERE
-ROOT = core.ROOT
-pv_ref = core.pv_ref
+import common  # noqa: E402  (benchmarks/common.py: models, timing, machine info, pyvene import)
+from common import HERE, pv_ref  # noqa: E402
 
 LAYER, POS, K = 2, 15, 32  # layer 2 block_output, last position, first 32 rotated dims
 BATCH, SEQ = 32, 16
@@ -265,14 +256,13 @@ def verify(model, contenders, make_pyvene) -> dict:
             if not ok:
                 sys.exit(f"ABORT: the cached path's loss differs from the uncached one by {diff:g}")
 
-    pyvene = {"status": core.PYVENE_STATUS}
+    pyvene = {"status": common.PYVENE_STATUS}
     if pv_ref is not None:
         try:
             forward, param = make_pyvene()
             loss, grad, first = _loss_and_grad(forward, param)
         except Exception as e:
-            pyvene = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                      "traceback": traceback.format_exc(limit=6)}
+            pyvene = common.pyvene_error(e)
         else:
             if compare("pyvene", loss, grad):
                 contenders["pyvene"] = (forward, param)
@@ -282,9 +272,7 @@ def verify(model, contenders, make_pyvene) -> dict:
                 pyvene = {"status": "mismatch",
                           "error": f"pyvene's loss/gradient differ from the hand-written step's "
                                    f"({check['pyvene_vs_hand_hooks']}); not timed"}
-    left = core._leftover_hooks(model)
-    if left:
-        sys.exit(f"ABORT: {left} hooks left on the model after the checks")
+    common.abort_on_leftover_hooks(model, "ABORT", "checks")
     check["leftover_hooks"] = 0
     check["tolerance"] = {"rtol": RTOL, "atol": ATOL}
     return {"check": check, "pyvene": pyvene, "first_call_s": first_s}
@@ -295,26 +283,7 @@ def time_training_steps(steps: dict, rounds: int, inner: int, warmup_rounds: int
     """Round-robin timing of training steps (grad mode on, never under inference_mode)."""
     if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
         raise RuntimeError("training steps must be timed with grad mode on, outside inference_mode")
-    names = list(steps)
-    samples = {n: [] for n in names}
-    gc.collect()
-    for r in range(warmup_rounds + rounds):
-        k = r % len(names)
-        order = names[k:] + names[:k]
-        gc.collect(1)
-        gc.disable()
-        try:
-            for name in order:
-                fn = steps[name]
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                dt = (time.perf_counter() - t0) / inner
-                if r >= warmup_rounds:
-                    samples[name].append(dt * 1e3)
-        finally:
-            gc.enable()
-    return samples
+    return common.time_round_robin(steps, rounds, inner, warmup_rounds)
 
 
 def summarize(samples: dict) -> dict:
@@ -322,14 +291,10 @@ def summarize(samples: dict) -> dict:
     med_ref, med_plain = statistics.median(ref), statistics.median(plain)
     res = {}
     for name, xs in samples.items():
-        q = statistics.quantiles(xs, n=4)
         res[name] = {
-            "median_ms": statistics.median(xs),
-            "p25_ms": q[0],
-            "p75_ms": q[2],
-            "min_ms": min(xs),
+            **common.spread(xs),
             "ratio_to_hand_hooks": statistics.median(xs) / med_ref,
-            "paired_ratio_to_hand_hooks_median": statistics.median(x / r for x, r in zip(xs, ref)),
+            "paired_ratio_to_hand_hooks_median": common.paired_ratio_median(xs, ref),
             "ratio_to_plain_forward": statistics.median(xs) / med_plain,
             "n": len(xs),
         }
@@ -337,13 +302,6 @@ def summarize(samples: dict) -> dict:
 
 
 # -- reporting ------------------------------------------------------------------------------
-def _fmt(entry, key="ratio_to_hand_hooks") -> str:
-    if key in entry:
-        return f"{entry[key]:.2f}×"
-    status = entry.get("status", "")
-    return "not installed" if status == "not installed" else f"n/a ({status})"
-
-
 def markdown_table(result) -> str:
     r = result["results"]
     head = ["plain fwd", "hand hooks", "hand, source stopped", "pyvene_like", "pyvene 0.1.8",
@@ -353,8 +311,8 @@ def markdown_table(result) -> str:
         "| | " + " | ".join(head) + " |",
         "|---|" + "---:|" * len(head),
         "| median ms | " + " | ".join(f"{r[k]['median_ms']:.2f}" if "median_ms" in r[k] else "–" for k in keys) + " |",
-        "| ÷ hand hooks | " + " | ".join(_fmt(r[k]) for k in keys) + " |",
-        "| ÷ plain forward | " + " | ".join(_fmt(r[k], "ratio_to_plain_forward") for k in keys) + " |",
+        "| ÷ hand hooks | " + " | ".join(common.fmt_ratio(r[k], "ratio_to_hand_hooks") for k in keys) + " |",
+        "| ÷ plain forward | " + " | ".join(common.fmt_ratio(r[k], "ratio_to_plain_forward") for k in keys) + " |",
         "",
     ]
     for name, target in TARGETS.items():
@@ -362,38 +320,24 @@ def markdown_table(result) -> str:
         verdict = "meets" if ratio <= target else "MISSES"
         op = "≤" if name == "pyvene_like" else "<"
         lines.append(f"- {name}: {ratio:.2f}× the hand-written step vs target {op} {target}× ({verdict})")
-    pv = r["pyvene"]
-    if pv.get("status") not in ("ok", "not installed"):
-        lines.append(f"- pyvene {pv.get('status')}: {pv.get('error', '')}")
+    problem = common.pyvene_problem(r["pyvene"], "")
+    if problem:
+        lines.append(problem)
     lines.append(f"- {result['rounds']} rounds × {result['steps_per_sample']} steps, "
                  f"{result['warmup_rounds']} warm-up rounds")
     return "\n".join(lines)
 
 
 def profile_step(step, n_steps: int, top: int) -> str:
-    for _ in range(20):
-        step()
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n_steps):
-        step()
-    prof.disable()
-    buf = io.StringIO()
-    st = pstats.Stats(prof, stream=buf)
-    rows = sorted(((tt, ct, nc, f, ln, fn) for (f, ln, fn), (_cc, nc, tt, ct, _c) in st.stats.items()),
-                  reverse=True)
-    out = [f"cProfile, {n_steps} pyvene_like DAS steps, {st.total_tt * 1e3 / n_steps:.3f} ms/step "
+    rows, total = common.profile_rows(step, 20, n_steps)
+    out = [f"cProfile, {n_steps} pyvene_like DAS steps, {total * 1e3 / n_steps:.3f} ms/step "
            f"under the profiler", "",
            f"{'self us/step':>12} {'cum us/step':>12} {'calls/step':>10}  function"]
-    for tt, ct, nc, f, ln, fn in rows[:top]:
-        out.append(f"{tt * 1e6 / n_steps:12.1f} {ct * 1e6 / n_steps:12.1f} {nc / n_steps:10.1f}  "
-                   f"{f.replace(str(ROOT) + '/', '')}:{ln}({fn})")
-    own = [row for row in rows if "pyvene_like" in row[3]]
+    out += [common.profile_line(row, n_steps) for row in rows[:top]]
+    own = common.own_rows(rows)
     out += ["", f"pyvene_like's own Python: {sum(r[0] for r in own) * 1e6 / n_steps:.1f} us/step "
                 f"self time under the profiler"]
-    for tt, ct, nc, f, ln, fn in own[:top]:
-        out.append(f"{tt * 1e6 / n_steps:12.1f} {ct * 1e6 / n_steps:12.1f} {nc / n_steps:10.1f}  "
-                   f"{f.replace(str(ROOT) + '/', '')}:{ln}({fn})")
+    out += [common.profile_line(row, n_steps) for row in own[:top]]
     return "\n".join(out)
 
 
@@ -410,7 +354,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
-    model = core.build_gpt2(4, 64, 4, 1000, seed=0)
+    model = common.build_gpt2(4, 64, 4, 1000, seed=0)
     model.requires_grad_(False)
     torch.manual_seed(4)
     vocab = model.config.vocab_size
@@ -424,21 +368,16 @@ def main(argv=None) -> int:
     load_before = _loadavg()
     samples = time_training_steps(steps, args.rounds, args.inner, args.warmup)
     load_after = _loadavg()
-    if core._leftover_hooks(model):
+    if common.leftover_hooks(model):
         sys.exit("ABORT: hooks left on the model after the timed steps")
-    stats = summarize(samples)
-    results = {}
-    for name in CONTENDERS:
-        results[name] = stats[name] if name in stats else info["pyvene"]
-    if "pyvene" in stats:
-        results["pyvene"]["status"] = "ok"
+    results = common.contender_results(CONTENDERS, summarize(samples), info["pyvene"])
     profile = None
     if args.profile:
         profile = profile_step(steps["pyvene_like"], args.profile_steps, 30)
 
     result = {
         "benchmark": "das_training_step",
-        "machine": core.machine_info(),
+        "machine": common.machine_info(),
         "load_average_1m_before_after": [load_before, load_after],
         "note": args.note,
         "settings": {
@@ -465,13 +404,9 @@ def main(argv=None) -> int:
     }
     if profile is not None:
         result["profile_pyvene_like_step"] = profile.splitlines()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    out = common.write_json(args.out, result)
     print(markdown_table(result))
-    print(f"\nmachine: {result['machine']['cpu_model']}, torch {torch.__version__}, 1 thread; "
-          f"pyvene: {result['machine']['pyvene']}; load avg {load_before} -> {load_after}; "
-          f"wall {result['wall_s']} s; wrote {out}")
+    print(common.machine_line(result, out, f"load avg {load_before} -> {load_after}; "))
     if profile is not None:
         print("\n" + profile)
     return 0

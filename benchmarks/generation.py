@@ -31,10 +31,8 @@ per contender; ratio = median / plain ``generate``'s median. See benchmarks/READ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -42,9 +40,9 @@ import torch
 import pyvene_like as pvl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402  (benchmarks/run.py: models, timing, machine info, pyvene import)
+import common  # noqa: E402  (benchmarks/common.py: models, timing, machine info, pyvene import)
+from common import HERE  # noqa: E402
 
-HERE = core.HERE
 CONTENDERS = ("plain", "hand_hooks", "pyvene_like", "pyvene")
 TARGETS = {"gen_steer_every_token": 1.10, "gen_steer_after_first": None}
 NEW_TOKENS = 64
@@ -98,8 +96,8 @@ def make_case(case_id, model, ids, vec):
                 "pyvene 0.1.8 intervenes on the prompt (intervene_on_prompt=True) or on the tokens "
                 "after the first (False), never on both in one generate call"
             )
-        ref = core.pv_ref.IntervenableModel(
-            {"layer": LAYER, "component": "block_output", "intervention_type": core.pv_ref.AdditionIntervention},
+        ref = common.pv_ref.IntervenableModel(
+            {"layer": LAYER, "component": "block_output", "intervention_type": common.pv_ref.AdditionIntervention},
             model,
         )
         k = {**kw, **extra}
@@ -137,14 +135,14 @@ def verify(case, model) -> dict:
         sys.exit(f"ABORT [{case['id']}]: pyvene_like's generation differs from the hand hook's (max abs "
                  f"logit diff {diff:g}); the benchmark would compare different computations")
     calls = case["calls"]({})
-    pyvene = {"status": core.PYVENE_STATUS}
-    if core.pv_ref is not None:
+    pyvene = {"status": common.PYVENE_STATUS}
+    if common.pv_ref is not None:
         try:
             logits = case["make_pyvene"]({"return_dict_in_generate": True, "output_logits": True})()
             fn = case["make_pyvene"]({})
         except Exception as e:
-            pyvene = {"status": "cannot express" if isinstance(e, NotImplementedError) else "error",
-                      "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=4)}
+            pyvene = common.pyvene_error(e, "cannot express" if isinstance(e, NotImplementedError) else "error",
+                                         limit=4)
         else:
             ok, diff = _logits_equal(logits, out["hand_hooks"])
             check["pyvene_vs_hand_hooks"] = {"equal": ok, "max_abs_logit_diff": diff}
@@ -154,9 +152,7 @@ def verify(case, model) -> dict:
             else:
                 pyvene = {"status": "mismatch",
                           "error": f"pyvene differs from the hand hook (max abs logit diff {diff:g}); not timed"}
-    left = core._leftover_hooks(model)
-    if left:
-        sys.exit(f"ABORT [{case['id']}]: {left} hooks left on the model after the calls")
+    common.abort_on_leftover_hooks(model, f"ABORT [{case['id']}]", "calls")
     check["leftover_hooks"] = 0
     return {"check": check, "pyvene": pyvene, "calls": calls}
 
@@ -164,16 +160,8 @@ def verify(case, model) -> dict:
 def run_case(case, model, rounds, warmup):
     info = verify(case, model)
     calls = info["calls"]
-    samples = core.time_round_robin(calls, rounds, 1, warmup)
-    stats = core.summarize(samples)
-    results = {}
-    for name in CONTENDERS:
-        if name in stats:
-            results[name] = stats[name]
-        elif name == "pyvene":
-            results[name] = info["pyvene"]
-    if "pyvene" in stats:
-        results["pyvene"]["status"] = "ok"
+    samples = common.time_round_robin(calls, rounds, 1, warmup)
+    results = common.contender_results(CONTENDERS, common.summarize_vs_plain(samples), info["pyvene"])
     return {
         "id": case["id"], "title": case["title"], "description": case["description"],
         "shape": dict(batch=1, prompt=16, new_tokens=NEW_TOKENS, n_layer=4, n_embd=64, n_head=4, vocab=1000),
@@ -183,29 +171,22 @@ def run_case(case, model, rounds, warmup):
     }
 
 
-def _fmt(entry) -> str:
-    if "ratio" in entry:
-        return f"{entry['ratio']:.2f}×"
-    status = entry.get("status", "")
-    return "not installed" if status == "not installed" else f"n/a ({status})"
-
-
 def markdown_table(cases) -> str:
     lines = ["| case | plain generate ms | hand hook × | pyvene_like × | pyvene × | target |",
              "|---|---:|---:|---:|---:|---:|"]
     for c in cases:
         r = c["results"]
         t = c["target_pyvene_like_ratio"]
-        lines.append(f"| {c['title']} | {r['plain']['median_ms']:.1f} | {_fmt(r['hand_hooks'])} | "
-                     f"{_fmt(r['pyvene_like'])} | {_fmt(r['pyvene'])} | {f'≤ {t:.2f}×' if t else '—'} |")
+        lines.append(f"| {c['title']} | {r['plain']['median_ms']:.1f} | {common.fmt_ratio(r['hand_hooks'])} | "
+                     f"{common.fmt_ratio(r['pyvene_like'])} | {common.fmt_ratio(r['pyvene'])} | {f'≤ {t:.2f}×' if t else '—'} |")
     lines.append("")
     for c in cases:
         ratio, t = c["results"]["pyvene_like"]["ratio"], c["target_pyvene_like_ratio"]
         verdict = "" if t is None else f" vs target ≤{t}× ({'meets' if ratio <= t else 'MISSES'})"
         lines.append(f"- {c['id']}: pyvene_like {ratio:.3f}×{verdict}; {c['rounds']} rounds")
-        pv = c["results"]["pyvene"]
-        if pv.get("status") not in ("ok", "not installed"):
-            lines.append(f"- {c['id']}: pyvene {pv.get('status')}: {pv.get('error', '')}")
+        problem = common.pyvene_problem(c["results"]["pyvene"], f"{c['id']}: ")
+        if problem:
+            lines.append(problem)
     return "\n".join(lines)
 
 
@@ -219,7 +200,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    model = core.build_gpt2(4, 64, 4, 1000, seed=0)
+    model = common.build_gpt2(4, 64, 4, 1000, seed=0)
     model.generation_config.eos_token_id = None  # always 64 new tokens
     model.generation_config.pad_token_id = 0
     torch.manual_seed(1)
@@ -233,7 +214,7 @@ def main(argv=None) -> int:
             print(f"[{time.perf_counter() - t0:6.1f}s] {case_id} done", file=sys.stderr)
     result = {
         "benchmark": "generation",
-        "machine": core.machine_info(),
+        "machine": common.machine_info(),
         "settings": {
             "threads": 1, "grad_mode": "torch.inference_mode()", "decoding": "greedy, use_cache=True",
             "new_tokens": NEW_TOKENS, "prompt": "1 x 16", "rounds": args.rounds, "warmup_rounds": args.warmup,
@@ -243,12 +224,9 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - t0, 1),
         "cases": cases,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    out = common.write_json(args.out, result)
     print(markdown_table(cases))
-    print(f"\nmachine: {result['machine']['cpu_model']}, torch {torch.__version__}, 1 thread; "
-          f"pyvene: {result['machine']['pyvene']}; wall {result['wall_s']} s; wrote {out}")
+    print(common.machine_line(result, out))
     return 0
 
 

@@ -16,60 +16,20 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import hashlib
-import io
-import json
-import os
-import platform
-import pstats
-import statistics
-import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
-import transformers
 
 import pyvene_like as pvl
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: shared benchmark machinery)
+from common import HERE, PYVENE_STATUS, build_gpt2, machine_info, pv_ref, time_round_robin  # noqa: E402
+
 CONTENDERS = ("plain", "hand_hooks", "pyvene_like", "pyvene")
 TARGETS = {"tiny_addition": 1.05, "tiny_interchange": 1.8, "gpt2s_interchange_12": 1.9}
-
-try:  # pyvene is optional: it is the reference, not a dependency.
-    import pyvene as pv_ref  # noqa: E402
-
-    PYVENE_STATUS = f"installed {getattr(pv_ref, '__version__', '?')}"
-except ImportError:
-    pv_ref = None
-    PYVENE_STATUS = "not installed"
-except Exception as e:  # pragma: no cover - a broken install
-    pv_ref = None
-    PYVENE_STATUS = f"import failed: {type(e).__name__}: {e}"
-
-
-def _pyvene_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("pyvene")
-    except Exception:
-        return "not installed"
-
-
-# -- models ---------------------------------------------------------------------------------
-def build_gpt2(n_layer, n_embd, n_head, vocab, seed) -> transformers.GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(
-        n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab,
-        bos_token_id=0, eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(cfg).eval()
 
 
 # -- contenders -----------------------------------------------------------------------------
@@ -223,10 +183,6 @@ def make_case_gpt2s(model, args):
 
 
 # -- checks ---------------------------------------------------------------------------------
-def _leftover_hooks(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def _compare(a, b) -> tuple[bool, float]:
     if a.shape != b.shape:
         return False, float("inf")
@@ -262,8 +218,7 @@ def verify(case, model) -> dict:
             logits = fn()
             first_s["pyvene"] = time.perf_counter() - t0
         except Exception as e:
-            pyvene = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                      "traceback": traceback.format_exc(limit=6)}
+            pyvene = common.pyvene_error(e)
         else:
             ok, diff = _compare(logits, out["hand_hooks"])
             pyvene_check = {"equal": bool(torch.equal(logits, out["hand_hooks"])), "max_abs_diff": diff}
@@ -274,56 +229,12 @@ def verify(case, model) -> dict:
             else:
                 pyvene = {"status": "mismatch",
                           "error": f"pyvene logits differ from the hand-written hooks' (max abs diff {diff:g}); not timed"}
-    left = _leftover_hooks(model)
-    if left:
-        sys.exit(f"ABORT [{case['id']}]: {left} hooks left on the model after the calls")
+    common.abort_on_leftover_hooks(model, f"ABORT [{case['id']}]", "calls")
     check["leftover_hooks"] = 0
     return {"check": check, "pyvene": pyvene, "first_call_s": first_s}
 
 
 # -- timing ---------------------------------------------------------------------------------
-def time_round_robin(calls: dict, rounds: int, inner: int, warmup_rounds: int) -> dict:
-    names = list(calls)
-    samples = {n: [] for n in names}
-    gc.collect()  # a full collection costs ~0.2 s here: once per case, young generations per round
-    for r in range(warmup_rounds + rounds):
-        k = r % len(names)
-        order = names[k:] + names[:k]
-        gc.collect(1)
-        gc.disable()
-        try:
-            for name in order:
-                fn = calls[name]
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                dt = (time.perf_counter() - t0) / inner
-                if r >= warmup_rounds:
-                    samples[name].append(dt * 1e3)
-        finally:
-            gc.enable()
-    return samples
-
-
-def summarize(samples: dict) -> dict:
-    res = {}
-    plain = samples["plain"]
-    med_plain = statistics.median(plain)
-    for name, xs in samples.items():
-        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-        paired = [x / p for x, p in zip(xs, plain)]
-        res[name] = {
-            "median_ms": statistics.median(xs),
-            "p25_ms": q[0],
-            "p75_ms": q[2],
-            "min_ms": min(xs),
-            "ratio": statistics.median(xs) / med_plain,
-            "paired_ratio_median": statistics.median(paired),
-            "n": len(xs),
-        }
-    return res
-
-
 def run_case(case, model, rounds, inner, warmup_rounds, budget_s=None, min_rounds=3, max_rounds=None):
     info = verify(case, model)
     calls = case["calls"]
@@ -334,15 +245,7 @@ def run_case(case, model, rounds, inner, warmup_rounds, budget_s=None, min_round
         if max_rounds is not None:
             rounds = min(rounds, max_rounds)
     samples = time_round_robin(calls, rounds, inner, warmup_rounds)
-    stats = summarize(samples)
-    results = {}
-    for name in CONTENDERS:
-        if name in stats:
-            results[name] = stats[name]
-        elif name == "pyvene":
-            results[name] = info["pyvene"]
-    if "pyvene" in stats:
-        results["pyvene"]["status"] = "ok"
+    results = common.contender_results(CONTENDERS, common.summarize_vs_plain(samples), info["pyvene"])
     return {
         "id": case["id"],
         "title": case["title"],
@@ -359,57 +262,14 @@ def run_case(case, model, rounds, inner, warmup_rounds, budget_s=None, min_round
 
 
 # -- reporting ------------------------------------------------------------------------------
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "pyvene_like"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "pyvene_like"],
-                              capture_output=True, timeout=10).stdout
-        diff_sha = hashlib.sha1(diff).hexdigest()[:12] if diff else None
-    except Exception:
-        commit, dirty, diff_sha = "unknown", None, None
-    return {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "pyvene_like": pvl.__version__,
-        "pyvene": PYVENE_STATUS if pv_ref is None else _pyvene_version(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": commit,
-        "pyvene_like_dirty": dirty,
-        "pyvene_like_uncommitted_diff_sha1": diff_sha,
-        "python_executable": sys.executable,
-    }
-
-
-def _fmt_ratio(entry) -> str:
-    if "ratio" in entry:
-        return f"{entry['ratio']:.2f}×"
-    status = entry.get("status", "")
-    return "not installed" if status == "not installed" else f"n/a ({status})"
-
-
 def markdown_table(cases) -> str:
     lines = ["| case | plain ms | hand hooks × | pyvene_like × | pyvene × |",
              "|---|---:|---:|---:|---:|"]
     for c in cases:
         r = c["results"]
         lines.append(
-            f"| {c['title']} | {r['plain']['median_ms']:.3f} | {_fmt_ratio(r['hand_hooks'])} | "
-            f"{_fmt_ratio(r['pyvene_like'])} | {_fmt_ratio(r['pyvene'])} |"
+            f"| {c['title']} | {r['plain']['median_ms']:.3f} | {common.fmt_ratio(r['hand_hooks'])} | "
+            f"{common.fmt_ratio(r['pyvene_like'])} | {common.fmt_ratio(r['pyvene'])} |"
         )
     lines.append("")
     for c in cases:
@@ -419,9 +279,9 @@ def markdown_table(cases) -> str:
         lines.append(f"- {c['id']}: pyvene_like {ratio:.2f}× vs target ≤{target}× ({verdict}); "
                      f"{c['rounds']} rounds × {c['calls_per_sample']} calls")
     for c in cases:
-        pv = c["results"]["pyvene"]
-        if pv.get("status") not in ("ok", "not installed"):
-            lines.append(f"- {c['id']}: pyvene {pv.get('status')}: {pv.get('error', '')}")
+        problem = common.pyvene_problem(c["results"]["pyvene"], f"{c['id']}: ")
+        if problem:
+            lines.append(problem)
     return "\n".join(lines)
 
 
@@ -429,35 +289,17 @@ def profile_tiny_addition(model, n_calls: int, top: int) -> str:
     """cProfile of pyvene_like's call on the tiny addition case, ranked by self time."""
     case = make_case_tiny_addition(model, None)
     fn = case["calls"]["pyvene_like"]
-    for _ in range(50):
-        fn()
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n_calls):
-        fn()
-    prof.disable()
-    buf = io.StringIO()
-    st = pstats.Stats(prof, stream=buf)
-    st.sort_stats("tottime")
-    total = st.total_tt
-    rows = []
-    for (filename, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
-        rows.append((tt, ct, nc, filename, line, func))
-    rows.sort(reverse=True)
+    rows, total = common.profile_rows(fn, 50, n_calls)
     out = [f"cProfile, {n_calls} pyvene_like calls (tiny addition), total {total * 1e3 / n_calls:.3f} ms/call "
            f"under the profiler", "", "top self time, all functions:",
            f"{'self us/call':>12} {'cum us/call':>12} {'calls/call':>10}  function"]
-    for tt, ct, nc, filename, line, func in rows[:top]:
-        where = filename.replace(str(ROOT) + "/", "")
-        out.append(f"{tt * 1e6 / n_calls:12.1f} {ct * 1e6 / n_calls:12.1f} {nc / n_calls:10.1f}  {where}:{line}({func})")
+    out += [common.profile_line(row, n_calls) for row in rows[:top]]
     out += ["", "top self time, pyvene_like functions:"]
-    own = [r for r in rows if "pyvene_like" in r[3]]
+    own = common.own_rows(rows)
     own_total = sum(r[0] for r in own)
     out.append(f"(pyvene_like's own Python: {own_total * 1e6 / n_calls:.1f} us/call self time "
                f"under the profiler)")
-    for tt, ct, nc, filename, line, func in own[:top]:
-        where = filename.replace(str(ROOT) + "/", "")
-        out.append(f"{tt * 1e6 / n_calls:12.1f} {ct * 1e6 / n_calls:12.1f} {nc / n_calls:10.1f}  {where}:{line}({func})")
+    out += [common.profile_line(row, n_calls) for row in own[:top]]
     return "\n".join(out)
 
 
@@ -511,12 +353,9 @@ def main(argv=None) -> int:
     }
     if profile is not None:
         result["profile_tiny_addition"] = profile.splitlines()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    out = common.write_json(args.out, result)
     print(markdown_table(cases))
-    print(f"\nmachine: {result['machine']['cpu_model']}, torch {torch.__version__}, 1 thread; "
-          f"pyvene: {result['machine']['pyvene']}; wall {result['wall_s']} s; wrote {out}")
+    print(common.machine_line(result, out))
     if profile is not None:
         print("\n" + profile)
     return 0
