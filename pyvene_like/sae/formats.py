@@ -1,0 +1,394 @@
+"""Read published SAEs from their own file layouts, locally or from the Hugging Face Hub.
+
+* **SAELens** (``format="saelens"``): a folder with ``cfg.json`` and ``sae_weights.safetensors``
+  (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, ``threshold`` for
+  JumpReLU). Config fields read: ``architecture`` (``standard``, ``jumprelu``, ``topk``; default
+  ``standard``), ``d_in``, ``d_sae``, ``k`` / ``activation_fn_kwargs.k``, ``activation_fn`` /
+  ``activation_fn_str`` (``relu``, or ``topk`` in pre-6.0 configs), ``apply_b_dec_to_input``
+  (default true), ``normalize_activations`` (also the old booleans), ``dtype``, and the hook name
+  from ``metadata.hook_name`` (6.x), ``hook_name`` or ``hook_point`` (older).
+* **Gemma Scope** (``format="gemma_scope"``): ``params.npz`` with ``W_enc, W_dec, b_enc, b_dec,
+  threshold``; JumpReLU, no ``b_dec`` subtracted from the input, no normalisation. The hook is read
+  from names like ``google/gemma-scope-2b-pt-res`` + ``layer_20/width_16k/average_l0_71``.
+* **OpenAI** ``sparse_autoencoder`` (``format="openai"``): a torch state dict (``.pt``) with
+  ``pre_bias``, ``encoder.weight [d_sae, d_in]``, ``latent_bias``, ``decoder.weight [d_in, d_sae]``,
+  and ``activation`` (``"ReLU"`` or ``"TopK"`` with ``activation_state_dict = {k, postact_fn}``);
+  TopK SAEs layer-normalise their input. It is read with ``torch.load(weights_only=True)``: a pickle
+  that needs anything beyond tensors, strings, numbers and containers is refused.
+
+A local folder or file is read directly; anything else is a Hub repo id, fetched file by file with
+``huggingface_hub.hf_hub_download`` (its cache, ``HF_HUB_OFFLINE``, ``revision``, ``cache_dir``,
+``local_files_only`` and ``token`` apply), with ``subfolder`` naming the SAE inside the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, LoadError, PyveneLikeWarning, accepted, did_you_mean
+from .sae import NORMALIZATIONS, SAE, dtype_from_name
+
+FORMATS = ("saelens", "gemma_scope", "openai")
+SAELENS_CONFIG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+GEMMA_SCOPE_PARAMS = "params.npz"
+SAELENS_ARCHITECTURES = ("standard", "jumprelu", "topk")
+
+
+def load_sae(path_or_repo_id, format: str | None = None, *, subfolder: str | None = None,
+             filename: str | None = None, revision: str | None = None, cache_dir=None,
+             local_files_only: bool = False, token=None, dtype=None, device=None,
+             norm_scaling_factor: float | None = None, hook_name: str | None = None) -> SAE:
+    """Load an SAE from a local folder/file or a Hub repo, in any supported format.
+
+    ``format`` is found from the files when not given (``cfg.json``: SAELens, ``params.npz``:
+    Gemma Scope, a ``.pt`` file: OpenAI). ``filename`` names an OpenAI ``.pt`` inside a folder or
+    repo. ``norm_scaling_factor`` is the dataset constant of SAELens SAEs trained with
+    ``normalize_activations="expected_average_only_in"``; ``hook_name`` overrides the file's.
+    """
+    if format is not None and format not in FORMATS:
+        raise ConfigError(
+            f"load_sae: format {format!r} is not supported; accepted: {accepted(FORMATS)}."
+            f"{did_you_mean(str(format), FORMATS)}"
+        )
+    src = _Source(path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token)
+    if format is None:
+        format = src.detect(filename)
+    if format == "saelens":
+        sae = _load_saelens(src, dtype, norm_scaling_factor)
+    elif format == "gemma_scope":
+        sae = _load_gemma_scope(src, dtype)
+    else:
+        sae = _load_openai(src, filename, dtype)
+    if hook_name is not None:
+        sae.hook_name = hook_name
+    if device is not None:
+        sae.to(device)
+    return sae.eval()
+
+
+# -- where the files come from -------------------------------------------------------------------
+class _Source:
+    """A local folder, a local file, or a Hub repo (+ subfolder)."""
+
+    def __init__(self, path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token):
+        if not isinstance(path_or_repo_id, (str, os.PathLike)):
+            raise ConfigError(
+                f"load_sae: expected a local path or a Hub repo id ('owner/name'), got "
+                f"{type(path_or_repo_id).__name__}"
+            )
+        self.name = str(path_or_repo_id)
+        self.subfolder = subfolder.strip("/") if subfolder else None
+        self.hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        path = Path(os.fspath(path_or_repo_id)).expanduser()
+        if path.is_file():
+            if subfolder:
+                raise ConfigError(f"load_sae: {str(path)!r} is a file; subfolder={subfolder!r} needs a folder")
+            self.local, self.file = path.parent, path
+        elif path.is_dir():
+            self.local = path / self.subfolder if self.subfolder else path
+            self.file = None
+            if not self.local.is_dir():
+                raise LoadError(f"load_sae: {str(self.local)!r} is not a folder")
+        else:
+            self.local, self.file = None, None
+
+    def label(self) -> str:
+        if self.local is not None:
+            return str(self.file or self.local)
+        return f"Hub repo {self.name!r}" + (f", subfolder {self.subfolder!r}" if self.subfolder else "")
+
+    def fetch(self, filename: str, *, required: bool = True) -> Path | None:
+        if self.local is not None:
+            if self.file is not None:
+                return self.file if self.file.name == filename else self._missing(filename, required)
+            path = self.local / filename
+            return path if path.is_file() else self._missing(filename, required)
+        return self._download(filename, required)
+
+    def _missing(self, filename: str, required: bool):
+        if not required:
+            return None
+        present = sorted(p.name for p in self.local.iterdir())[:10] if self.file is None else [self.file.name]
+        raise LoadError(
+            f"load_sae: {self.label()} has no {filename!r} (it holds: {', '.join(present) or 'nothing'})"
+        )
+
+    def _download(self, filename: str, required: bool) -> Path | None:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            return Path(hf_hub_download(self.name, filename, subfolder=self.subfolder, **self.hub))
+        except HFValidationError as e:
+            raise LoadError(
+                f"load_sae: {self.name!r} is neither a local path nor a valid Hub repo id ('owner/name'): {e}"
+            ) from None
+        except LocalEntryNotFoundError:
+            if not required:
+                return None
+            if self.hub["local_files_only"]:
+                why = "local_files_only=True"
+            elif constants.is_offline_mode():
+                why = "offline mode is on (HF_HUB_OFFLINE=1)"
+            else:
+                why = "the Hub could not be reached"
+            where = str(self.hub["cache_dir"] or constants.HF_HUB_CACHE)
+            raise LoadError(
+                f"load_sae: {filename!r} of {self.label()} (revision {self.hub['revision'] or 'main'!r}) "
+                f"is not in the local Hub cache {where!r} and {why}; download it once with network "
+                f"access, give cache_dir= where it is cached, or a local folder"
+            ) from None
+        except EntryNotFoundError:
+            if not required:
+                return None
+            raise LoadError(f"load_sae: {self.label()} has no file {filename!r}") from None
+        except RevisionNotFoundError:
+            raise LoadError(f"load_sae: Hub repo {self.name!r} has no revision {self.hub['revision']!r}") from None
+        except RepositoryNotFoundError:
+            raise LoadError(
+                f"load_sae: {self.name!r} is not a local path and no Hub repo of that name was found "
+                f"(or it is private: pass token=)"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise LoadError(f"load_sae: could not fetch {filename!r} from {self.label()}: {e}") from e
+
+    def detect(self, filename: str | None) -> str:
+        if filename is not None or (self.file is not None and self.file.suffix in (".pt", ".pth")):
+            return "openai"
+        if self.fetch(SAELENS_CONFIG, required=False) is not None:
+            return "saelens"
+        if self.fetch(GEMMA_SCOPE_PARAMS, required=False) is not None:
+            return "gemma_scope"
+        raise LoadError(
+            f"load_sae: cannot tell the SAE format of {self.label()}: it has neither {SAELENS_CONFIG!r} "
+            f"(SAELens) nor {GEMMA_SCOPE_PARAMS!r} (Gemma Scope), and no OpenAI .pt file was named "
+            f"(filename=); give format= one of {accepted(FORMATS)}"
+        )
+
+
+# -- SAELens ---------------------------------------------------------------------------------------
+def _load_saelens(src: _Source, dtype, norm_scaling_factor) -> SAE:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path = src.fetch(SAELENS_CONFIG)
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LoadError(f"{cfg_path}: expected a JSON object of SAE settings, got {type(cfg).__name__}")
+    settings = saelens_settings(cfg, str(cfg_path))
+    weights_path = src.fetch(SAELENS_WEIGHTS)
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise LoadError(f"{weights_path} is not a readable safetensors file ({e})") from None
+    if "scaling_factor" in tensors:  # older SAELens saves; all ones unless fine-tuned
+        factor = tensors.pop("scaling_factor")
+        if not torch.all(factor == 1):
+            raise LoadError(
+                f"{weights_path}: 'scaling_factor' is not all ones (a finetuning_scaling_factor "
+                f"SAE), which this loader does not support"
+            )
+    if settings["activation"] == "jumprelu" and "threshold" not in tensors and "log_threshold" in tensors:
+        tensors["threshold"] = tensors.pop("log_threshold").exp()  # a TrainingSAE checkpoint
+    if settings["normalize_activations"] == "expected_average_only_in":
+        if norm_scaling_factor is None:
+            warnings.warn(
+                f"{cfg_path}: normalize_activations is 'expected_average_only_in' but no "
+                f"norm_scaling_factor was given, so inputs are not rescaled (as in SAELens when the "
+                f"release lists none); pass load_sae(..., norm_scaling_factor=sqrt(d_in) / mean ||x||)",
+                PyveneLikeWarning,
+                stacklevel=3,
+            )
+        settings["norm_scaling_factor"] = norm_scaling_factor
+    elif norm_scaling_factor is not None:
+        raise ConfigError(
+            f"load_sae: norm_scaling_factor is only used by SAEs with normalize_activations="
+            f"'expected_average_only_in'; {cfg_path} has {settings['normalize_activations']!r}"
+        )
+    if dtype is not None:
+        settings["dtype"] = dtype
+    try:
+        sae = SAE(**settings)
+    except ConfigError as e:
+        raise LoadError(f"{cfg_path}: {e}") from None
+    return sae.load_weights(tensors, where=str(weights_path))
+
+
+def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
+    """The :class:`SAE` settings a SAELens ``cfg.json`` describes (pre-6.0 and 6.x layouts)."""
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCHITECTURES:
+        raise LoadError(
+            f"{where}: architecture {arch!r} is not supported; accepted: "
+            f"{accepted(SAELENS_ARCHITECTURES)}.{did_you_mean(str(arch), SAELENS_ARCHITECTURES)}"
+        )
+    for field in ("d_in", "d_sae"):
+        value = cfg.get(field)
+        if field not in cfg:
+            raise LoadError(f"{where}: field {field!r} is missing; a SAELens cfg.json gives d_in and d_sae")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LoadError(f"{where}: field {field!r} must be a positive int, got {value!r}")
+    fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+    fn_kwargs = cfg.get("activation_fn_kwargs") or {}
+    if arch == "jumprelu":
+        activation, k = "jumprelu", None
+    elif arch == "topk" or fn == "topk":
+        activation, k = "topk", cfg.get("k", fn_kwargs.get("k"))
+        if k is None:
+            raise LoadError(f"{where}: a TopK SAE needs field 'k' (or activation_fn_kwargs.k); none given")
+    elif fn == "relu":
+        activation, k = "relu", None
+    else:
+        raise LoadError(
+            f"{where}: activation_fn {fn!r} of a 'standard' SAE is not supported; accepted: 'relu', 'topk'"
+        )
+    norm = cfg.get("normalize_activations", "none")
+    if norm is None or norm is False:
+        norm = "none"
+    elif norm is True:
+        norm = "expected_average_only_in"
+    if norm not in NORMALIZATIONS:
+        raise LoadError(
+            f"{where}: normalize_activations {norm!r} is not supported; accepted: "
+            f"{accepted(NORMALIZATIONS)}.{did_you_mean(str(norm), NORMALIZATIONS)}"
+        )
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    dtype = cfg.get("dtype", "float32")
+    try:
+        dtype_from_name(dtype)
+    except ConfigError as e:
+        raise LoadError(f"{where}: {e}") from None
+    return {
+        "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "activation": activation, "k": k,
+        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "normalize_activations": norm, "hook_name": hook, "dtype": dtype,
+    }
+
+
+# -- Gemma Scope -----------------------------------------------------------------------------------
+_GEMMA_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+def _load_gemma_scope(src: _Source, dtype) -> SAE:
+    import numpy as np
+
+    path = src.fetch(GEMMA_SCOPE_PARAMS)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
+    except ValueError as e:
+        raise LoadError(f"{path}: refused: it holds pickled objects, not plain arrays ({e})") from None
+    except (OSError, EOFError) as e:
+        raise LoadError(f"{path} is not a readable .npz file ({e})") from None
+    missing = [k for k in _GEMMA_KEYS if k not in arrays]
+    if missing:
+        raise LoadError(
+            f"{path}: missing {', '.join(repr(m) for m in missing)}; a Gemma Scope params.npz holds "
+            f"{accepted(_GEMMA_KEYS)} (present: {accepted(sorted(arrays)) or 'nothing'})"
+        )
+    w_enc = arrays["W_enc"]
+    if w_enc.ndim != 2:
+        raise LoadError(f"{path}: 'W_enc' must be 2-D [d_in, d_sae], got shape {list(w_enc.shape)}")
+    d_in, d_sae = (int(s) for s in w_enc.shape)
+    sae = SAE(d_in, d_sae, activation="jumprelu", apply_b_dec_to_input=False,
+              hook_name=gemma_scope_hook_name(src.name, src.subfolder),
+              dtype=dtype if dtype is not None else "float32")
+    return sae.load_weights({k: torch.from_numpy(arrays[k]) for k in _GEMMA_KEYS}, where=str(path))
+
+
+def gemma_scope_hook_name(repo: str, subfolder: str | None) -> str | None:
+    """``("google/gemma-scope-2b-pt-res", "layer_20/...")`` -> ``"blocks.20.hook_resid_post"``."""
+    text = f"{repo}/{subfolder or ''}"
+    layer = re.search(r"layer_(\d+)", text)
+    if layer is None:
+        return None
+    kind = re.search(r"-(res|mlp|att)(?:-|/|$)", text)
+    hook = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}.get(kind and kind.group(1))
+    return f"blocks.{layer.group(1)}.{hook}" if hook else None
+
+
+# -- OpenAI sparse_autoencoder ---------------------------------------------------------------------
+_OPENAI_KEYS = ("pre_bias", "encoder.weight", "latent_bias", "decoder.weight")
+
+
+def _load_openai(src: _Source, filename: str | None, dtype) -> SAE:
+    import pickle
+
+    if filename is None and src.file is None:
+        raise ConfigError(
+            f"load_sae: an OpenAI SAE is one .pt file; give its path, or filename= inside {src.label()}"
+        )
+    path = src.fetch(filename or src.file.name)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(
+            f"{path}: refused: this pickle needs more than tensors, strings and numbers to load "
+            f"(torch.load(weights_only=True) says: {first}); OpenAI SAE state dicts need nothing else, "
+            f"and arbitrary pickles can run code"
+        ) from None
+    except (OSError, EOFError) as e:
+        raise LoadError(f"{path} is not a readable torch file ({e})") from None
+    if not isinstance(state, dict):
+        raise LoadError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return sae_from_openai_state_dict(state, str(path), dtype)
+
+
+def sae_from_openai_state_dict(state: dict, where: str = "state dict", dtype=None) -> SAE:
+    """An :class:`SAE` equal to OpenAI's ``Autoencoder.from_state_dict(state)``."""
+    missing = [k for k in _OPENAI_KEYS if k not in state]
+    if missing:
+        raise LoadError(
+            f"{where}: missing {', '.join(repr(m) for m in missing)}; an OpenAI sparse_autoencoder "
+            f"state dict holds {accepted(_OPENAI_KEYS)} (present: {accepted(sorted(map(str, state))) or 'nothing'})"
+        )
+    for key in _OPENAI_KEYS:
+        if not isinstance(state[key], torch.Tensor):
+            raise LoadError(f"{where}: {key!r} must be a tensor, got {type(state[key]).__name__}")
+    enc = state["encoder.weight"]
+    if enc.ndim != 2:
+        raise LoadError(f"{where}: 'encoder.weight' must be 2-D [d_sae, d_in], got shape {list(enc.shape)}")
+    d_sae, d_in = (int(s) for s in enc.shape)
+    expected = {"decoder.weight": (d_in, d_sae), "pre_bias": (d_in,), "latent_bias": (d_sae,)}
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise LoadError(
+                f"{where}: {key!r} has shape {list(state[key].shape)}, expected {list(shape)} "
+                f"(encoder.weight is [{d_sae}, {d_in}])"
+            )
+    name = state.get("activation", "ReLU")
+    if name == "TopK":
+        act = state.get("activation_state_dict") or {}
+        k, post = act.get("k"), act.get("postact_fn", "ReLU")
+        if post != "ReLU":
+            raise LoadError(f"{where}: TopK postact_fn {post!r} is not supported; accepted: 'ReLU'")
+        settings = {"activation": "topk", "k": k, "normalize_activations": "layer_norm"}
+    elif name == "ReLU":
+        settings = {"activation": "relu"}
+    else:
+        raise LoadError(f"{where}: activation {name!r} is not supported; accepted: 'ReLU', 'TopK'")
+    try:
+        sae = SAE(d_in, d_sae, apply_b_dec_to_input=True, dtype=dtype if dtype is not None else enc.dtype,
+                  **settings)
+    except ConfigError as e:
+        raise LoadError(f"{where}: {e}") from None
+    return sae.load_weights({"W_enc": enc.T, "b_enc": state["latent_bias"], "W_dec": state["decoder.weight"].T,
+                             "b_dec": state["pre_bias"]}, where=where)

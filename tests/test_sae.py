@@ -1,0 +1,356 @@
+"""Sparse autoencoders: the SAE module, the three published file layouts (written here, byte for
+byte as their libraries write them), the hook-name translator, and the SAE interventions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from pyvene_like.errors import ConfigError, LoadError, PyveneLikeWarning, ShapeError
+from pyvene_like.sae import SAE, hook_to_site, load_sae, openai_location_to_site
+
+D_IN, D_SAE = 64, 96
+ATOL = 1e-6
+
+
+def _weights(seed=0, d_in=D_IN, d_sae=D_SAE, threshold=True):
+    g = torch.Generator().manual_seed(seed)
+    w = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / math.sqrt(d_in),
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / math.sqrt(d_sae),
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+    if threshold:
+        w["threshold"] = torch.rand(d_sae, generator=g) * 0.2
+    return w
+
+
+def _x(seed=1, shape=(3, 5, D_IN)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# -- the published formulas, written out independently of pyvene_like.sae ----------------------
+def ref_saelens(w, x, *, arch, k=None, apply_b_dec=True, norm="none", scale=None):
+    if norm == "constant_norm_rescale":
+        coeff = math.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True)
+        x_in = x * coeff
+    elif norm == "expected_average_only_in" and scale is not None:
+        x_in = x * scale
+    else:
+        x_in = x
+    sae_in = x_in - w["b_dec"] * apply_b_dec
+    pre = sae_in @ w["W_enc"] + w["b_enc"]
+    if arch == "standard":
+        acts = F.relu(pre)
+    elif arch == "jumprelu":
+        acts = F.relu(pre) * (pre > w["threshold"]).to(pre)
+    else:
+        top = torch.topk(pre, k=k, dim=-1)
+        acts = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+    out = acts @ w["W_dec"] + w["b_dec"]
+    if norm == "constant_norm_rescale":
+        out = out / coeff
+    elif norm == "expected_average_only_in" and scale is not None:
+        out = out / scale
+    return acts, out
+
+
+def ref_gemma_scope(p, x):
+    pre = x @ p["W_enc"] + p["b_enc"]
+    acts = (pre > p["threshold"]) * F.relu(pre)
+    return acts, acts @ p["W_dec"] + p["b_dec"]
+
+
+def ref_openai(sd, x):
+    """sparse_autoencoder.model.Autoencoder with TopK: LN, encoder(x - pre_bias) + latent_bias,
+    TopK then ReLU, decoder(latents) + pre_bias, then * std + mu."""
+    mu = x.mean(dim=-1, keepdim=True)
+    xc = x - mu
+    std = xc.std(dim=-1, keepdim=True)
+    xn = xc / (std + 1e-5)
+    pre = F.linear(xn - sd["pre_bias"], sd["encoder.weight"], sd["latent_bias"])
+    top = torch.topk(pre, k=sd["activation_state_dict"]["k"], dim=-1)
+    lat = torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+    rec = F.linear(lat, sd["decoder.weight"]) + sd["pre_bias"]
+    return lat, rec * std + mu
+
+
+# -- files in the published layouts ------------------------------------------------------------------
+def write_saelens(folder: Path, w, **cfg) -> Path:
+    """SAELens 6.x ``save_model``: cfg.json (settings + metadata) and sae_weights.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "reshape_activations": "none",
+           "metadata": {"model_name": "gpt2", "hook_name": "blocks.2.hook_resid_post", "hook_head_index": None,
+                        "prepend_bos": True, "context_size": 128, "sae_lens_version": "6.5.1"},
+           "architecture": "standard"}
+    doc.update(cfg)
+    (folder / "cfg.json").write_text(json.dumps(doc))
+    save_file({k: v.contiguous() for k, v in w.items()}, str(folder / "sae_weights.safetensors"))
+    return folder
+
+
+def write_gemma_scope(folder: Path, w) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "params.npz", **{k: v.numpy() for k, v in w.items()})
+    return folder
+
+
+def openai_state(w, k=8, activation="TopK"):
+    """What ``Autoencoder.state_dict()`` holds: parameters, the three stats buffers, and the
+    activation's class name and state (TopK's k and postact_fn as plain values)."""
+    d_in, d_sae = w["W_enc"].shape
+    sd = {
+        "pre_bias": w["b_dec"].clone(),
+        "latent_bias": w["b_enc"].clone(),
+        "stats_last_nonzero": torch.zeros(d_sae, dtype=torch.long),
+        "latents_activation_frequency": torch.ones(d_sae),
+        "latents_mean_square": torch.zeros(d_sae),
+        "encoder.weight": w["W_enc"].T.contiguous(),
+        "decoder.weight": w["W_dec"].T.contiguous(),
+        "activation": activation,
+    }
+    if activation == "TopK":
+        sd["activation_state_dict"] = {"k": k, "postact_fn": "ReLU"}
+    return sd
+
+
+def cache_layout(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40) -> Path:
+    """huggingface_hub's cache: blobs, a snapshot of relative symlinks (subfolders kept), refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snap = repo / "snapshots" / commit
+    for f in folder.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            link = snap / f.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+# -- loaders against the published formulas -----------------------------------------------------------
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+@pytest.mark.parametrize("norm", ["none", "constant_norm_rescale"])
+def test_saelens_loader_matches_the_saelens_formulas(tmp_path, arch, norm):
+    w = _weights(threshold=arch == "jumprelu")
+    cfg = {"architecture": arch, "normalize_activations": norm}
+    if arch == "topk":
+        cfg["k"] = 7
+    folder = write_saelens(tmp_path / "sae", w, **cfg)
+    sae = load_sae(folder)
+    assert sae.activation == {"standard": "relu"}.get(arch, arch) and sae.hook_name == "blocks.2.hook_resid_post"
+    x = _x()
+    acts, out = ref_saelens(w, x, arch=arch, k=cfg.get("k"), norm=norm)
+    feats, stats = sae.encode_with_stats(x)
+    torch.testing.assert_close(feats, acts, atol=ATOL, rtol=0)
+    torch.testing.assert_close(sae.decode(feats, stats), out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(sae(x), out, atol=ATOL, rtol=0)
+    if arch == "topk":
+        assert int((feats != 0).sum(-1).max()) <= 7
+
+
+def test_saelens_pre_6_config_and_expected_average_scaling(tmp_path):
+    """Pre-6.0 cfg.json: top-level hook_point, activation_fn_str 'topk' with activation_fn_kwargs,
+    boolean normalize_activations (True = expected_average_only_in), no b_dec on the input."""
+    w = _weights(threshold=False)
+    folder = write_saelens(tmp_path / "old", w, metadata=None, architecture=None, hook_point="blocks.1.hook_mlp_out",
+                           activation_fn_str="topk", activation_fn_kwargs={"k": 5},
+                           normalize_activations=True, apply_b_dec_to_input=False, sae_lens_training_version="3.1.0")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["architecture"], cfg["metadata"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    sae = load_sae(folder, norm_scaling_factor=0.37)
+    assert (sae.activation, sae.k, sae.hook_name) == ("topk", 5, "blocks.1.hook_mlp_out")
+    x = _x()
+    _, out = ref_saelens(w, x, arch="topk", k=5, apply_b_dec=False, norm="expected_average_only_in", scale=0.37)
+    torch.testing.assert_close(sae(x), out, atol=ATOL, rtol=0)
+    with pytest.warns(PyveneLikeWarning, match=r"'expected_average_only_in' but no norm_scaling_factor was given"):
+        unscaled = load_sae(folder)
+    _, out = ref_saelens(w, x, arch="topk", k=5, apply_b_dec=False)
+    torch.testing.assert_close(unscaled(x), out, atol=ATOL, rtol=0)
+
+
+def test_gemma_scope_loader_matches_the_gemma_scope_formula(tmp_path):
+    w = _weights()
+    folder = write_gemma_scope(tmp_path / "layer_3" / "width_16k" / "average_l0_71", w)
+    sae = load_sae(folder)
+    assert (sae.activation, sae.apply_b_dec_to_input, sae.normalize_activations) == ("jumprelu", False, "none")
+    x = _x()
+    acts, out = ref_gemma_scope(w, x)
+    torch.testing.assert_close(sae.encode(x), acts, atol=ATOL, rtol=0)
+    torch.testing.assert_close(sae(x), out, atol=ATOL, rtol=0)
+    # the JumpReLU really jumps: features just above threshold keep their full value
+    feats = sae.encode(x)
+    assert bool(((feats > 0) & (feats < w["threshold"])).sum() == 0)
+
+
+def test_openai_loader_matches_the_openai_formula(tmp_path):
+    w = _weights(threshold=False)
+    sd = openai_state(w, k=8)
+    torch.save(sd, tmp_path / "5.pt")
+    sae = load_sae(tmp_path / "5.pt")
+    assert (sae.activation, sae.k, sae.normalize_activations) == ("topk", 8, "layer_norm")
+    x = _x() * 3 + 1
+    lat, rec = ref_openai(sd, x)
+    feats, stats = sae.encode_with_stats(x)
+    torch.testing.assert_close(feats, lat, atol=ATOL, rtol=0)
+    torch.testing.assert_close(sae.decode(feats, stats), rec, atol=1e-5, rtol=0)  # values of size ~4
+    # v1/v4 ReLU autoencoders: no layer norm
+    torch.save(openai_state(w, activation="ReLU"), tmp_path / "relu.pt")
+    relu = load_sae(tmp_path, filename="relu.pt")
+    assert (relu.activation, relu.normalize_activations) == ("relu", "none")
+    _, out = ref_saelens(w, x, arch="standard")
+    torch.testing.assert_close(relu(x), out, atol=1e-5, rtol=0)
+
+
+def test_loading_by_hub_repo_id_from_the_offline_cache(tmp_path, offline_cache):
+    w = _weights()
+    src = tmp_path / "repo"
+    write_saelens(src / "blocks.2.hook_resid_post", w, architecture="jumprelu")
+    write_gemma_scope(src / "layer_2" / "width_16k" / "average_l0_50", w)
+    (src / "v5_32k" / "resid_post_mlp").mkdir(parents=True)
+    torch.save(openai_state(w, k=4), src / "v5_32k" / "resid_post_mlp" / "2.pt")
+    for repo in ("someone/saes", "google/gemma-scope-2b-pt-res"):
+        cache_layout(offline_cache, repo, src)
+    x = _x()
+    a = load_sae("someone/saes", subfolder="blocks.2.hook_resid_post")
+    torch.testing.assert_close(a(x), ref_saelens(w, x, arch="jumprelu")[1], atol=ATOL, rtol=0)
+    g = load_sae("google/gemma-scope-2b-pt-res", subfolder="layer_2/width_16k/average_l0_50")
+    assert g.hook_name == "blocks.2.hook_resid_post"
+    torch.testing.assert_close(g(x), ref_gemma_scope(w, x)[1], atol=ATOL, rtol=0)
+    o = load_sae("someone/saes", format="openai", filename="v5_32k/resid_post_mlp/2.pt")
+    assert o.k == 4
+    with pytest.raises(LoadError, match=r"'cfg.json' of Hub repo 'someone/absent' \(revision 'main'\) is not in the "
+                                        r"local Hub cache .* offline mode is on"):
+        load_sae("someone/absent", format="saelens")
+    with pytest.raises(LoadError, match=r"cannot tell the SAE format of Hub repo 'someone/saes', subfolder 'nope'"):
+        load_sae("someone/saes", subfolder="nope")
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+class NotATensor:
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    w = _weights()
+    bad = write_saelens(tmp_path / "gated", w, architecture="gated")
+    with pytest.raises(LoadError, match=r"architecture 'gated' is not supported; accepted: 'standard', 'jumprelu', 'topk'"):
+        load_sae(bad)
+    typo = write_saelens(tmp_path / "typo", w, architecture="jumprelux")
+    with pytest.raises(LoadError, match=r"architecture 'jumprelux' .* Did you mean 'jumprelu'\?"):
+        load_sae(typo)
+    norm = write_saelens(tmp_path / "norm", w, normalize_activations="batch_norm")
+    with pytest.raises(LoadError, match=r"normalize_activations 'batch_norm' is not supported; accepted: 'none', "):
+        load_sae(norm)
+    no_thr = write_saelens(tmp_path / "nothr", {k: v for k, v in w.items() if k != "threshold"}, architecture="jumprelu")
+    with pytest.raises(LoadError, match=r"sae_weights.safetensors: missing 'threshold'; a 'jumprelu' SAE needs 'W_enc', "
+                                        r"'b_enc', 'W_dec', 'b_dec', 'threshold'"):
+        load_sae(no_thr)
+    wrong = write_saelens(tmp_path / "wrong", w, d_in=32)
+    with pytest.raises(LoadError, match=r"'W_enc' has shape \[64, 96\], expected \[32, 96\] \(d_in=32, d_sae=96\)"):
+        load_sae(wrong)
+    no_d = write_saelens(tmp_path / "nod", w)
+    cfg = json.loads((no_d / "cfg.json").read_text())
+    del cfg["d_sae"]
+    (no_d / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match=r"cfg.json: field 'd_sae' is missing"):
+        load_sae(no_d)
+    no_w = write_saelens(tmp_path / "now", w)
+    (no_w / "sae_weights.safetensors").unlink()
+    with pytest.raises(LoadError, match=r"has no 'sae_weights.safetensors' \(it holds: cfg.json\)"):
+        load_sae(no_w)
+    np.savez(tmp_path / "params.npz", W_enc=w["W_enc"].numpy(), W_dec=w["W_dec"].numpy())
+    with pytest.raises(LoadError, match=r"params.npz: missing 'b_enc', 'b_dec', 'threshold'; a Gemma Scope params.npz"):
+        load_sae(tmp_path / "params.npz")
+    with pytest.raises(ConfigError, match=r"format 'gemmascope' is not supported; accepted: 'saelens', 'gemma_scope', "
+                                          r"'openai'. Did you mean 'gemma_scope'\?"):
+        load_sae(tmp_path, format="gemmascope")
+
+
+def test_openai_pickles_that_need_more_than_tensors_are_refused(tmp_path):
+    w = _weights(threshold=False)
+    sd = openai_state(w)
+    sd["activation_state_dict"]["extra"] = NotATensor()
+    torch.save(sd, tmp_path / "evil.pt")
+    with pytest.raises(LoadError, match=r"evil.pt: refused: this pickle needs more than tensors, strings and numbers "
+                                        r"to load \(torch.load\(weights_only=True\) says: "):
+        load_sae(tmp_path / "evil.pt")
+    sd = openai_state(w)
+    del sd["latent_bias"]
+    torch.save(sd, tmp_path / "partial.pt")
+    with pytest.raises(LoadError, match=r"partial.pt: missing 'latent_bias'; an OpenAI sparse_autoencoder state dict "
+                                        r"holds 'pre_bias', 'encoder.weight', 'latent_bias', 'decoder.weight'"):
+        load_sae(tmp_path / "partial.pt")
+    torch.save(openai_state(w, activation="Identity"), tmp_path / "ident.pt")
+    with pytest.raises(LoadError, match=r"activation 'Identity' is not supported; accepted: 'ReLU', 'TopK'"):
+        load_sae(tmp_path / "ident.pt")
+    sd = openai_state(w)
+    sd["decoder.weight"] = sd["decoder.weight"][:-1]
+    torch.save(sd, tmp_path / "shape.pt")
+    with pytest.raises(LoadError, match=r"'decoder.weight' has shape \[63, 96\], expected \[64, 96\]"):
+        load_sae(tmp_path / "shape.pt")
+
+
+def test_sae_settings_and_input_are_checked():
+    with pytest.raises(ConfigError, match=r"activation 'jump_relu' is not supported; accepted: 'relu', 'jumprelu', "
+                                          r"'topk'. Did you mean one of 'jumprelu'"):
+        SAE(4, 8, activation="jump_relu")
+    with pytest.raises(ConfigError, match=r"'topk' needs k, an int in 1..d_sae=8, got k=9"):
+        SAE(4, 8, activation="topk", k=9)
+    with pytest.raises(ConfigError, match=r"k=3 is only used by activation 'topk', not 'relu'"):
+        SAE(4, 8, k=3)
+    sae = SAE(4, 8, hook_name="blocks.0.hook_resid_post")
+    with pytest.raises(ShapeError, match=r"SAE input has width 5 \(shape \[2, 5\]\) but the SAE \(hook "
+                                         r"'blocks.0.hook_resid_post'\) has d_in=4"):
+        sae(torch.zeros(2, 5))
+    ln = SAE(4, 8, normalize_activations="layer_norm")
+    with pytest.raises(ConfigError, match=r"normalize_activations='layer_norm' needs the stats of the encoded input"):
+        ln.decode(torch.zeros(2, 8))
+    again = SAE.from_config(SAE(4, 8, activation="topk", k=2, normalize_activations="layer_norm").config())
+    assert again.config()["k"] == 2 and again.normalize_activations == "layer_norm"
+
+
+def test_hook_names_map_to_sites():
+    assert hook_to_site("blocks.7.hook_resid_post") == (7, "block_output")
+    assert hook_to_site("blocks.0.hook_mlp_out") == (0, "mlp_output")
+    assert hook_to_site("blocks.3.attn.hook_z") == (3, "attention_value_output")
+    assert hook_to_site("blocks.3.hook_resid_pre") == (3, "block_input")
+    assert openai_location_to_site("resid_post_mlp", 8) == (8, "block_output")
+    with pytest.raises(ConfigError, match=r"hook 'hook_resid_pots' has no site in this library; accepted: .*"
+                                          r"Did you mean one of 'hook_resid_post'"):
+        hook_to_site("blocks.1.hook_resid_pots")
+    with pytest.raises(ConfigError, match=r"'hook_resid_mid' has no site in this library \(the residual stream between"):
+        hook_to_site("blocks.1.hook_resid_mid")
+    with pytest.raises(ConfigError, match=r"'hook_embed' is not a per-layer TransformerLens hook"):
+        hook_to_site("hook_embed")
+    with pytest.raises(ConfigError, match=r"OpenAI SAE location 'resid_post_attn' has no site"):
+        openai_location_to_site("resid_post_attn", 1)
