@@ -1,6 +1,7 @@
 import pytest
 import torch
 import transformers
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 transformers.logging.set_verbosity_error()
@@ -13,6 +14,20 @@ def make_gpt2(seed: int = 0, **kw) -> GPT2LMHeadModel:
     cfg = dict(n_layer=4, n_embd=64, n_head=4, vocab_size=1000, n_positions=64, bos_token_id=0, eos_token_id=0)
     cfg.update(kw)
     return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+
+
+class TinyMLP(nn.Module):
+    """A plain (non-HF) module: 8 -> 8 -> 8 -> 2 with ReLUs, seeded; its units are ``layers.i``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)])
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)
 
 
 @pytest.fixture(scope="session")

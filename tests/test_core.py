@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import TinyMLP
 from reference import capture, run_with_edit
 from torch import nn
 
@@ -352,20 +353,8 @@ def test_gradients_flow_and_model_untouched_after_error(gpt2, ids):
     assert emb.grad is not None and emb.grad.abs().sum() > 0
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)])
-
-    def forward(self, x):
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        return self.layers[-1](x)
-
-
 def test_plain_module_with_2d_activations_and_raw_paths():
-    model = MLP()
+    model = TinyMLP()
     x = torch.randn(4, 8)
     s = torch.randn(4, 8)
     src_act = model.layers[0](s)
@@ -400,7 +389,7 @@ def test_train_eval_reach_interventions(gpt2):
 
 
 def test_site_never_called_is_an_error_not_a_silent_no_op():
-    model = MLP()
+    model = TinyMLP()
     model.unused = nn.Linear(8, 8)  # registered, never called by forward
     im = pv.IntervenableModel(pv.RepresentationConfig(0, "unused.output", intervention_type="zero"), model)
     with pytest.raises(pv.ConfigError, match=r"the base pass never reached unused \(output\)"):
@@ -447,7 +436,7 @@ def test_intervention_link_key_shares_one_intervention(gpt2):
 
 
 def test_plain_module_layer_width_is_inferred_for_trainable_interventions():
-    model = MLP()
+    model = TinyMLP()
     im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space"), model)
     assert im.sites[0].width == 8 and im.interventions[0].embed_dim == 8
     im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output", intervention_type="rotated_space"), model)

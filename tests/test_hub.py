@@ -8,7 +8,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import make_gpt2
+from conftest import TinyMLP, make_gpt2
 from huggingface_hub import ModelCard
 from safetensors.torch import load, load_file, save_file
 from tiny_models import build_tiny_model
@@ -229,25 +229,13 @@ def test_user_class_with_tensor_argument_and_extra_state(tmp_path, gpt2, ids):
     assert torch.equal(a, b)
 
 
-class _TwoLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)])
-
-    def forward(self, x):
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        return self.layers[-1](x)
-
-
 def test_plain_module_round_trip_and_identity(tmp_path):
-    model = _TwoLayer()
+    model = TinyMLP()
     im = pv.IntervenableModel(pv.RepresentationConfig(0, "layers.1.output", intervention_type="sigmoid_mask"), model)
     _perturb(im)
     im.save_pretrained(tmp_path)
     ident = json.loads((tmp_path / "config.json").read_text())["base_model"]
-    assert ident["hash_of"] == "parameter_shapes" and ident["model_type"] is None and ident["class"] == "_TwoLayer"
+    assert ident["hash_of"] == "parameter_shapes" and ident["model_type"] is None and ident["class"] == "TinyMLP"
     loaded = pv.IntervenableModel.from_pretrained(tmp_path, model=model)
     x, s = torch.randn(4, 8), torch.randn(4, 8)
     with torch.no_grad():
