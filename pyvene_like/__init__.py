@@ -22,6 +22,10 @@ from .interventions import (
     LowRankRotatedSpaceIntervention,
     NoiseIntervention,
     RotatedSpaceIntervention,
+    SAEAblateIntervention,
+    SAEInterchangeIntervention,
+    SAEIntervention,
+    SAESteerIntervention,
     SigmoidMaskIntervention,
     SigmoidMaskRotatedSpaceIntervention,
     SkipIntervention,
@@ -32,6 +36,7 @@ from .interventions import (
 )
 from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
+from .sae import SAE, load_sae
 from .sites import COMPONENTS
 
 _TRAINING_NAMES = (
@@ -68,6 +73,13 @@ __all__ = [
     "SigmoidMaskIntervention",
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
+    "SAEIntervention",
+    "SAEInterchangeIntervention",
+    "SAESteerIntervention",
+    "SAEAblateIntervention",
+    "SAE",
+    "load_sae",
+    "sae",
     "register_intervention",
     "get_intervention_class",
     "registered_interventions",

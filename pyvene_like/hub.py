@@ -226,7 +226,10 @@ def _representation_dict(i: int, slot, tensors: dict) -> tuple[dict, str | None]
 def _intervention_spec(i: int, slot):
     """(registered class, constructor kwargs, function name or None) that rebuild ``slot``'s intervention."""
     rep, iv = slot.rep, slot.intervention
-    if rep.intervention is None:
+    # Modules given in intervention_kwargs (an SAE) are not JSON: such an intervention is saved
+    # as an instance is, by its constructor's attributes (e.g. sae_config) and its state dict.
+    built_from_modules = any(isinstance(v, nn.Module) for v in rep.intervention_kwargs.values())
+    if rep.intervention is None and not built_from_modules:
         factory = rep.intervention_type
         kwargs = dict(rep.intervention_kwargs)
         if isinstance(factory, _LambdaFactory):

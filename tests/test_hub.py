@@ -25,6 +25,12 @@ NEEDS = {
     "low_rank_rotated_space": {"low_rank_dimension": 8},
     "noise": {"intervention_kwargs": {"noise_level": 0.5, "seed": 7}},
     "lambda": {"intervention_kwargs": {"fn": None}},  # fn filled in by the test
+    # SAEs are rebuilt from their settings; their weights (perturbed below) come from the state dict
+    "sae_interchange": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, "topk", k=8).config(), "features": [1, 5]}},
+    "sae_steer": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, "jumprelu").config(), "features": [3, 4],
+                                          "mode": "set", "value": [2.0, -1.0]}},
+    "sae_ablate": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, normalize_activations="layer_norm").config(),
+                                           "use_error_term": False}},
 }
 BUILTIN = sorted(
     {cls.registry_name for cls in pv.registered_interventions().values() if cls.__module__.startswith("pyvene_like.")}

@@ -15,8 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tiny_models import build_tiny_model
 
-from pyvene_like.errors import ConfigError, LoadError, PyveneLikeWarning, ShapeError
+import pyvene_like as pv
+from pyvene_like.errors import ConfigError, LoadError, LocationError, PyveneLikeWarning, ShapeError
 from pyvene_like.sae import SAE, hook_to_site, load_sae, openai_location_to_site
 
 D_IN, D_SAE = 64, 96
@@ -354,3 +356,253 @@ def test_hook_names_map_to_sites():
         hook_to_site("hook_embed")
     with pytest.raises(ConfigError, match=r"OpenAI SAE location 'resid_post_attn' has no site"):
         openai_location_to_site("resid_post_attn", 1)
+
+
+# -- interventions ---------------------------------------------------------------------------------------
+
+
+def codec_saelens(w, arch, k=None):
+    """(encode, decode) by the SAELens formulas, no normalisation."""
+    def enc(x):
+        return ref_saelens(w, x, arch=arch, k=k)[0]
+    return enc, lambda f, x: f @ w["W_dec"] + w["b_dec"]
+
+
+def codec_openai(sd):
+    """(encode, decode) by OpenAI's formulas; decode needs the input for its LN stats."""
+    def dec(f, x):
+        mu = x.mean(dim=-1, keepdim=True)
+        std = (x - mu).std(dim=-1, keepdim=True)
+        return (F.linear(f, sd["decoder.weight"]) + sd["pre_bias"]) * std + mu
+    return (lambda x: ref_openai(sd, x)[0]), dec
+
+
+def hand_edit(codec, x, edit, error=True, source=None):
+    """SAELens's use_error_term formula: decode(f') + (x - decode(f))."""
+    enc, dec = codec
+    f = enc(x)
+    new = dec(edit(f, None if source is None else enc(source)), x)
+    return new + (x - dec(f, x)) if error else new
+
+
+def run_hooked(model, module, edit_at, inputs):
+    """Run ``model`` with a forward hook on ``module`` that replaces ``out[:, positions]``."""
+    def hook(m, args, out):
+        x = out[0] if isinstance(out, tuple) else out
+        x = x.clone()
+        for pos, fn in edit_at:
+            x[:, pos] = fn(x[:, pos])
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+    h = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(**inputs).logits
+    finally:
+        h.remove()
+
+
+def capture(model, module, inputs):
+    box = {}
+    h = module.register_forward_hook(lambda m, a, o: box.setdefault("x", (o[0] if isinstance(o, tuple) else o).clone()))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        h.remove()
+    return box["x"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_sae(tmp_path_factory):
+    w = _weights(seed=3)
+    folder = write_saelens(tmp_path_factory.mktemp("s") / "sae", w, architecture="jumprelu")
+    return load_sae(folder), w
+
+
+def test_steer_and_ablate_equal_hand_written_hooks_on_gpt2(gpt2, ids, gpt2_sae):
+    sae, w = gpt2_sae
+    base, _ = ids
+    codec = codec_saelens(w, "jumprelu")
+    module = gpt2.transformer.h[2]
+    # scaling or ablating an inactive feature changes nothing: use the most active ones
+    a, b, c = sae.encode(capture(gpt2, module, {"input_ids": base})).mean((0, 1)).topk(3).indices.tolist()
+    cases = [
+        ("sae_steer", dict(features=[3, 7], mode="add", value=5.0), lambda f, s: _at(f, [3, 7], f[..., [3, 7]] + 5.0)),
+        ("sae_steer", dict(features=[3, 7], mode="set", value=[4.0, -2.0]),
+         lambda f, s: _at(f, [3, 7], torch.tensor([4.0, -2.0]).expand_as(f[..., [3, 7]]))),
+        ("sae_steer", dict(features=[a], mode="scale", value=3.0), lambda f, s: _at(f, [a], f[..., [a]] * 3.0)),
+        ("sae_ablate", dict(features=[a, b, c]), lambda f, s: _at(f, [a, b, c], torch.zeros_like(f[..., [a, b, c]]))),
+        ("sae_ablate", dict(use_error_term=False), lambda f, s: torch.zeros_like(f)),
+    ]
+    for name, kwargs, edit in cases:
+        error = kwargs.get("use_error_term", True)
+        im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output", intervention_type=name,
+                                                          intervention_kwargs={"sae": sae, **kwargs}), gpt2)
+        # every position, and the last one
+        for loc, positions in ((None, list(range(base.shape[1]))), (-1, [base.shape[1] - 1])):
+            _, out = im({"input_ids": base}, unit_locations={"base": loc})
+            expected = run_hooked(gpt2, module, [(positions, lambda x, e=edit, r=error: hand_edit(codec, x, e, r))],
+                                  {"input_ids": base})
+            torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0, msg=f"{name} {kwargs} at {loc}")
+            plain = gpt2(input_ids=base).logits
+            assert not torch.allclose(out.logits, plain, atol=1e-4)
+
+
+def _at(f, idx, values):
+    f = f.clone()
+    f[..., idx] = values
+    return f
+
+
+def test_interchange_equals_a_hand_written_hook_on_llama(tmp_path):
+    """OpenAI TopK layer-normed SAE on Llama's MLP output: chosen features come from the source's
+    position 3 into the base's position 5; per-call subspaces choose the features per example."""
+    llama = build_tiny_model("llama")
+    w = _weights(seed=5, d_in=32, d_sae=48, threshold=False)
+    sd = openai_state(w, k=6)
+    torch.save(sd, tmp_path / "1.pt")
+    sae = load_sae(tmp_path / "1.pt")
+    g = torch.Generator().manual_seed(2)
+    base, src = (torch.randint(2, 128, (2, 8), generator=g) for _ in range(2))
+    module = llama.model.layers[1].mlp
+    src_x = capture(llama, module, {"input_ids": src})[:, 3]
+    codec = codec_openai(sd)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "mlp_output", intervention_type="sae_interchange",
+                                                      intervention_kwargs={"sae": sae}), llama)
+    for subspaces, feats in ((None, None), ([[[0, 1, 2, 3, 4, 5, 6, 7], [10, 11]]], [list(range(8)), [10, 11]])):
+        _, out = im({"input_ids": base}, [{"input_ids": src}], {"sources->base": (3, 5)}, subspaces=subspaces)
+
+        def swap(x, feats=feats):
+            rows = []
+            for b in range(x.shape[0]):
+                chosen = None if feats is None else feats[b]
+                edit = (lambda f, s: s) if chosen is None else (lambda f, s, c=chosen: _at(f, c, s[..., c]))
+                rows.append(hand_edit(codec, x[b:b + 1], edit, source=src_x[b:b + 1]))
+            return torch.cat(rows)
+
+        expected = run_hooked(llama, module, [([5], lambda x: swap(x[:, 0])[:, None])], {"input_ids": base})
+        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+
+
+def test_null_edits_leave_outputs_bit_identical(gpt2, ids, gpt2_sae):
+    """With the error term the output is x + (decode(f') - decode(f)); an unchanged f' makes the
+    difference exactly 0, so the logits are bit-identical (not merely close)."""
+    sae, w = gpt2_sae
+    base, _ = ids
+    plain = gpt2(input_ids=base).logits
+    null = [("sae_steer", dict(mode="scale", value=1.0)), ("sae_steer", dict(features=[4], mode="add", value=0.0)),
+            ("sae_interchange", {})]
+    for name, kwargs in null:
+        im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output", intervention_type=name,
+                                                          intervention_kwargs={"sae": sae, **kwargs}), gpt2)
+        if name == "sae_interchange":  # the base is its own source
+            _, out = im({"input_ids": base}, [{"input_ids": base}], {"sources->base": None})
+        else:
+            _, out = im({"input_ids": base}, unit_locations={"base": None})
+        assert torch.equal(out.logits, plain), name
+    # without the error term the SAE's reconstruction replaces the activations
+    im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output", intervention_type="sae_steer",
+                                                      intervention_kwargs={"sae": sae, "mode": "scale",
+                                                                           "use_error_term": False}), gpt2)
+    _, out = im({"input_ids": base}, unit_locations={"base": None})
+    expected = run_hooked(gpt2, gpt2.transformer.h[2], [(slice(None), sae)], {"input_ids": base})
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(out.logits, plain, atol=1e-3)
+
+
+def test_error_term_identity_for_every_normalisation():
+    x = _x() * 2 + 0.5
+    for kwargs in (dict(activation="relu"), dict(activation="topk", k=5, normalize_activations="layer_norm"),
+                   dict(activation="jumprelu", normalize_activations="constant_norm_rescale"),
+                   dict(activation="relu", normalize_activations="expected_average_only_in", norm_scaling_factor=0.3)):
+        sae = SAE(D_IN, D_SAE, **kwargs)
+        sae.load_weights(_weights(), where="test")
+        iv = pv.get_intervention_class("sae_steer")(sae, mode="scale", value=1.0)
+        assert torch.equal(iv(x), x)
+        f, stats = sae.encode_with_stats(x)
+        torch.testing.assert_close(sae.decode(f, stats) + (x - sae(x)), x, atol=ATOL, rtol=0)
+
+
+def test_steering_during_generate_equals_a_hand_written_hook(gpt2, gpt2_sae):
+    sae, w = gpt2_sae
+    codec = codec_saelens(w, "jumprelu")
+    ids = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(4))
+    edit = lambda f, s: _at(f, [9], f[..., [9]] + 8.0)  # noqa: E731
+
+    def hook(m, a, out):
+        if isinstance(out, tuple):
+            return (hand_edit(codec, out[0], edit), *out[1:])
+        return hand_edit(codec, out, edit)
+
+    kw = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    h = gpt2.transformer.h[1].register_forward_hook(hook)
+    try:
+        expected = gpt2.generate(ids, **kw)
+    finally:
+        h.remove()
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="sae_steer",
+                                                      intervention_kwargs={"sae": sae, "features": [9], "value": 8.0}),
+                              gpt2)
+    for use_cache in (True, False):
+        _, out = im.generate({"input_ids": ids}, timesteps="all", use_cache=use_cache, **kw)
+        assert torch.equal(out.sequences, expected.sequences)
+        for a, b in zip(out.logits, expected.logits):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert not torch.equal(out.sequences, gpt2.generate(ids, max_new_tokens=8, do_sample=False))
+
+
+def test_sae_interventions_round_trip_through_save_pretrained(tmp_path, gpt2, ids, gpt2_sae):
+    sae, _ = gpt2_sae
+    base, src = ids
+    configs = {
+        "kwargs": pv.IntervenableConfig([
+            pv.RepresentationConfig(1, "block_output", intervention_type="sae_steer",
+                                    intervention_kwargs={"sae": sae, "features": [2, 6], "mode": "set", "value": [3.0, 1.0]}),
+            pv.RepresentationConfig(2, "block_output", intervention_type="sae_ablate",
+                                    intervention_kwargs={"sae": sae, "use_error_term": False}),
+        ]),
+        "instance": pv.RepresentationConfig(2, "block_output",
+                                            intervention=pv.SAEInterchangeIntervention(sae, features=[0, 1, 2])),
+    }
+    for label, config in configs.items():
+        im = pv.IntervenableModel(config, gpt2)
+        im.save_pretrained(tmp_path / label)
+        doc = json.loads((tmp_path / label / "config.json").read_text())
+        kwargs = doc["intervenable_config"]["representations"][0]["intervention_kwargs"]
+        assert kwargs["sae_config"] == sae.config() and "sae" not in kwargs
+        loaded = pv.IntervenableModel.from_pretrained(tmp_path / label, model=gpt2)
+        assert loaded.interventions[0].sae is not sae
+        for a, b in zip(im.interventions, loaded.interventions):
+            assert a.state_dict().keys() == b.state_dict().keys()
+            assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+        if label == "instance":
+            run = [{"input_ids": base}, [{"input_ids": src}], {"sources->base": 4}]
+        else:
+            run = [{"input_ids": base}, None, {"base": 4}]
+        assert torch.equal(im(*run)[1].logits, loaded(*run)[1].logits)
+
+
+def test_sae_intervention_mistakes_are_clear_errors(gpt2, gpt2_sae, ids):
+    sae, _ = gpt2_sae
+    llama = build_tiny_model("llama")
+
+    def build(model=gpt2, name="sae_steer", layer=2, **kwargs):
+        return pv.IntervenableModel(pv.RepresentationConfig(layer, "block_output", intervention_type=name,
+                                                            intervention_kwargs=kwargs), model)
+
+    with pytest.raises(ShapeError, match=r"sae_steer: the site's width is 32 but the SAE \(trained on "
+                                         r"'blocks.2.hook_resid_post'\) has d_in=64; attach it to a site of width 64"):
+        build(llama, layer=1, sae=sae)
+    with pytest.raises(ConfigError, match=r"sae_ablate: give the SAE \(sae=load_sae\(...\)\) or its settings"):
+        build(name="sae_ablate")
+    with pytest.raises(ConfigError, match=r"sae must be a pyvene_like.sae.SAE .* got Linear"):
+        build(sae=torch.nn.Linear(64, 64))
+    with pytest.raises(ConfigError, match=r"mode 'multiply' is not supported; accepted: 'set', 'add', 'scale'"):
+        build(sae=sae, mode="multiply")
+    with pytest.raises(ConfigError, match=r"value has 3 entries but the intervention has 2 features"):
+        build(sae=sae, features=[1, 2], value=[1.0, 2.0, 3.0])
+    with pytest.raises(ConfigError, match=r"feature 96 is outside the SAE's 96 features \(accepted: 0..95\)"):
+        build(sae=sae, features=[1, 96])
+    im = build(sae=sae, mode="set", value=2.0)
+    with pytest.raises(LocationError, match=r"subspaces: feature 200 is outside the SAE's 96 features"):
+        im({"input_ids": ids[0]}, unit_locations={"base": 3}, subspaces=[[200]])

@@ -19,6 +19,12 @@ from .rotated import (
     RotateLayer,
     TrainableIntervention,
 )
+from .sae import (
+    SAEAblateIntervention,
+    SAEInterchangeIntervention,
+    SAEIntervention,
+    SAESteerIntervention,
+)
 
 __all__ = [
     "Intervention",
@@ -37,4 +43,8 @@ __all__ = [
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
     "RotateLayer",
+    "SAEIntervention",
+    "SAEInterchangeIntervention",
+    "SAESteerIntervention",
+    "SAEAblateIntervention",
 ]

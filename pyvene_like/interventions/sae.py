@@ -1,0 +1,241 @@
+"""SAE interventions: edit a site's activations in the feature space of a sparse autoencoder.
+
+Each intervention encodes the gathered units ``x [batch, units, d_in]`` with its :class:`SAE`
+into features ``f``, edits some features into ``f'``, and writes back
+
+* with the error term (``use_error_term=True``, the default): ``x + (decode(f') - decode(f))``,
+  which is SAELens's ``decode(f') + (x - decode(f))`` rearranged. An edit that changes no
+  feature gives ``decode(f') - decode(f) == 0`` exactly, so the model's outputs are
+  bit-identical to running without the SAE; the SAE only moves what its features move.
+* without it: ``decode(f')``, the SAE's reconstruction replaces the activations (the model then
+  also sees the SAE's reconstruction error).
+
+Which features: ``features=[...]`` at construction, or ``subspaces`` per call (feature ids,
+``[ids]`` or ``[batch][ids]``; with ``subspace_partition``, ids of feature ranges), else all.
+Positions are the engine's ``unit_locations`` (``None``: every position), in ``forward`` and in
+``generate``. The SAE is a submodule, so its weights are in the intervention's state dict and
+``save_pretrained`` stores them with its settings (``sae_config``); its parameters are frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
+from ..registry import register_intervention
+from ..sae.sae import SAE
+from .base import Intervention, _check_partition, _rectangular
+
+
+class SAEIntervention(Intervention):
+    """Base of the SAE interventions: encode, :meth:`edit` the features, decode (+ error term)."""
+
+    supports_subspaces = True
+
+    def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
+                 subspace_partition=None, features=None, use_error_term: bool = True):
+        super().__init__(None, None)
+        name = type(self).registry_name or type(self).__name__
+        if sae is None:
+            if sae_config is None:
+                raise ConfigError(
+                    f"{name}: give the SAE (sae=load_sae(...)) or its settings (sae_config=SAE.config())"
+                )
+            sae = SAE.from_config(sae_config)
+        elif not isinstance(sae, SAE):
+            raise ConfigError(
+                f"{name}: sae must be a pyvene_like.sae.SAE (from load_sae or SAE(...)), got "
+                f"{type(sae).__name__}"
+            )
+        elif sae_config is not None and sae_config != sae.config():
+            raise ConfigError(f"{name}: sae_config {sae_config} does not match the given SAE's {sae.config()}")
+        if embed_dim is not None and embed_dim != sae.d_in:
+            hook = f" (trained on {sae.hook_name!r})" if sae.hook_name else ""
+            raise ShapeError(
+                f"{name}: the site's width is {embed_dim} but the SAE{hook} has d_in={sae.d_in}; "
+                f"attach it to a site of width {sae.d_in}"
+            )
+        if not isinstance(use_error_term, bool):
+            raise ConfigError(f"{name}: use_error_term must be True or False, got {use_error_term!r}")
+        self.sae = sae.requires_grad_(False)
+        self.embed_dim = embed_dim
+        self.subspace_partition = _check_partition(subspace_partition, sae.d_sae)
+        self.features = self._check_features(features)
+        self.use_error_term = use_error_term
+        self._masks: dict = {}
+
+    @property
+    def sae_config(self) -> dict:
+        return self.sae.config()
+
+    def _check_features(self, features):
+        if features is None:
+            return None
+        if isinstance(features, int):
+            features = [features]
+        if isinstance(features, torch.Tensor):
+            features = features.tolist()
+        name = type(self).registry_name
+        if not isinstance(features, (list, tuple)) or not features or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in features
+        ):
+            raise ConfigError(f"{name}: features must be a non-empty list of feature ids (ints), got {features!r}")
+        bad = [f for f in features if not 0 <= f < self.sae.d_sae]
+        if bad:
+            raise ConfigError(
+                f"{name}: feature {bad[0]} is outside the SAE's {self.sae.d_sae} features "
+                f"(accepted: 0..{self.sae.d_sae - 1})"
+            )
+        return list(features)
+
+    # -- which features ------------------------------------------------------------------------
+    def feature_mask(self, subspaces, feats: torch.Tensor) -> torch.Tensor | None:
+        """Boolean mask over features, broadcastable to ``feats [batch, units, d_sae]``; None: all."""
+        d_sae, device = feats.shape[-1], feats.device
+        if subspaces is None:
+            if self.features is None:
+                return None
+            mask = self._masks.get(device)
+            if mask is None:
+                mask = torch.zeros(d_sae, dtype=torch.bool, device=device)
+                mask[self.features] = True
+                self._masks[device] = mask
+            return mask
+        ids = torch.as_tensor(_rectangular(subspaces, feats.shape[0]), dtype=torch.long, device=device)
+        if self.subspace_partition is None:
+            if ids.numel() and (int(ids.max()) >= d_sae or int(ids.min()) < 0):
+                bad = int(ids.max()) if int(ids.max()) >= d_sae else int(ids.min())
+                raise LocationError(
+                    f"subspaces: feature {bad} is outside the SAE's {d_sae} features (accepted: "
+                    f"0..{d_sae - 1}, or set subspace_partition to address ranges of features)"
+                )
+            mask = torch.zeros(feats.shape[0], d_sae, dtype=torch.bool, device=device)
+            mask.scatter_(1, ids, True)
+        else:
+            table = self._table(d_sae, device)
+            if ids.numel() and int(ids.max()) >= table.shape[0]:
+                raise LocationError(
+                    f"subspaces: subspace id {int(ids.max())} is past subspace_partition "
+                    f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"
+                )
+            mask = table[ids].any(dim=1)
+        return mask.unsqueeze(1)
+
+    # -- the computation ------------------------------------------------------------------------
+    def edit(self, feats: torch.Tensor, mask: torch.Tensor | None, source: torch.Tensor | None,
+             subspaces) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, base, source=None, subspaces=None):
+        sae = self.sae
+        if base.shape[-1] != sae.d_in:
+            raise ShapeError(
+                f"{type(self).registry_name}: the units have width {base.shape[-1]} but the SAE has "
+                f"d_in={sae.d_in}"
+            )
+        feats, stats = sae.encode_with_stats(base)
+        edited = self.edit(feats, self.feature_mask(subspaces, feats), source, subspaces)
+        recon = sae.decode(edited, stats)
+        if self.use_error_term:
+            return base + (recon - sae.decode(feats, stats)).to(base.dtype)
+        return recon.to(base.dtype)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, use_error_term={self.use_error_term}"
+
+
+@register_intervention("sae_interchange")
+class SAEInterchangeIntervention(SAEIntervention):
+    """The chosen features (all by default) take the source's values: ``f' = where(mask, f_src, f)``.
+
+    With the error term the base keeps its own reconstruction error, so swapping every feature
+    gives ``decode(f_src) + (x - decode(f))``.
+    """
+
+    def edit(self, feats, mask, source, subspaces):
+        if source is None:
+            raise ShapeError("sae_interchange needs a source (sources= or source_representations=)")
+        src = self.sae.encode(source)
+        return src if mask is None else torch.where(mask, src, feats)
+
+
+_MODES = ("set", "add", "scale")
+
+
+@register_intervention("sae_steer")
+class SAESteerIntervention(SAEIntervention):
+    """Set, add to or scale the chosen features: ``mode`` ``"set"`` (``f' = value``), ``"add"``
+    (``f + value``) or ``"scale"`` (``f * value``). ``value`` is one number, or one per entry of
+    ``features`` (then per-call ``subspaces`` are refused, since they would not line up)."""
+
+    source_from = None
+
+    def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
+                 subspace_partition=None, features=None, use_error_term: bool = True, mode: str = "add",
+                 value=1.0):
+        super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
+        if mode not in _MODES:
+            raise ConfigError(
+                f"sae_steer: mode {mode!r} is not supported; accepted: {accepted(_MODES)}."
+                f"{did_you_mean(str(mode), _MODES)}"
+            )
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            if self.features is None or len(value) != len(self.features):
+                n = "no features" if self.features is None else f"{len(self.features)} features"
+                raise ConfigError(
+                    f"sae_steer: value has {len(value)} entries but the intervention has {n}; give "
+                    f"one number, or one per entry of features"
+                )
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"sae_steer: value entries must be numbers, got {value!r}")
+            value = [float(v) for v in value]
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"sae_steer: value must be a number or a list of numbers, got {value!r}")
+        else:
+            value = float(value)
+        self.mode = mode
+        self.value = value
+        self._values: dict = {}
+
+    def _value(self, feats):
+        if not isinstance(self.value, list):
+            return self.value
+        key = (feats.device, feats.dtype)
+        vec = self._values.get(key)
+        if vec is None:
+            vec = torch.zeros(feats.shape[-1], dtype=feats.dtype, device=feats.device)
+            vec[self.features] = torch.tensor(self.value, dtype=feats.dtype, device=feats.device)
+            self._values[key] = vec
+        return vec
+
+    def edit(self, feats, mask, source, subspaces):
+        if subspaces is not None and isinstance(self.value, list):
+            raise LocationError(
+                "sae_steer: per-call subspaces cannot be used with a per-feature value list (the "
+                "values line up with features=); give one number as value, or leave subspaces out"
+            )
+        value = self._value(feats)
+        if self.mode == "set":
+            new = torch.broadcast_to(torch.as_tensor(value, dtype=feats.dtype, device=feats.device), feats.shape)
+        elif self.mode == "add":
+            new = feats + value
+        else:
+            new = feats * value
+        return new if mask is None else torch.where(mask, new, feats)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode!r}, value={self.value}"
+
+
+@register_intervention("sae_ablate")
+class SAEAblateIntervention(SAEIntervention):
+    """Zero the chosen features (all by default): ``f' = where(mask, 0, f)``."""
+
+    source_from = None
+
+    def edit(self, feats, mask, source, subspaces):
+        if mask is None:
+            return torch.zeros_like(feats)
+        return feats.masked_fill(mask, 0)
