@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import codebook as codebook
 from . import interventions as interventions
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
@@ -16,6 +17,7 @@ from .errors import (
 from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
+    CodebookIntervention,
     CollectIntervention,
     Intervention,
     LambdaIntervention,
@@ -73,6 +75,8 @@ __all__ = [
     "SigmoidMaskIntervention",
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
+    "CodebookIntervention",
+    "codebook",
     "SAEIntervention",
     "SAEInterchangeIntervention",
     "SAESteerIntervention",

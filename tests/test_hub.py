@@ -32,8 +32,10 @@ NEEDS = {
     "sae_ablate": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, normalize_activations="layer_norm").config(),
                                            "use_error_term": False}},
 }
+# "codebook" needs a model wrapped with codebooks: its round trip is in test_codebook.py.
 BUILTIN = sorted(
-    {cls.registry_name for cls in pv.registered_interventions().values() if cls.__module__.startswith("pyvene_like.")}
+    {cls.registry_name for cls in pv.registered_interventions().values()
+     if cls.__module__.startswith("pyvene_like.") and cls.registry_name != "codebook"}
 )
 
 

@@ -94,6 +94,10 @@ def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
             intervention = build_intervention(rep, site, i)
             if rep.intervention_link_key is not None:
                 linked[rep.intervention_link_key] = intervention
+        # An intervention that works on a module of its own at the site (a codebook) moves there.
+        bind = getattr(intervention, "bind_site", None)
+        if callable(bind):
+            site = bind(model, site, rep) or site
         if rep.group_key is None:
             group = len(groups)
             groups[("__slot", i)] = group

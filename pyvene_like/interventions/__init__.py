@@ -11,6 +11,7 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from .codebook import CodebookIntervention
 from .masked import SigmoidMaskIntervention, SigmoidMaskRotatedSpaceIntervention
 from .rotated import (
     BoundlessRotatedSpaceIntervention,
@@ -43,6 +44,7 @@ __all__ = [
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
     "RotateLayer",
+    "CodebookIntervention",
     "SAEIntervention",
     "SAEInterchangeIntervention",
     "SAESteerIntervention",

@@ -1,0 +1,33 @@
+"""Codebook Features (Tamkin, Taufeeque and Goodman, 2023): codebook bottlenecks in any model,
+and interventions that force codes on.
+
+* :class:`CodebookLayer` -- top-k codes by similarity, their mean, straight-through gradients,
+  one codebook per head when grouped;
+* :func:`wrap_codebook` / :func:`unwrap_codebook` -- insert (remove) codebooks at any site the
+  library resolves; ``model.codebooks`` holds them;
+* :class:`CodeInfo`, :func:`parse_code_infos`, :func:`code_intervention_config` -- code lists
+  such as ``Code: 4670, Layer: 0, Head: 13`` and the interventions that force them;
+* :class:`~pyvene_like.interventions.codebook.CodebookIntervention` (registered as
+  ``"codebook"``).
+"""
+
+from ..interventions.codebook import CodebookIntervention
+from .info import CodeInfo, code_intervention_config, parse_code_infos
+from .layer import FORCE_MODES, SIMILARITIES, CodebookLayer, ForcedCodes
+from .wrap import CodebookSet, CodebookSite, get_codebooks, unwrap_codebook, wrap_codebook
+
+__all__ = [
+    "CodebookLayer",
+    "ForcedCodes",
+    "SIMILARITIES",
+    "FORCE_MODES",
+    "CodebookSet",
+    "CodebookSite",
+    "wrap_codebook",
+    "unwrap_codebook",
+    "get_codebooks",
+    "CodeInfo",
+    "parse_code_infos",
+    "code_intervention_config",
+    "CodebookIntervention",
+]
