@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from ..errors import ConfigError, LoadError, ShapeError, accepted, did_you_mean
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -147,8 +147,6 @@ class SAE(nn.Module):
     def load_weights(self, tensors: dict[str, torch.Tensor], *, where: str = "SAE weights") -> SAE:
         """Copy ``W_enc, b_enc, W_dec, b_dec`` (and ``threshold``) in, checking every shape."""
         expected = self._expected_shapes()
-        from ..errors import LoadError
-
         missing = [key for key in expected if key not in tensors]
         if missing:
             raise LoadError(
