@@ -455,3 +455,19 @@ def test_forward_gradients_flow_through_codebooks(wrapped_gpt2):
     # The model's own weights below the codebook get gradients through the straight-through path.
     assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
     model.zero_grad()
+
+
+def test_generate_forced_codes_on_a_left_padded_batch():
+    model = build_tiny_model("llama")
+    wrap_codebook(model, ["head_attention_value_output"], num_codes=16, k=2, seed=0)
+    im = pv.IntervenableModel(pv.RepresentationConfig(
+        1, "attention_value_output", intervention_type="codebook",
+        intervention_kwargs={"codes": [[0, 3], [2, 5]]}), model)
+    ids = example_inputs("llama", batch=2, seq=6)["input_ids"]
+    padded = {"input_ids": torch.cat([torch.zeros(1, 2, dtype=torch.long), ids[:1, :4]], 1).repeat(2, 1),
+              "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])}
+    padded["input_ids"][1] = ids[1]
+    _, both = im.generate(padded, timesteps="all", **GREEDY)
+    _, first = im.generate({"input_ids": ids[:1, :4]}, timesteps="all", **GREEDY)
+    _, second = im.generate({"input_ids": ids[1:]}, timesteps="all", **GREEDY)
+    assert torch.equal(both[0, 2:], first[0]) and torch.equal(both[1], second[0])
