@@ -10,6 +10,10 @@ receives the *gathered* units of one site and returns their new values:
 * ``subspaces`` -- per-example lists of subspace ids (``[batch][k]``), or ``None``.
 
 Capabilities are class attributes so the engine can plan without calling anything.
+
+An intervention that works on a module of its own at its site (a codebook) may define
+``bind_site(model, site, rep) -> Site``: called once when the IntervenableModel is built, it
+returns the site to hook instead (see :class:`~pyvene_like.interventions.codebook.CodebookIntervention`).
 """
 
 from __future__ import annotations
