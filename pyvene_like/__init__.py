@@ -39,6 +39,7 @@ from .interventions import (
 from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
 from .sae import SAE, load_sae
+from .sae.steering import SAESwapIntervention  # registers "sae_swap"
 from .sites import COMPONENTS
 
 _TRAINING_NAMES = (
@@ -81,6 +82,7 @@ __all__ = [
     "SAEInterchangeIntervention",
     "SAESteerIntervention",
     "SAEAblateIntervention",
+    "SAESwapIntervention",
     "SAE",
     "load_sae",
     "sae",

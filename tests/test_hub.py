@@ -31,6 +31,8 @@ NEEDS = {
                                           "mode": "set", "value": [2.0, -1.0]}},
     "sae_ablate": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, normalize_activations="layer_norm").config(),
                                            "use_error_term": False}},
+    "sae_swap": {"intervention_kwargs": {"sae_config": pv.SAE(W, 96, "topk", k=8).config(), "features": [2, 7, 9],
+                                         "use_error_term": False}},
 }
 # "codebook" needs a model wrapped with codebooks: its round trip is in test_codebook.py.
 BUILTIN = sorted(

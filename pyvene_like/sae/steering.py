@@ -1,0 +1,364 @@
+"""Steering toward a target with an SAE, and the uncertainty figure that goes with it.
+
+The method follows "Enabling Layer-Level Steering in Large Language Models using Sparse
+Autoencoders" (IBM, ``IBM/sae-steering``):
+
+1. **Prompt summaries.** Each prompt's token activations at the site are encoded by the SAE;
+   a prompt becomes one vector over the features: the sum (``"avg"``), the maximum
+   (``"max"``) or the firing count (``"counts"``) of each feature over the prompt's tokens,
+   divided by its total over all features (so each prompt weighs the same whatever its length).
+2. **Scores** compare the alignment set (the target) with the reference set:
+
+   * ``method="difference"`` (the default, needs nothing but the two prompt sets): the mean
+     summary over the alignment prompts minus the mean over the reference prompts. Positive:
+     the feature carries more of the alignment prompts' activation mass.
+   * ``method="distance"`` (the published score): each reference prompt ``i`` has a distance
+     ``d_i`` to the alignment set (the paper: the smallest Euclidean distance between its
+     sentence embedding and the alignment prompts' embeddings; see :func:`min_distances`).
+     A feature's raw score is the activation-weighted mean of ``d_i**2`` over the reference
+     prompts, ``s_f = sum_i d_i**2 r_if / sum_i r_if``, then ``1 - (s_f - min) / (max - min)``,
+     so features that fire on reference prompts close to the target score near 1. Features
+     that never fire on the reference prompts score 0.
+
+3. **Coverage**, the uncertainty figure: the fraction of SAE features that fire at least once
+   on the reference prompts. A low coverage says the SAE represents little of the text the
+   scores were read from, so few features can be steered. With it, the **reconstruction
+   error** of the SAE on the alignment (target) prompts' tokens, as the fraction of variance
+   unexplained ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``: how much of the target's
+   activations the SAE can express at all.
+This module imports the interventions, so ``pyvene_like/sae/__init__.py`` loads it lazily and
+``pyvene_like/__init__.py`` imports it (which registers ``sae_swap``).
+
+4. **Steering** with the top-k features:
+
+   * ``"swap"`` (the published method, registered as ``sae_swap``): at each position the SAE's
+     pre-activations are weighted by the scores (1 for the kept features, 0 for the others),
+     the SAE's own activation (ReLU, TopK, JumpReLU) picks which features fire, and those
+     features keep their *unweighted* pre-activation; every other feature is zeroed. As in the
+     paper, the SAE's reconstruction then replaces the activations (``use_error_term=False``).
+   * ``"add"``: ``sae_steer`` in mode ``"add"`` adds ``scale`` times each kept feature's mean
+     activation per alignment-set token (the error term keeps the rest of the activation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import RepresentationConfig
+from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
+from ..interventions.sae import SAEIntervention
+from ..registry import register_intervention
+from .sae import SAE
+
+SUMMARIES = ("avg", "max", "counts")
+SCORE_METHODS = ("difference", "distance")
+STEER_METHODS = ("swap", "add")
+
+
+# -- collecting activations --------------------------------------------------------------------
+def collect_activations(model, prompts, layer: int, component: str = "block_output", *, tokenizer=None,
+                        batch_size: int = 16, skip_first: int = 0, max_length: int | None = None
+                        ) -> list[torch.Tensor]:
+    """Activations at ``(layer, component)`` for each prompt: a list of ``[n_tokens_i, width]``.
+
+    ``prompts`` are strings (give ``tokenizer``) or lists of token ids. Prompts run in batches,
+    right-padded with an attention mask; only real tokens are kept, so padding never enters a
+    summary. ``skip_first`` drops each prompt's first tokens (the paper drops BOS). The model
+    is read through a ``collect`` intervention of an :class:`~pyvene_like.IntervenableModel`
+    (``model`` may be one, or a plain model that is wrapped here).
+    """
+    from ..model import IntervenableModel
+
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ConfigError(f"collect_activations: prompts must be a non-empty list, got {_describe(prompts)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"collect_activations: batch_size must be a positive int, got {batch_size!r}")
+    ids = _token_ids(prompts, tokenizer, max_length)
+    for i, row in enumerate(ids):
+        if len(row) <= skip_first:
+            raise ConfigError(
+                f"collect_activations: prompt {i} has {len(row)} tokens, none left after skip_first={skip_first}"
+            )
+    base_model = model.model if isinstance(model, IntervenableModel) else model
+    im = IntervenableModel(RepresentationConfig(layer, component, intervention_type="collect"), base_model)
+    device = next(base_model.parameters()).device
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            width = max(len(r) for r in chunk)
+            input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for j, row in enumerate(chunk):
+                input_ids[j, :len(row)] = torch.as_tensor(row)
+                mask[j, :len(row)] = 1
+            (_, collected), _ = im({"input_ids": input_ids.to(device), "attention_mask": mask.to(device)},
+                                   unit_locations={"base": None})
+            acts = collected[0]  # [batch, width, d]: right padding, so real tokens come first
+            for j, row in enumerate(chunk):
+                out.append(acts[j, skip_first:len(row)].float().cpu())
+    return out
+
+
+def _token_ids(prompts, tokenizer, max_length):
+    if all(isinstance(p, str) for p in prompts):
+        if tokenizer is None:
+            raise ConfigError("collect_activations: prompts are strings; give the tokenizer (tokenizer=...)")
+        kw = {"truncation": True, "max_length": max_length} if max_length else {}
+        return [list(tokenizer(p, add_special_tokens=False, **kw)["input_ids"]) for p in prompts]
+    rows = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, torch.Tensor):
+            p = p.tolist()
+        if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
+            raise ConfigError(
+                f"collect_activations: prompt {i} must be a string or a non-empty list of token ids, got {_describe(p)}"
+            )
+        rows.append(list(p)[:max_length] if max_length else list(p))
+    return rows
+
+
+def _describe(x) -> str:
+    text = repr(x)
+    return text if len(text) < 60 else f"{type(x).__name__} {text[:50]}..."
+
+
+# -- summaries, scores, coverage, reconstruction error -------------------------------------------
+def _check_acts(name: str, acts, sae: SAE) -> list[torch.Tensor]:
+    if isinstance(acts, torch.Tensor):
+        acts = [acts] if acts.dim() == 2 else list(acts)
+    if not isinstance(acts, (list, tuple)) or len(acts) == 0:
+        raise ConfigError(f"{name}: the prompt set is empty; give at least one prompt's activations")
+    out = []
+    for i, a in enumerate(acts):
+        if not isinstance(a, torch.Tensor) or a.dim() != 2 or a.shape[0] == 0:
+            shape = list(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ShapeError(f"{name}: prompt {i} must be a [n_tokens >= 1, d_in] tensor, got {shape}")
+        if a.shape[-1] != sae.d_in:
+            raise ShapeError(
+                f"{name}: prompt {i} has activations of width {a.shape[-1]} but the SAE has d_in={sae.d_in}; "
+                f"collect them at the site the SAE was trained on"
+            )
+        out.append(a)
+    return out
+
+
+def _encode(sae: SAE, a: torch.Tensor) -> torch.Tensor:
+    p = next(sae.parameters())
+    with torch.no_grad():
+        return sae.encode(a.to(p.device, p.dtype)).float().cpu()
+
+
+def prompt_summaries(sae: SAE, acts, summary: str = "avg") -> torch.Tensor:
+    """``[n_prompts, d_sae]``: each prompt's features summed (``"avg"``), maxed (``"max"``) or
+    counted (``"counts"``) over its tokens, divided by the total over features (a prompt on which
+    no feature fires gives zeros)."""
+    if summary not in SUMMARIES:
+        raise ConfigError(f"summary {summary!r} is not supported; accepted: {accepted(SUMMARIES)}."
+                          f"{did_you_mean(str(summary), SUMMARIES)}")
+    acts = _check_acts("prompt_summaries", acts, sae)
+    rows = []
+    for a in acts:
+        f = _encode(sae, a)
+        if summary == "avg":
+            v = f.sum(0)
+        elif summary == "max":
+            v = f.max(0).values.clamp_min(0)
+        else:
+            v = (f > 0).sum(0).float()
+        total = v.sum()
+        rows.append(v / total if total > 0 else v)
+    return torch.stack(rows)
+
+
+def min_distances(ref_embeddings: torch.Tensor, align_embeddings: torch.Tensor) -> torch.Tensor:
+    """For each reference prompt, the smallest Euclidean distance from its embedding to the
+    alignment prompts' embeddings (the paper uses normalised sentence embeddings)."""
+    ref, align = torch.as_tensor(ref_embeddings).float(), torch.as_tensor(align_embeddings).float()
+    if ref.dim() != 2 or align.dim() != 2 or ref.shape[1] != align.shape[1] or not len(ref) or not len(align):
+        raise ShapeError(
+            f"min_distances: embeddings must be [n_ref, d] and [n_align, d] with the same d, got "
+            f"{list(ref.shape)} and {list(align.shape)}"
+        )
+    return torch.cdist(ref, align).min(dim=1).values
+
+
+@dataclass
+class FeatureScores:
+    """What :func:`score_features` measured. ``scores [d_sae]`` (higher: more the target's),
+    ``coverage`` (fraction of features firing at least once on the reference prompts),
+    ``reconstruction_error`` (fraction of variance of the target tokens' activations that the
+    SAE does not reconstruct), ``target_means [d_sae]`` (mean activation per alignment token)."""
+
+    scores: torch.Tensor
+    coverage: float
+    reconstruction_error: float
+    target_means: torch.Tensor
+    sae: SAE = field(repr=False)
+    method: str = "difference"
+    summary: str = "avg"
+
+    def top_features(self, top_k: int) -> list[int]:
+        """The ``top_k`` best-scoring feature ids, best first."""
+        d_sae = self.scores.numel()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_sae:
+            raise ConfigError(f"top_k must be an int in 1..d_sae={d_sae}, got {top_k!r}")
+        return self.scores.topk(top_k).indices.tolist()
+
+    def intervention_kwargs(self, method: str = "swap", top_k: int = 10, scale: float = 1.0,
+                            use_error_term: bool | None = None) -> tuple[str, dict]:
+        """``(intervention_type, intervention_kwargs)`` that steer with the ``top_k`` features."""
+        if method not in STEER_METHODS:
+            raise ConfigError(f"steering method {method!r} is not supported; accepted: {accepted(STEER_METHODS)}."
+                              f"{did_you_mean(str(method), STEER_METHODS)}")
+        feats = self.top_features(top_k)
+        if method == "swap":
+            return "sae_swap", {"sae": self.sae, "features": feats,
+                                "use_error_term": False if use_error_term is None else use_error_term}
+        values = [float(scale * self.target_means[f]) for f in feats]
+        return "sae_steer", {"sae": self.sae, "features": feats, "mode": "add", "value": values,
+                             "use_error_term": True if use_error_term is None else use_error_term}
+
+    def steering_config(self, layer: int, component: str = "block_output", method: str = "swap",
+                        top_k: int = 10, scale: float = 1.0, use_error_term: bool | None = None
+                        ) -> RepresentationConfig:
+        """A :class:`~pyvene_like.RepresentationConfig` steering at ``(layer, component)``; use it
+        in an :class:`~pyvene_like.IntervenableModel` with ``unit_locations={"base": None}`` in
+        ``forward``, or ``timesteps="all"`` in ``generate``."""
+        kind, kwargs = self.intervention_kwargs(method, top_k, scale, use_error_term)
+        return RepresentationConfig(layer, component, intervention_type=kind, intervention_kwargs=kwargs)
+
+    def to_dict(self, top_k: int | None = None) -> dict:
+        out = {"coverage": self.coverage, "reconstruction_error": self.reconstruction_error,
+               "method": self.method, "summary": self.summary}
+        if top_k is not None:
+            feats = self.top_features(top_k)
+            out["features"] = feats
+            out["scores"] = [float(self.scores[f]) for f in feats]
+        return out
+
+
+def coverage(sae: SAE, acts) -> float:
+    """Fraction of the SAE's features that fire (> 0) on at least one token of ``acts``."""
+    acts = _check_acts("coverage", acts, sae)
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    for a in acts:
+        fired |= (_encode(sae, a) > 0).any(0)
+    return float(fired.float().mean())
+
+
+def reconstruction_error(sae: SAE, acts) -> float:
+    """Fraction of variance unexplained by the SAE over all tokens of ``acts``:
+    ``sum ||x - sae(x)||^2 / sum ||x - mean(x)||^2`` (0: perfect; 1: as good as the mean)."""
+    acts = _check_acts("reconstruction_error", acts, sae)
+    x = torch.cat(acts).float()
+    p = next(sae.parameters())
+    with torch.no_grad():
+        x_hat = sae(x.to(p.device, p.dtype)).float().cpu()
+    total = (x - x.mean(0)).pow(2).sum()
+    return float((x - x_hat).pow(2).sum() / total) if total > 0 else float("nan")
+
+
+def score_features(sae: SAE, align_acts, ref_acts, *, method: str = "difference", summary: str = "avg",
+                   ref_distances=None) -> FeatureScores:
+    """Score every feature by how it fires on the alignment prompts (the target) compared with
+    the reference prompts; see the module docstring for the two methods. ``align_acts`` and
+    ``ref_acts`` are lists of ``[n_tokens, d_in]`` activations, one per prompt (from
+    :func:`collect_activations`)."""
+    if not isinstance(sae, SAE):
+        raise ConfigError(f"score_features: sae must be a pyvene_like.sae.SAE, got {type(sae).__name__}")
+    if method not in SCORE_METHODS:
+        raise ConfigError(f"score_features: method {method!r} is not supported; accepted: "
+                          f"{accepted(SCORE_METHODS)}.{did_you_mean(str(method), SCORE_METHODS)}")
+    align = _check_acts("score_features (alignment set)", align_acts, sae)
+    ref = _check_acts("score_features (reference set)", ref_acts, sae)
+    ref_sum = prompt_summaries(sae, ref, summary)
+    if method == "difference":
+        if ref_distances is not None:
+            raise ConfigError("score_features: ref_distances is only used by method='distance'")
+        scores = prompt_summaries(sae, align, summary).mean(0) - ref_sum.mean(0)
+    else:
+        if ref_distances is None:
+            raise ConfigError("score_features: method='distance' needs ref_distances, one per reference "
+                              "prompt (e.g. min_distances(ref_embeddings, align_embeddings))")
+        d = torch.as_tensor(ref_distances, dtype=torch.float32).flatten()
+        if d.numel() != len(ref):
+            raise ShapeError(f"score_features: ref_distances has {d.numel()} entries for {len(ref)} reference prompts")
+        weight = ref_sum.sum(0)
+        raw = (d.pow(2)[:, None] * ref_sum).sum(0) / weight
+        fired = weight > 0
+        scores = torch.zeros(sae.d_sae)
+        if fired.any():
+            lo, hi = raw[fired].min(), raw[fired].max()
+            span = hi - lo
+            scores[fired] = 1 - (raw[fired] - lo) / span if span > 0 else 1.0
+    feats = torch.cat([_encode(sae, a) for a in align])
+    return FeatureScores(scores=scores, coverage=coverage(sae, ref), reconstruction_error=reconstruction_error(sae, align),
+                         target_means=feats.mean(0), sae=sae, method=method, summary=summary)
+
+
+# -- the swap intervention -----------------------------------------------------------------------
+@register_intervention("sae_swap")
+class SAESwapIntervention(SAEIntervention):
+    """Keep only the chosen ``features`` (the published "swap"): weight the pre-activations by
+    1 on the chosen features and 0 elsewhere, let the SAE's activation pick what fires, and keep
+    those features' unweighted pre-activations; all other features are zeroed. ``weights``
+    (one number per SAE feature, e.g. the paper's scores in [0, 1]) replaces the 0/1 weights.
+    As in the paper, set ``use_error_term=False`` to let the reconstruction replace the
+    activations; with the error term only the removed features' contributions are subtracted."""
+
+    source_from = None
+    supports_subspaces = False
+
+    def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
+                 subspace_partition=None, features=None, use_error_term: bool = True, weights=None):
+        super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
+        if isinstance(weights, torch.Tensor):
+            weights = weights.tolist()
+        if weights is None:
+            if self.features is None:
+                raise ConfigError("sae_swap: give the features to keep (features=[...]) or one weight per feature")
+        else:
+            if self.features is not None:
+                raise ConfigError("sae_swap: give features= or weights=, not both")
+            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+            ):
+                raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
+            weights = [float(w) for w in weights]
+        self.weights = weights
+        self._weight_vecs: dict = {}
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        w = self._weight_vecs.get(key)
+        if w is None:
+            if self.weights is not None:
+                w = torch.tensor(self.weights, dtype=like.dtype, device=like.device)
+            else:
+                w = torch.zeros(self.sae.d_sae, dtype=like.dtype, device=like.device)
+                w[self.features] = 1
+            self._weight_vecs[key] = w
+        return w
+
+    def forward(self, base, source=None, subspaces=None):
+        sae = self.sae
+        if base.shape[-1] != sae.d_in:
+            raise ShapeError(f"sae_swap: the units have width {base.shape[-1]} but the SAE has d_in={sae.d_in}")
+        if subspaces is not None:
+            raise LocationError("sae_swap: per-call subspaces are not supported; the kept features are features=")
+        sae._check_input(base)
+        x_n, stats = sae.normalize(base.to(sae.dtype))
+        pre = sae.pre_activations(x_n)
+        kept = sae.activate(pre * self._weight(pre)) != 0
+        swapped = torch.where(kept, pre, torch.zeros_like(pre))
+        recon = sae.decode(swapped, stats)
+        if self.use_error_term:
+            return base + (recon - sae.decode(sae.activate(pre), stats)).to(base.dtype)
+        return recon.to(base.dtype)
+
+    def extra_repr(self) -> str:
+        w = "given" if self.weights is not None else None
+        return f"features={self.features}, weights={w}, use_error_term={self.use_error_term}"
