@@ -422,14 +422,17 @@ im = pv.IntervenableModel.from_pretrained({where!r}, model=model{fn_arg})
 
 # -- loading -----------------------------------------------------------------------------------
 def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
-                   token=None) -> Path:
-    """A local folder, or the snapshot folder of a Hub repo (downloaded, or from the cache)."""
+                   token=None, allow_patterns=None, what: str = "from_pretrained") -> Path:
+    """A local folder, or the snapshot folder of a Hub repo (downloaded, or from the cache).
+
+    ``allow_patterns``: the files to fetch from the Hub (default: this module's three files);
+    ``what``: the caller's name, for messages."""
     path = Path(os.fspath(path_or_repo_id)).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise LoadError(
-            f"from_pretrained: {str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and "
+            f"{what}: {str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and "
             f"{WEIGHTS_NAME}, or a Hub repo id"
         )
     from huggingface_hub import constants, snapshot_download
@@ -446,16 +449,16 @@ def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_file
     try:
         folder = snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            token=token, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            token=token, allow_patterns=allow_patterns or [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
             library_name=LIBRARY, library_version=__version__,
         )
     except HFValidationError as e:
         raise LoadError(
-            f"from_pretrained: {repo_id!r} is neither a local folder nor a valid Hub repo id "
+            f"{what}: {repo_id!r} is neither a local folder nor a valid Hub repo id "
             f"('owner/name'): {e}"
         ) from None
     except IncompleteSnapshotError as e:
-        raise LoadError(f"from_pretrained: the cached copy of Hub repo {repo_id!r} is incomplete: {e}") from None
+        raise LoadError(f"{what}: the cached copy of Hub repo {repo_id!r} is incomplete: {e}") from None
     except LocalEntryNotFoundError:
         if local_files_only:
             offline = "local_files_only=True"
@@ -464,19 +467,19 @@ def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_file
         else:
             offline = "the Hub could not be reached"
         raise LoadError(
-            f"from_pretrained: Hub repo {repo_id!r} (revision {revision or 'main'!r}) is not in the "
+            f"{what}: Hub repo {repo_id!r} (revision {revision or 'main'!r}) is not in the "
             f"local Hub cache {where!r} and {offline}; download it once with network access, or "
             f"give cache_dir= where it is cached, or a local folder"
         ) from None
     except RevisionNotFoundError:
-        raise LoadError(f"from_pretrained: Hub repo {repo_id!r} has no revision {revision!r}") from None
+        raise LoadError(f"{what}: Hub repo {repo_id!r} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
         raise LoadError(
-            f"from_pretrained: {repo_id!r} is not a local folder and no Hub repo of that name was "
+            f"{what}: {repo_id!r} is not a local folder and no Hub repo of that name was "
             f"found (or it is private: pass token=)"
         ) from None
     except (OSError, ValueError) as e:  # other Hub/HTTP failures
-        raise LoadError(f"from_pretrained: could not fetch Hub repo {repo_id!r}: {e}") from e
+        raise LoadError(f"{what}: could not fetch Hub repo {repo_id!r}: {e}") from e
     return Path(folder)
 
 

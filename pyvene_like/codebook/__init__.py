@@ -8,12 +8,20 @@ and interventions that force codes on.
 * :class:`CodeInfo`, :func:`parse_code_infos`, :func:`code_intervention_config` -- code lists
   such as ``Code: 4670, Layer: 0, Head: 13`` and the interventions that force them;
 * :class:`~pyvene_like.interventions.codebook.CodebookIntervention` (registered as
-  ``"codebook"``).
+  ``"codebook"``);
+* :func:`train_codebook_model` -- language-modelling loss plus a reconstruction term, dead-code
+  replacement; :func:`save_codebooks` / :func:`load_codebooks` -- only the codebooks, with the
+  base model's identity;
+* :func:`record_codes` / :func:`code_search` -- where each code fires over a dataset, and the
+  codes whose firing matches a regular expression (precision and recall).
 """
 
 from ..interventions.codebook import CodebookIntervention
+from .analysis import CodeMatch, CodeRecords, code_search, positive_tokens, record_codes
 from .info import CodeInfo, code_intervention_config, parse_code_infos
 from .layer import FORCE_MODES, SIMILARITIES, CodebookLayer, ForcedCodes
+from .saving import load_codebooks, save_codebooks
+from .train import CodebookTrainResult, train_codebook_model
 from .wrap import CodebookSet, CodebookSite, get_codebooks, unwrap_codebook, wrap_codebook
 
 __all__ = [
@@ -30,4 +38,13 @@ __all__ = [
     "parse_code_infos",
     "code_intervention_config",
     "CodebookIntervention",
+    "train_codebook_model",
+    "CodebookTrainResult",
+    "save_codebooks",
+    "load_codebooks",
+    "record_codes",
+    "CodeRecords",
+    "code_search",
+    "CodeMatch",
+    "positive_tokens",
 ]
