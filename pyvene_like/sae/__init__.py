@@ -8,7 +8,7 @@ from .sae import ACTIVATIONS, NORMALIZATIONS, SAE
 
 _STEERING = ("collect_activations", "prompt_summaries", "score_features", "FeatureScores", "coverage",
              "reconstruction_error", "min_distances", "SAESwapIntervention")
-_TRAIN: tuple = ()
+_TRAIN = ("train_sae", "SAETrainResult")
 
 __all__ = [
     "SAE",

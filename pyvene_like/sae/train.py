@@ -1,0 +1,171 @@
+"""Train a sparse autoencoder on collected activations, for models with no published SAE.
+
+A plain trainer in the spirit of SAELens's, on ``accelerate`` (device placement, mixed
+precision) with a ``tqdm`` bar:
+
+* architectures ``"topk"`` (loss: reconstruction only; sparsity is the k) and ``"relu"``
+  (loss: reconstruction ``+ l1 * sum_j f_j ||W_dec[j]||``);
+* reconstruction loss: squared error summed over the width, averaged over the batch;
+* initialisation: decoder rows random unit vectors, ``W_enc = W_dec.T``, ``b_enc = 0`` and
+  ``b_dec`` the data mean (not the geometric median);
+* decoder rows kept unit-norm: before each step the gradient's component along each row is
+  removed, after it the rows are renormalised;
+* a feature is *dead* when it fired on no example of the last epoch; the count is in the history.
+
+The result is an ordinary :class:`~pyvene_like.sae.SAE` (parameters frozen), usable by the
+steering functions and every SAE intervention, and saved with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from .sae import SAE
+
+ARCHITECTURES = ("topk", "relu")
+
+
+@dataclass
+class SAETrainResult:
+    """The trained ``sae`` and one ``history`` entry per epoch: ``loss``, ``mse`` (per example),
+    ``fvu`` (fraction of variance unexplained over the epoch), ``l0`` (mean features firing per
+    example) and ``dead`` (features that fired on no example of the epoch)."""
+
+    sae: SAE
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def dead_features(self) -> int:
+        return self.history[-1]["dead"] if self.history else 0
+
+
+def _as_matrix(activations, column: str) -> torch.Tensor:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(activations, datasets.Dataset):
+        if column not in activations.column_names:
+            raise ConfigError(
+                f"train_sae: the dataset has no column {column!r}; columns: {accepted(activations.column_names)} "
+                f"(pass column=...)"
+            )
+        activations = activations.with_format("torch", columns=[column])[:][column]
+    if isinstance(activations, (list, tuple)):
+        if not activations:
+            raise ConfigError("train_sae: activations is an empty list")
+        if not all(isinstance(a, torch.Tensor) for a in activations):
+            raise ConfigError("train_sae: a list of activations must hold tensors ([n_tokens, d_in] each)")
+        activations = torch.cat([a.reshape(-1, a.shape[-1]) for a in activations])
+    if not isinstance(activations, torch.Tensor):
+        raise ConfigError(
+            f"train_sae: activations must be a [n, d_in] tensor, a list of [n_i, d_in] tensors or a "
+            f"datasets.Dataset, got {type(activations).__name__}"
+        )
+    if activations.dim() != 2 or activations.shape[0] < 2 or activations.shape[1] < 1:
+        raise ShapeError(f"train_sae: activations must be [n >= 2, d_in], got shape {list(activations.shape)}")
+    if not activations.is_floating_point():
+        raise ShapeError(f"train_sae: activations must be floating point, got {activations.dtype}")
+    if not torch.isfinite(activations).all():
+        raise ShapeError("train_sae: activations hold NaN or inf values")
+    return activations.detach().float()
+
+
+def _positive(name, value, kind=int):
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) and value > 0
+    if not ok:
+        raise ConfigError(f"train_sae: {name} must be a positive {kind.__name__}, got {value!r}")
+
+
+def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | None = None, l1: float = 1e-3,
+              epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+              column: str = "activations", hook_name: str | None = None, mixed_precision: str = "no",
+              show_progress: bool = True) -> SAETrainResult:
+    """Train an :class:`SAE` of ``d_sae`` features on ``activations`` (``[n, d_in]``, a list of
+    ``[n_i, d_in]`` as :func:`~pyvene_like.sae.collect_activations` returns, or a
+    ``datasets.Dataset`` with the vectors in ``column``). ``k`` (``"topk"``) or ``l1``
+    (``"relu"``) sets the sparsity. ``hook_name`` is stored on the SAE for the record."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from ..training.trainer import _allow_precision
+
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"train_sae: architecture {architecture!r} is not supported; accepted: "
+                          f"{accepted(ARCHITECTURES)}.{did_you_mean(str(architecture), ARCHITECTURES)}")
+    _positive("d_sae", d_sae)
+    _positive("epochs", epochs)
+    _positive("batch_size", batch_size)
+    _positive("lr", lr, float)
+    if architecture == "topk":
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ConfigError(f"train_sae: architecture 'topk' needs k, an int in 1..d_sae={d_sae}, got k={k!r}")
+    else:
+        if k is not None:
+            raise ConfigError(f"train_sae: k={k!r} is only used by architecture 'topk'")
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or l1 < 0:
+            raise ConfigError(f"train_sae: l1 must be a number >= 0, got {l1!r}")
+    x = _as_matrix(activations, column)
+    d_in = x.shape[1]
+
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d_in, d_sae, architecture, k=k if architecture == "topk" else None, hook_name=hook_name)
+    with torch.no_grad():
+        w_dec = torch.randn(d_sae, d_in, generator=g)
+        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_dec.copy_(x.mean(0))
+    sae.requires_grad_(True)
+
+    _allow_precision(mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    model, optimizer, loader = accelerator.prepare(sae, optimizer, loader)
+    inner = accelerator.unwrap_model(model)
+    total_var = float((x - x.mean(0)).pow(2).sum())
+    history = []
+    bar = tqdm(total=epochs * len(loader), disable=not show_progress, desc="train_sae")
+    for epoch in range(epochs):
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=accelerator.device)
+        sums = {"loss": 0.0, "sq": 0.0, "l0": 0.0, "n": 0}
+        for (batch,) in loader:
+            with accelerator.autocast():
+                feats = inner.encode(batch)
+                recon = feats @ inner.W_dec + inner.b_dec
+                sq = (recon.float() - batch).pow(2).sum(-1)
+                loss = sq.mean()
+                if architecture == "relu" and l1:
+                    loss = loss + l1 * (feats.float() * inner.W_dec.norm(dim=1)).sum(-1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            with torch.no_grad():
+                # keep the decoder rows on the unit sphere: no gradient along a row ...
+                w, grad = inner.W_dec, inner.W_dec.grad
+                if grad is not None:
+                    grad -= (grad * w).sum(1, keepdim=True) * w
+            optimizer.step()
+            with torch.no_grad():  # ... and renormalise what the step left
+                inner.W_dec /= inner.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+                active = feats > 0
+                fired |= active.any(0)
+                n = batch.shape[0]
+                sums["loss"] += float(loss) * n
+                sums["sq"] += float(sq.sum())
+                sums["l0"] += float(active.sum())
+                sums["n"] += n
+            bar.update(1)
+        n = sums["n"]
+        record = {"epoch": epoch, "loss": sums["loss"] / n, "mse": sums["sq"] / n,
+                  "fvu": sums["sq"] / total_var if total_var > 0 else float("nan"),
+                  "l0": sums["l0"] / n, "dead": int((~fired).sum())}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", fvu=f"{record['fvu']:.3f}", dead=record["dead"])
+    bar.close()
+    out = accelerator.unwrap_model(model).cpu().requires_grad_(False)
+    return SAETrainResult(out, history)
