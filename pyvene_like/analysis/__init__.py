@@ -1,0 +1,26 @@
+"""Reading models: token positions, attention patterns and head finding, activation datasets, probes."""
+
+from .attention import AttentionHead, attention_patterns, eager_attention, find_heads, heads_above
+from .collect import ActivationSite, activation_columns, activation_metadata, collect_activations
+from .probes import ProbeResult, make_probe, plot_sweep, probe_sweep, train_probe
+from .tokens import TokenFinder, TokenSpan, find_token_positions
+
+__all__ = [
+    "ActivationSite",
+    "ProbeResult",
+    "make_probe",
+    "plot_sweep",
+    "probe_sweep",
+    "train_probe",
+    "AttentionHead",
+    "TokenFinder",
+    "TokenSpan",
+    "activation_columns",
+    "activation_metadata",
+    "attention_patterns",
+    "collect_activations",
+    "eager_attention",
+    "find_heads",
+    "find_token_positions",
+    "heads_above",
+]

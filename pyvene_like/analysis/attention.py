@@ -1,0 +1,228 @@
+"""Attention patterns and finding the heads that move information between two positions.
+
+``attention_patterns`` runs the model once with ``output_attentions=True``. Fused kernels
+(``sdpa``, flash, flex) never materialise the weights, so for that one pass the model is
+switched to its ``eager`` implementation and switched back afterwards, with a
+:class:`~pyvene_like.PyveneLikeWarning` saying so. ``find_heads`` then keeps the heads whose
+query at one position gives a key position at least ``threshold`` of its attention, per
+example, and intersects (or unites) the per-example sets.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+
+from ..engine.runner import call_model
+from ..errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, accepted
+
+_STACKS = {"encoder": "encoder_attentions", "decoder": "decoder_attentions", "cross": "cross_attentions"}
+
+
+class AttentionHead(NamedTuple):
+    """One attention head: ``(layer, head)``."""
+
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    @staticmethod
+    def intersection(head_sets: Iterable[Iterable[AttentionHead]]) -> list[AttentionHead]:
+        """The heads present in every set, sorted (empty for no sets)."""
+        sets = [set(s) for s in head_sets]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    @staticmethod
+    def union(head_sets: Iterable[Iterable[AttentionHead]]) -> list[AttentionHead]:
+        return sorted(set().union(*[set(s) for s in head_sets]))
+
+
+@contextmanager
+def eager_attention(model):
+    """Run the body with the model's eager attention; restore the implementation after.
+
+    Yields the implementation that was replaced, or ``None`` when nothing changed.
+    """
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl in (None, "eager"):
+        yield None
+        return
+    warnings.warn(
+        f"attention_patterns: attn_implementation={impl!r} returns no attention weights; this "
+        "pass runs with 'eager' attention (same maths, slower) and the model is switched back "
+        f"to {impl!r} afterwards",
+        PyveneLikeWarning,
+        stacklevel=4,
+    )
+    _set_impl(model, "eager")
+    try:
+        yield impl
+    finally:
+        _set_impl(model, impl)
+
+
+def _set_impl(model, impl: str) -> None:
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        try:
+            setter(impl)
+        except (ValueError, ImportError):
+            pass
+    if model.config._attn_implementation != impl:
+        # Families that read the config at each forward but refuse the dynamic switch.
+        model.config._attn_implementation = impl
+    if model.config._attn_implementation != impl:
+        raise ConfigError(
+            f"attention_patterns: cannot switch {type(model).__name__} to attn_implementation={impl!r}; "
+            "load it with attn_implementation='eager' to read attention weights"
+        )
+
+
+def _pick_stack(out, stack: str | None):
+    is_seq2seq = getattr(out, "encoder_attentions", None) is not None or hasattr(out, "decoder_attentions")
+    if is_seq2seq:
+        if stack not in _STACKS:
+            raise ConfigError(
+                f"attention_patterns: stack={stack!r}; an encoder-decoder model has several attention "
+                f"stacks, accepted: {accepted(_STACKS)}"
+            )
+        return getattr(out, _STACKS[stack], None)
+    if stack not in (None, "encoder", "decoder"):
+        raise ConfigError(f"attention_patterns: stack={stack!r} but the model has one stack; leave stack=None")
+    return getattr(out, "attentions", None)
+
+
+def attention_patterns(model, inputs, *, layers: Sequence[int] | None = None, stack: str | None = None) -> torch.Tensor:
+    """Attention weights ``[layers, batch, heads, query, key]`` of one forward pass.
+
+    ``inputs`` is what the model takes (a tokenizer's output dict, or a tensor of ids).
+    ``layers`` selects layers (default all); ``stack`` is needed for encoder-decoder models:
+    ``"encoder"``, ``"decoder"`` or ``"cross"``. Rows are softmax distributions over keys
+    (masked keys get 0). Sliding-window and global layers stack alike.
+    """
+    with torch.no_grad(), eager_attention(model):
+        if isinstance(inputs, Mapping):
+            out = model(**inputs, output_attentions=True, return_dict=True)
+        else:
+            out = call_model(model, {"input_ids": inputs, "output_attentions": True, "return_dict": True})
+    attns = _pick_stack(out, stack)
+    if not attns or any(a is None for a in attns):
+        raise ConfigError(
+            f"attention_patterns: {type(model).__name__} returned no attention weights with "
+            "output_attentions=True"
+        )
+    n = len(attns)
+    if layers is None:
+        layers = range(n)
+    layers = list(layers)
+    bad = [x for x in layers if not isinstance(x, int) or not -n <= x < n]
+    if bad:
+        raise LocationError(f"attention_patterns: layers {bad} out of range; the model has {n} layers (0 .. {n - 1})")
+    return torch.stack([attns[x] for x in layers]).float()
+
+
+def _layer_ids(model, layers, stack):
+    if layers is None:
+        return None
+    n = _count_layers(model, stack)
+    return [x % n for x in layers] if n else list(layers)
+
+
+def _count_layers(model, stack) -> int | None:
+    cfg = getattr(model, "config", None)
+    if stack == "decoder" or stack == "cross":
+        keys = ("num_decoder_layers", "decoder_layers", "num_hidden_layers", "num_layers", "n_layer")
+    else:
+        keys = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers")
+    for key in keys:
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _per_example(value, b: int, label: str) -> torch.Tensor:
+    if isinstance(value, int):
+        return torch.full((b,), value, dtype=torch.long)
+    t = torch.as_tensor(value, dtype=torch.long).reshape(-1)
+    if t.numel() != b:
+        raise ShapeError(f"find_heads: {label} has {t.numel()} entries for a batch of {b}; give an int or one per example")
+    return t
+
+
+def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshold: float = 0.5, *,
+                ignore_first: bool = False, layers: Sequence[int] | None = None) -> list[set[AttentionHead]]:
+    """Per example, the heads whose query position gives the key position ``>= threshold``.
+
+    ``patterns`` is ``[layers, batch, heads, query, key]`` (from :func:`attention_patterns`);
+    positions are an int or one per example (negative from the end). ``ignore_first``
+    renormalises each row without key 0 (the BOS/[CLS] token many heads park attention on).
+    ``layers`` names the layers of ``patterns`` (default ``0..L-1``) in the returned heads.
+    """
+    if patterns.dim() != 5:
+        raise ShapeError(f"find_heads: patterns must be [layers, batch, heads, query, key], got {tuple(patterns.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"find_heads: threshold={threshold}; accepted: a number in [0, 1]")
+    n_layers, b, n_heads, q_len, k_len = patterns.shape
+    layer_ids = list(range(n_layers)) if layers is None else list(layers)
+    q = _per_example(query_positions, b, "query_positions")
+    k = _per_example(key_positions, b, "key_positions")
+    for name, t, n in (("query", q, q_len), ("key", k, k_len)):
+        bad = ((t < -n) | (t >= n)).nonzero().flatten().tolist()
+        if bad:
+            raise LocationError(
+                f"find_heads: {name} position {t[bad[0]].item()} of example {bad[0]} is out of range for "
+                f"sequences of {n} tokens (accepted: {-n} .. {n - 1})"
+            )
+    q, k = q % q_len, k % k_len
+    rows = patterns[:, torch.arange(b), :, q, :]  # [batch, layers, heads, key]: advanced indices go first
+    if ignore_first:
+        if (k == 0).any():
+            raise LocationError("find_heads: ignore_first=True drops key 0, but a key position is 0")
+        rows = rows[..., 1:] / rows[..., 1:].sum(-1, keepdim=True).clamp_min(1e-12)
+        k = k - 1
+    weight = rows.gather(-1, k.view(b, 1, 1, 1).expand(b, n_layers, n_heads, 1)).squeeze(-1)
+    hits = (weight >= threshold).nonzero().tolist()  # [n, 3]: example, layer, head
+    out: list[set[AttentionHead]] = [set() for _ in range(b)]
+    for e, li, h in hits:
+        out[e].add(AttentionHead(layer_ids[li], h))
+    return out
+
+
+def find_heads(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
+               ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
+               reduce: str | None = "all"):
+    """Heads where the query at ``query_positions`` attends to ``key_positions``.
+
+    One forward pass over the batch ``inputs`` (see :func:`attention_patterns`; positions
+    index the padded batch). ``reduce="all"`` returns the sorted heads found in every
+    example (the intersection), ``"any"`` those found in at least one, ``None`` one set per
+    example.
+    """
+    if reduce not in ("all", "any", None):
+        raise ConfigError(f"find_heads: reduce={reduce!r}; accepted: 'all', 'any', None")
+    patterns = attention_patterns(model, inputs, layers=layers, stack=stack)
+    b = patterns.shape[1]
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if mask is not None:
+        q = _per_example(query_positions, b, "query_positions") % patterns.shape[3]
+        pad = (mask[torch.arange(b), q.clamp(max=mask.shape[1] - 1)] == 0).nonzero().flatten().tolist()
+        if pad:
+            raise LocationError(f"find_heads: the query position of example {pad[0]} is a padding token")
+    per = heads_above(patterns, query_positions, key_positions, threshold, ignore_first=ignore_first,
+                      layers=_layer_ids(model, layers, stack))
+    if reduce == "all":
+        return AttentionHead.intersection(per)
+    if reduce == "any":
+        return AttentionHead.union(per)
+    return per
+
+
+__all__ = ["AttentionHead", "attention_patterns", "eager_attention", "find_heads", "heads_above"]
