@@ -21,6 +21,8 @@ def test_tutorial_runs(path, tmp_path):
         assert "equals a hand-written hook: True" in proc.stdout
     if path.stem == "02_das_equality":
         _check_das(json.loads((tmp_path / "02_das_equality" / "results.json").read_text()), tmp_path)
+    if path.stem == "04_codebook_topics":
+        _check_codebook_topics(json.loads((tmp_path / "04_codebook_topics" / "results.json").read_text()), tmp_path)
 
 
 def _check_das(results, tmp_path):
@@ -33,3 +35,18 @@ def _check_das(results, tmp_path):
             assert run["das"][name] >= 0.9, run
             assert run["baseline"][name] <= run["das"][name] - 0.2, run
         assert run["das"]["both"] >= 0.9
+
+
+def _check_codebook_topics(results, tmp_path):
+    """The CI-sized codebook run still steers: forcing each topic's codes raises its mention rate."""
+    out = tmp_path / "04_codebook_topics"
+    assert results["small"] and (out / "steering.png").stat().st_size > 0
+    assert (out / "codebooks" / "codebooks.safetensors").is_file()
+    history = results["training"]["history"]
+    assert history[-1]["lm_loss"] < 0.5 * history[0]["lm_loss"]
+    rises = []
+    for topic, row in results["table"].items():
+        assert results["codes"][topic], topic
+        rises.append(row["steered"] - row["baseline"])
+        assert rises[-1] >= 0.3, (topic, row)
+    assert sum(rises) / len(rises) >= 0.5, results["table"]
