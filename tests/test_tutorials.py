@@ -21,6 +21,8 @@ def test_tutorial_runs(path, tmp_path):
         assert "equals a hand-written hook: True" in proc.stdout
     if path.stem == "02_das_equality":
         _check_das(json.loads((tmp_path / "02_das_equality" / "results.json").read_text()), tmp_path)
+    if path.stem == "03_sae_steering":
+        _check_steering(json.loads((tmp_path / "03_sae_steering" / "results.json").read_text()), tmp_path)
     if path.stem == "04_codebook_topics":
         _check_codebook_topics(json.loads((tmp_path / "04_codebook_topics" / "results.json").read_text()), tmp_path)
 
@@ -50,3 +52,17 @@ def _check_codebook_topics(results, tmp_path):
         rises.append(row["steered"] - row["baseline"])
         assert rises[-1] >= 0.3, (topic, row)
     assert sum(rises) / len(rises) >= 0.5, results["table"]
+
+
+def _check_steering(results, tmp_path):
+    """Steering with the SAE's sea features raises the rate of sea words over the unsteered run."""
+    assert results["small"] and (tmp_path / "03_sae_steering" / "rates.png").stat().st_size > 0
+    rows, base = results["rows"], results["rows"][results["baseline"]]
+    assert len(results["steered"]) == 2
+    for name in results["steered"]:
+        assert rows[name]["sea"] >= base["sea"] + 0.1, (name, rows[name], base)
+        assert rows[name]["sea_share"] >= 0.8 > base["sea_share"], (name, rows[name], base)
+    swap = next(n for n in results["steered"] if n.startswith("swap"))
+    assert rows[swap]["grammatical"] >= 0.9, rows[swap]  # dropping only the forest-leaning features keeps the text
+    u = results["uncertainty"]
+    assert 0 < u["coverage"] <= 1 and 0 <= u["reconstruction_error"] < 0.5
