@@ -172,3 +172,29 @@ def test_bad_inputs():
         st.SAESwapIntervention(sae=sae)
     with pytest.raises(pv.ConfigError, match="weights must be 48 numbers"):
         st.SAESwapIntervention(sae=sae, weights=[1.0] * 3)
+
+
+def test_swap_with_weights_matches_features_and_continuous_scores_reselect():
+    model = make_gpt2()
+    sae = _sae("topk", k=6)
+    keep = [1, 4, 9, 16, 25, 36, 40]
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    w = torch.zeros(D_SAE)
+    w[keep] = 1.0
+
+    def run(**kw):
+        cfg = pv.RepresentationConfig(1, "block_output", intervention_type="sae_swap",
+                                      intervention_kwargs={"sae": sae, "use_error_term": False, **kw})
+        return pv.IntervenableModel(cfg, model)({"input_ids": ids}, unit_locations={"base": None})[1].logits
+
+    torch.testing.assert_close(run(features=keep), run(weights=w.tolist()), rtol=0, atol=0)
+    # continuous weights (the paper's scores in [0, 1]): the top-k of pre * w fire, with their own pre
+    scores = torch.rand(D_SAE, generator=torch.Generator().manual_seed(3))
+    iv = st.SAESwapIntervention(sae=sae, weights=scores, use_error_term=False)
+    x = torch.randn(2, 3, D_IN)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    top = (pre * scores).topk(6, dim=-1)
+    fires = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, top.indices, top.values > 0)
+    torch.testing.assert_close(iv(x), torch.where(fires, pre, 0) @ sae.W_dec + sae.b_dec)
+    with pytest.raises(pv.ConfigError, match="give features= or weights=, not both"):
+        st.SAESwapIntervention(sae=sae, features=[1], weights=w)
