@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
 	$(VENV)/bin/python benchmarks/das.py
 	$(VENV)/bin/python benchmarks/generation.py
+	$(VENV)/bin/python benchmarks/collect.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import analysis as analysis
 from . import codebook as codebook
 from . import interventions as interventions
 from .config import IntervenableConfig, RepresentationConfig
@@ -78,6 +79,7 @@ __all__ = [
     "TrainableIntervention",
     "CodebookIntervention",
     "codebook",
+    "analysis",
     "SAEIntervention",
     "SAEInterchangeIntervention",
     "SAESteerIntervention",
