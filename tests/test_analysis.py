@@ -493,3 +493,57 @@ def test_probe_errors():
         train_probe(ds, "acts", kind="svm")
     with pytest.raises(ConfigError, match=r"test_size=1.5; accepted: a fraction in \(0, 1\)"):
         train_probe(ds, "acts", test_size=1.5)
+
+
+def test_collect_streams_to_disk_before_the_inputs_end(tmp_path):
+    """An iterable of batches is consumed one batch at a time, and rows reach the Arrow file
+    while the input is still being produced: memory holds batches, not the dataset."""
+    model = make_gpt2()
+    path = tmp_path / "activations.arrow"
+    seen = []
+
+    def batches():
+        g = torch.Generator().manual_seed(0)
+        for k in range(8):
+            seen.append(path.stat().st_size if path.exists() else 0)
+            yield {"input_ids": torch.randint(0, 1000, (16, 6), generator=g), "labels": [k] * 16}
+
+    ds = collect_activations(model, batches(), [(1, "block_output"), (3, "mlp_activation")], output_dir=tmp_path)
+    assert len(ds) == 128 and ds["label"][-1] == 7
+    assert seen[-1] > 0  # written before the last batch was asked for
+    assert ds.cache_files[0]["filename"] == str(path)
+
+
+def test_noun_it_flow_on_real_bert(bert_tok):
+    """The tutorial's flow on the real all-MiniLM-L6-v2: heads from "it" to the noun, their
+    outputs at "it", a probe on them."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(_minilm_dir()).eval()  # sdpa by default
+    nouns = ["cat", "dog", "car", "tree", "house", "book", "river", "table"]
+    templates = ["I saw a _noun_, it was big.", "Look at that _noun_, I saw it yesterday too.",
+                 "A _noun_ is coming, it will be here soon.", "After the _noun_ arrived, it looked at it."]
+    texts = [t.replace("_noun_", n) for n in nouns for t in templates]
+    labels = [n for n in nouns for _ in templates]
+    enc = dict(bert_tok(texts, return_tensors="pt", padding=True))
+    it_pos = find_token_positions(texts, "it", bert_tok)
+    noun_pos = find_token_positions(texts, labels, bert_tok)
+    with pytest.warns(PyveneLikeWarning, match="'sdpa'"):
+        pats = attention_patterns(model, enc)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.warns(PyveneLikeWarning, match="'sdpa'"):
+        heads = find_heads(model, enc, it_pos, noun_pos, threshold=0.2, ignore_first=True)  # without [CLS]
+    assert heads  # some head attends from "it" to the noun in every sentence
+    rows, q = torch.arange(len(texts)), torch.tensor(it_pos)
+    for h in heads:
+        row = pats[h.layer, rows, h.head, q]  # [examples, keys]
+        assert (row[rows, torch.tensor(noun_pos)] / (1 - row[:, 0]) >= 0.2).all()
+    layer = heads[0].layer
+    ds = collect_activations(model, texts, [(layer, "head_attention_value_output", [h.head for h in heads if h.layer == layer])],
+                             positions="it", labels=labels, tokenizer=bert_tok, batch_size=8,
+                             metadata={"experiment": "noun-it"})
+    assert ds["position"] == it_pos and ds.features["label"].names == sorted(nouns)
+    meta = activation_metadata(ds)
+    assert meta["model"]["model_type"] == "bert" and meta["metadata"] == {"experiment": "noun-it"}
+    res = train_probe(ds, f"L{layer}.head_attention_value_output.H{heads[0].head}", epochs=60)
+    assert res.train_accuracy > 0.9
