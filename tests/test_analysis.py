@@ -360,7 +360,8 @@ def test_collect_matches_direct_hooks_and_collect(family, tmp_path):
     assert meta["model"]["model_type"] == model.config.model_type
     assert meta["metadata"] == {"experiment": "test"} and meta["num_examples"] == 5
     assert meta["columns"]["L0.head_attention_value_output.H3"] == {
-        "layer": 0, "component": "head_attention_value_output", "head": 3, "width": hd, "module": meta["columns"]["L0.head_attention_value_output.H3"]["module"]}
+        "layer": 0, "component": "head_attention_value_output", "head": 3, "width": hd,
+        "module": meta["columns"]["L0.head_attention_value_output.H3"]["module"], "projected": False}
     assert meta["sites"][0] == {"layer": 1, "component": "head_attention_value_output", "heads": list(range(n_heads))}
     # saved and reloaded, the metadata stays
     ds.save_to_disk(tmp_path / "saved")
@@ -547,3 +548,29 @@ def test_noun_it_flow_on_real_bert(bert_tok):
     assert meta["model"]["model_type"] == "bert" and meta["metadata"] == {"experiment": "noun-it"}
     res = train_probe(ds, f"L{layer}.head_attention_value_output.H{heads[0].head}", epochs=60)
     assert res.train_accuracy > 0.9
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_collect_projected_heads_sum_to_attention_output(family):
+    """project_heads=True: each head through the output projection alone; the heads' sum plus
+    the projection's bias is the attention output (the projection's output) at that position."""
+    model = build_tiny_model(family)
+    x = example_inputs(family, batch=3)
+    pos = [7, 2, 5]
+    ds = collect_activations(model, x, [(1, "head_attention_value_output")], positions=pos, project_heads=True)
+    block, o_proj, _ = _DIRECT[family](model, 1)
+    store = {}
+    hook = _capture(o_proj, store, "out")
+    try:
+        with torch.no_grad():
+            model(**x)
+    finally:
+        hook.remove()
+    t = ds.with_format("torch")[:]
+    n_heads = model.config.num_attention_heads
+    total = sum(t[f"L1.head_attention_value_output.H{h}"] for h in range(n_heads))
+    bias = o_proj(torch.zeros(1, o_proj.weight.shape[0] if family == "gpt2" else o_proj.in_features)).detach()
+    torch.testing.assert_close(total + bias, store["out"][torch.arange(3), torch.tensor(pos)], atol=1e-5, rtol=1e-5)
+    assert activation_metadata(ds)["columns"]["L1.head_attention_value_output.H0"]["projected"] is True
+    with pytest.raises(ConfigError, match="project_heads=True applies to 'head_attention_value_output'"):
+        collect_activations(model, x, [(1, "head_query_output")], project_heads=True)

@@ -201,11 +201,22 @@ def _label_ids(labels, class_names):
     return out
 
 
+def _project(site, acts, heads):
+    """``[B, H_sel, head_dim]`` -> ``[B, H_sel, d_model]``: each head through the output projection alone."""
+    b, n_sel, hd = acts.shape
+    width = site.n_heads * hd
+    x = acts.new_zeros(b, n_sel, width)
+    cols = (torch.as_tensor(heads, device=acts.device)[:, None] * hd + torch.arange(hd, device=acts.device))
+    x.scatter_(2, cols.expand(b, n_sel, hd), acts)  # head j's slice in place, other heads zero
+    with torch.no_grad():
+        return site.module(x) - site.module(acts.new_zeros(1, 1, width))  # minus the bias
+
+
 # -- the main function ----------------------------------------------------------------------
 def collect_activations(model, inputs, sites, *, positions=-1, labels=None, class_names=None,
                         tokenizer=None, batch_size: int = 32, columns: Mapping | None = None,
                         metadata: Mapping | None = None, output_dir=None, overwrite: bool = False,
-                        progress: bool = False):
+                        project_heads: bool = False, progress: bool = False):
     """Collect activations at ``sites`` and ``positions`` into an Arrow-backed ``datasets.Dataset``.
 
     * ``inputs``: a list of texts (with ``tokenizer=``; padded per batch), a dict of tensors
@@ -222,6 +233,11 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
       does), so each text reads as it would alone. For tensors, positions index the row.
     * ``labels``: one per example (ints, or strings with ``class_names``); ``columns``: more
       per-example columns; ``metadata``: JSON-able facts about the whole dataset.
+
+    ``project_heads=True`` turns each head's ``head_attention_value_output`` (``head_dim``
+    wide) into what the head adds to the attention output: the output projection applied to
+    that head's slice alone, minus the projection's bias (TransformerLens's ``hook_result``;
+    summed over heads plus the bias it gives the attention output).
 
     The dataset is written to ``output_dir`` (a new temporary folder by default) as
     ``activations.arrow`` and memory-mapped from there.
@@ -272,9 +288,15 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
                     f"of range; the site has {n_heads} heads (accepted: 0..{n_heads - 1})"
                 )
             heads_of.append(list(heads))
+            if project_heads and s.component != "head_attention_value_output":
+                raise ConfigError(
+                    f"collect_activations: project_heads=True applies to 'head_attention_value_output' "
+                    f"(the output projection's input), not {s.component!r}"
+                )
             for h in heads:
                 site_meta[s.column(h)] = {"layer": s.layer, "component": s.component, "head": h,
-                                          "width": rs.head_dim, "module": rs.path}
+                                          "width": rs.head_dim, "module": rs.path,
+                                          "projected": bool(project_heads)}
         else:
             heads_of.append(None)
             site_meta[s.column()] = {"layer": s.layer, "component": s.component, "head": None,
@@ -308,7 +330,9 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
             with torch.no_grad():
                 out = im(batch, unit_locations={"base": locs}, return_dict=True)
             arrays = {}
-            for s, heads, acts in zip(sites, heads_of, out.collected_activations):
+            for s, rs, heads, acts in zip(sites, im.sites, heads_of, out.collected_activations):
+                if heads is not None and project_heads:
+                    acts = _project(rs, acts, heads)
                 acts = acts.detach().to("cpu", torch.float32)  # [B, 1, width] or [B, heads, head_dim]
                 if heads is None:
                     arrays[s.column()] = acts[:, 0]
