@@ -1,3 +1,8 @@
+import hashlib
+import os
+from pathlib import Path
+
+import huggingface_hub
 import pytest
 import torch
 import transformers
@@ -41,3 +46,35 @@ def ids():
     base = torch.randint(0, 1000, (3, 10), generator=g)
     src = torch.randint(0, 1000, (3, 10), generator=g)
     return base, src
+
+
+# -- a local Hugging Face Hub cache, offline -----------------------------------------------------
+def cache_layout(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40) -> Path:
+    """huggingface_hub's cache: blobs, a snapshot of relative symlinks (subfolders kept), refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snap = repo / "snapshots" / commit
+    for f in folder.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            link = snap / f.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<tmp>; huggingface_hub read both at import, so its
+    constants module is patched as well as the environment."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -8,7 +8,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import TinyMLP, make_gpt2
+from conftest import TinyMLP, cache_layout, make_gpt2
 from huggingface_hub import ModelCard
 from safetensors.torch import load, load_file, save_file
 from tiny_models import build_tiny_model
@@ -431,47 +431,17 @@ def test_bad_folders_and_arguments(tmp_path, gpt2, saved):
 
 
 # -- the Hub cache, offline -------------------------------------------------------------------------
-def _cache_layout(cache: Path, repo_id: str, folder: Path, commit: str = "a" * 40) -> Path:
-    """What huggingface_hub writes when it downloads ``repo_id``: content-addressed blobs,
-    a snapshot folder of relative symlinks, and refs/main naming the commit."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in folder.iterdir():
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    (repo / "refs" / "main").write_text(commit)
-    return snap
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<tmp>; huggingface_hub read both at import, so its
-    constants module is patched as well as the environment."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def test_load_by_repo_id_from_the_offline_hub_cache(saved, offline_cache, tmp_path, gpt2, ids):
     folder, im = saved
-    snap = _cache_layout(offline_cache, "someone/gpt2-das", folder)
+    snap = cache_layout(offline_cache, "someone/gpt2-das", folder)
     loaded = pv.IntervenableModel.from_pretrained("someone/gpt2-das", model=gpt2)
     with torch.no_grad():
         _same_outputs(_run(im, ids), _run(loaded, ids))
     # a pinned commit, and an explicit cache_dir elsewhere
-    again = pv.IntervenableModel.from_pretrained("someone/gpt2-das", model=gpt2, revision="a" * 40)
+    again = pv.IntervenableModel.from_pretrained("someone/gpt2-das", model=gpt2, revision="c" * 40)
     _same_state(again.interventions[0], im.interventions[0])
     other = tmp_path / "other-cache"
-    _cache_layout(other, "someone/gpt2-das", folder, commit="b" * 40)
+    cache_layout(other, "someone/gpt2-das", folder, commit="b" * 40)
     loaded = pv.IntervenableModel.from_pretrained("someone/gpt2-das", model=gpt2, cache_dir=other)
     _same_state(loaded.interventions[0], im.interventions[0])
     assert snap.is_dir()

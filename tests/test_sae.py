@@ -3,17 +3,15 @@ byte as their libraries write them), the hook-name translator, and the SAE inter
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cache_layout
 from safetensors.torch import save_file
 from tiny_models import build_tiny_model
 
@@ -126,35 +124,6 @@ def openai_state(w, k=8, activation="TopK"):
     if activation == "TopK":
         sd["activation_state_dict"] = {"k": k, "postact_fn": "ReLU"}
     return sd
-
-
-def cache_layout(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40) -> Path:
-    """huggingface_hub's cache: blobs, a snapshot of relative symlinks (subfolders kept), refs/main."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    snap = repo / "snapshots" / commit
-    for f in folder.rglob("*"):
-        if f.is_file():
-            data = f.read_bytes()
-            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-            blob.write_bytes(data)
-            link = snap / f.relative_to(folder)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs" / "main").write_text(commit)
-    return snap
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 # -- loaders against the published formulas -----------------------------------------------------------
