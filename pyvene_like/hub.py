@@ -483,19 +483,24 @@ def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_file
     return Path(folder)
 
 
-def read_config(folder: Path) -> dict:
-    """Parse and check ``config.json``: present, JSON, ours, of a format we read."""
-    path = folder / CONFIG_NAME
+def read_json(folder: Path, name: str, caller: str, writer: str) -> tuple[Path, object]:
+    """``folder/name`` parsed as JSON, or a LoadError saying what the folder holds instead."""
+    path = folder / name
     if not path.is_file():
         present = sorted(p.name for p in folder.iterdir())[:10]
         raise LoadError(
-            f"from_pretrained: {str(folder)!r} has no {CONFIG_NAME} (it holds: "
-            f"{', '.join(present) or 'nothing'}); give a folder written by save_pretrained"
+            f"{caller}: {str(folder)!r} has no {name} (it holds: "
+            f"{', '.join(present) or 'nothing'}); give a folder written by {writer}"
         )
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LoadError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_config(folder: Path) -> dict:
+    """Parse and check ``config.json``: present, JSON, ours, of a format we read."""
+    path, doc = read_json(folder, CONFIG_NAME, "from_pretrained", "save_pretrained")
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY:
         hint = ""
         if isinstance(doc, dict) and "model_type" in doc:

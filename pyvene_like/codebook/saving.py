@@ -63,19 +63,9 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ..hub import LIBRARY
+    from ..hub import LIBRARY, read_json
 
-    path = folder / CODEBOOK_CONFIG
-    if not path.is_file():
-        present = sorted(p.name for p in folder.iterdir())[:10]
-        raise LoadError(
-            f"load_codebooks: {str(folder)!r} has no {CODEBOOK_CONFIG} (it holds: "
-            f"{', '.join(present) or 'nothing'}); give a folder written by save_codebooks"
-        )
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError(f"{path}: not valid JSON ({e})") from None
+    path, doc = read_json(folder, CODEBOOK_CONFIG, "load_codebooks", "save_codebooks")
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY or doc.get("kind") != "codebooks":
         raise LoadError(f"{path}: not a pyvene_like codebook save (written by save_codebooks)")
     fmt = doc.get("format_version")
