@@ -25,6 +25,8 @@ def test_tutorial_runs(path, tmp_path):
         _check_steering(json.loads((tmp_path / "03_sae_steering" / "results.json").read_text()), tmp_path)
     if path.stem == "04_codebook_topics":
         _check_codebook_topics(json.loads((tmp_path / "04_codebook_topics" / "results.json").read_text()), tmp_path)
+    if path.stem == "05_heads_and_probes":
+        _check_heads_and_probes(json.loads((tmp_path / "05_heads_and_probes" / "results.json").read_text()), tmp_path)
 
 
 def _check_das(results, tmp_path):
@@ -52,6 +54,21 @@ def _check_codebook_topics(results, tmp_path):
         rises.append(row["steered"] - row["baseline"])
         assert rises[-1] >= 0.3, (topic, row)
     assert sum(rises) / len(rises) >= 0.5, results["table"]
+
+
+def _check_heads_and_probes(results, tmp_path):
+    """Heads from "it" to the noun are found on the real MiniLM, and a probe on the best one reads
+    the noun's identity from held-out sentences and templates far above shuffled labels."""
+    assert results["small"] and (tmp_path / "05_heads_and_probes" / "sweep.png").stat().st_size > 0
+    assert results["heads"] and results["best"] == results["heads"][0]
+    rows = results["rows"]
+    best, shuffled = rows[results["best"]], rows[f"{results['best']} shuffled labels"]
+    for split in ("held_out_sentences", "held_out_templates"):
+        assert best[split] >= 0.7, (split, best)
+        assert shuffled[split] <= results["chance"] + 0.1, (split, shuffled)
+        assert best[split] >= shuffled[split] + 0.5, (split, best, shuffled)
+        if results["control"]:
+            assert rows[results["control"]][split] <= best[split] - 0.5, (split, rows)
 
 
 def _check_steering(results, tmp_path):
