@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -18,8 +19,10 @@ from pyvene_like.analysis import (
     activation_metadata,
     attention_patterns,
     collect_activations,
+    evaluate_probe,
     find_heads,
     find_token_positions,
+    head_scores,
     heads_above,
     probe_sweep,
     train_probe,
@@ -280,6 +283,63 @@ def test_find_heads_matches_brute_force(family):
     assert all(h.layer == pats.shape[0] - 1 for h in only)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_head_scores_match_patterns(family):
+    """weights[b, l, h] is pats[l, b, h, q_b, k_b]; share/mean/max and the head lists follow from it,
+    and find_heads gives the same sets."""
+    model = build_tiny_model(family)
+    x = example_inputs(family, batch=4)
+    q, k = [7, 6, 5, 7], [3, 2, 1, 1]
+    pats = attention_patterns(model, x)
+    direct = torch.stack([pats[:, i, :, q[i], k[i]] for i in range(4)])  # [batch, layers, heads]
+    sc = head_scores(model, x, q, k, threshold=0.15)
+    torch.testing.assert_close(sc.weights, direct)
+    torch.testing.assert_close(sc.share, (direct >= 0.15).float().mean(0))
+    torch.testing.assert_close(sc.mean, direct.mean(0))
+    torch.testing.assert_close(sc.max, direct.max(0).values)
+    assert sc.per_example() == find_heads(model, x, q, k, threshold=0.15, reduce=None)
+    assert sorted(sc.heads(min_share=1.0)) == find_heads(model, x, q, k, threshold=0.15)
+    ranked = sc.ranked()
+    assert sorted(h for h, _, _ in ranked) == find_heads(model, x, q, k, threshold=0.15, reduce="any")
+    assert [(-s, -m) for _, s, m in ranked] == sorted((-s, -m) for _, s, m in ranked)
+    for h, s, m in ranked:
+        assert s == pytest.approx((direct[:, h.layer, h.head] >= 0.15).float().mean().item())
+        assert m == pytest.approx(direct[:, h.layer, h.head].mean().item())
+    assert [h for h, s, _ in ranked if s >= 0.5] == sc.heads(min_share=0.5)
+    n_layers, n_heads = direct.shape[1:]
+    assert sc.below(0.1) == [AttentionHead(la, he) for la in range(n_layers) for he in range(n_heads)
+                             if direct[:, la, he].max() < 0.1]
+    # ignore_first: renormalised without key 0
+    expect = torch.stack([pats[:, i, :, q[i], k[i]] / pats[:, i, :, q[i], 1:].sum(-1) for i in range(4)])
+    torch.testing.assert_close(head_scores(model, x, q, k, ignore_first=True).weights, expect)
+    with pytest.raises(ConfigError, match=r"min_share=0; accepted: a fraction in \(0, 1\]"):
+        sc.heads(min_share=0)
+
+
+def test_eager_switch_warns_once_per_model():
+    def sdpa_model():
+        m = build_tiny_model("gpt2")
+        m.set_attn_implementation("sdpa")
+        assert m.config._attn_implementation == "sdpa"
+        return m
+
+    model, x = sdpa_model(), example_inputs("gpt2")
+    with pytest.warns(PyveneLikeWarning, match="'sdpa' returns no attention weights.*said once per GPT2"):
+        find_heads(model, x, 5, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        find_heads(model, x, 5, 0)
+        attention_patterns(model, x)
+        head_scores(sdpa_model(), x, 5, 0, warn="never")
+    with pytest.warns(PyveneLikeWarning, match="'sdpa'"):
+        attention_patterns(model, x, warn="always")
+    with pytest.warns(PyveneLikeWarning, match="'sdpa'"):  # another model is told again
+        attention_patterns(sdpa_model(), x)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ConfigError, match="warn='sometimes'; accepted: 'once', 'always', 'never'"):
+        find_heads(model, x, 5, 0, warn="sometimes")
+
+
 def test_find_heads_errors():
     model = build_tiny_model("gpt2")
     x = example_inputs("gpt2")
@@ -463,6 +523,72 @@ def test_probes_learn_and_shuffled_labels_stay_at_chance():
     assert train_probe(xor, "acts", kind="linear", epochs=60).test_accuracy < 0.7
 
 
+def _grouped(n=400, groups=8, **kw):
+    ds = _synthetic(n=n, **kw)
+    return ds.add_column("template", [f"t{i % groups}" for i in range(n)])
+
+
+def test_probe_group_split_test_dataset_and_evaluate():
+    ds = _grouped()
+    res = train_probe(ds, "acts", epochs=20, split_by="template", test_size=0.25)
+    assert len(res.test_groups) == 2 and res.num_test == 100 and res.num_train == 300
+    assert res.test_groups == train_probe(ds, "acts", epochs=1, split_by="template", test_size=0.25).test_groups
+    held = ds.filter(lambda r: r["template"] in res.test_groups)
+    # evaluate_probe: the direct argmax on the held-out group rows, and the history's last test accuracy
+    x, y = torch.tensor(held["acts"]), torch.tensor(held["label"])
+    with torch.no_grad():
+        direct = (res.probe(x).argmax(-1) == y).float().mean().item()
+    assert evaluate_probe(res, held) == pytest.approx(direct) == pytest.approx(res.test_accuracy)
+    assert evaluate_probe(res.probe, held, "acts") == pytest.approx(direct)
+    assert res.test_accuracy > 0.9
+    named = train_probe(ds, "acts", epochs=1, split_by="template", test_groups=["t3"])
+    assert named.test_groups == ["t3"] and named.num_test == 50
+    # test_dataset: train on all of ds, test on another
+    other = _grouped(n=100, seed=0)
+    res2 = train_probe(ds, "acts", epochs=20, test_dataset=other)
+    assert res2.num_train == 400 and res2.num_test == 100
+    assert res2.test_accuracy == pytest.approx(evaluate_probe(res2, other))
+
+
+def test_probe_shuffled_labels_baseline():
+    ds = _synthetic()
+    base = train_probe(ds, "acts", epochs=30, shuffle_labels=True)
+    real = train_probe(ds, "acts", epochs=30)
+    assert base.shuffled_labels and not real.shuffled_labels
+    assert real.test_accuracy > 0.9 and base.test_accuracy < 0.45  # chance 0.25; test labels stay true
+    again = train_probe(ds, "acts", epochs=30, shuffle_labels=True)
+    assert again.history == base.history  # seeded
+    other = train_probe(ds, "acts", epochs=30, shuffle_labels=True, seed=1)
+    assert other.history != base.history
+    sweep = probe_sweep(_grouped(), ["acts", "other"], epochs=10, shuffle_labels=True, split_by="template")
+    assert all(r.shuffled_labels and r.test_accuracy < 0.45 for r in sweep.values())
+
+
+def test_probe_split_and_evaluate_errors():
+    ds = _grouped(n=40)
+    with pytest.raises(ConfigError, match=r"column 'templat' is not in the dataset \(split_by=\).*Did you mean 'template'"):
+        train_probe(ds, "acts", split_by="templat")
+    with pytest.raises(ConfigError, match=r"split_by='template' has 1 distinct value\(s\); a group split needs at least 2"):
+        train_probe(_grouped(n=40, groups=1), "acts", split_by="template")
+    with pytest.raises(ConfigError, match=r"test_groups=\['t9'\]; accepted: some but not all values of 'template'"):
+        train_probe(ds, "acts", split_by="template", test_groups=["t9"])
+    with pytest.raises(ConfigError, match="test_groups= needs split_by="):
+        train_probe(ds, "acts", test_groups=["t1"])
+    with pytest.raises(ConfigError, match="split_by= and test_dataset= both given"):
+        train_probe(ds, "acts", split_by="template", test_dataset=ds)
+    with pytest.raises(ConfigError, match="column 'acts' is not in the test_dataset"):
+        train_probe(ds, "acts", test_dataset=ds.remove_columns("acts"))
+    res = train_probe(ds, "acts", epochs=1)
+    with pytest.raises(ConfigError, match="evaluate_probe: column 'other' is 3 wide; the probe takes 16"):
+        evaluate_probe(res, ds, "other")
+    with pytest.raises(ConfigError, match="evaluate_probe: column 'label' is not in the dataset"):
+        evaluate_probe(res, ds.remove_columns("label"))
+    with pytest.raises(ConfigError, match="column= is needed with a bare probe module"):
+        evaluate_probe(res.probe, ds)
+    with pytest.raises(ConfigError, match="evaluate_probe: got str; accepted: a ProbeResult or an nn.Module"):
+        evaluate_probe("probe", ds, "acts")
+
+
 def test_probe_sweep_plots(tmp_path):
     ds = _synthetic()
     out = tmp_path / "sweep.png"
@@ -532,7 +658,8 @@ def test_noun_it_flow_on_real_bert(bert_tok):
     with pytest.warns(PyveneLikeWarning, match="'sdpa'"):
         pats = attention_patterns(model, enc)
     assert model.config._attn_implementation == "sdpa"
-    with pytest.warns(PyveneLikeWarning, match="'sdpa'"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told once per model, by attention_patterns above
         heads = find_heads(model, enc, it_pos, noun_pos, threshold=0.2, ignore_first=True)  # without [CLS]
     assert heads  # some head attends from "it" to the noun in every sentence
     rows, q = torch.arange(len(texts)), torch.tensor(it_pos)

@@ -9,15 +9,17 @@ sentences put a noun before the pronoun "it" ("I saw a cat, it was big."), over 
 nouns and 8 templates. Everything below uses ``pyvene_like.analysis``:
 
 1. ``find_token_positions`` locates "it" and the noun in every sentence;
-2. ``find_heads`` (``reduce=None``, ``ignore_first=True`` so the [CLS] sink does not count)
-   gives, per sentence, the heads whose query at "it" puts at least ``THRESHOLD`` of its
-   attention on the noun; we keep the heads that do so in at least ``MIN_SHARE`` of the
-   sentences. A control head is one that never gives the noun ``CONTROL_MAX`` (``reduce="any"``
-   at that threshold finds every head that ever does). In MiniLM every head of layers 3-5
-   gives the noun 0.1 or more in some sentence, so the control comes from a lower layer;
+2. ``head_scores`` (``ignore_first=True`` so the [CLS] sink does not count) reads, in one
+   pass, the attention each head's query at "it" gives the noun in every sentence;
+   ``scores.heads(min_share=MIN_SHARE)`` keeps the heads that give it at least ``THRESHOLD``
+   in at least ``MIN_SHARE`` of the sentences, best first. A control head is one that never
+   gives the noun ``CONTROL_MAX`` (``scores.below(CONTROL_MAX)``). In MiniLM every head of
+   layers 3-5 gives the noun 0.1 or more in some sentence, so the control comes from a lower
+   layer;
 3. ``collect_activations`` writes each of those heads' output at "it" (the head's value
    mixture, ``head_attention_value_output``, 32 numbers) to an Arrow-backed dataset;
-4. ``probe_sweep`` trains a linear probe per head (and plots the sweep), ``train_probe``
+4. ``probe_sweep`` trains a linear probe per head (and plots the sweep), ``evaluate_probe``
+   applies each to the held-out templates, and ``train_probe(..., shuffle_labels=True)``
    trains the same probe on shuffled labels.
 
 The probe target is the noun's identity (one class per noun, chance 1 %). It is the sharpest
@@ -28,34 +30,35 @@ template, and we hold out in two ways:
 * held-out sentences: ``train_probe``'s stratified split keeps one sentence per noun (a
   noun/template pair the probe never saw) out of the 6 training templates;
 * held-out templates: 2 templates are never seen in training at all; their sentences are
-  collected into a second dataset and the trained probe is applied to it, so the probe
-  must read the noun from sentence frames it has never met.
+  collected into a second dataset and ``evaluate_probe`` applies the trained probe to it, so
+  the probe must read the noun from sentence frames it has never met. (With one dataset
+  holding a ``template`` column, ``train_probe(..., split_by="template",
+  test_groups=[...])`` does the same split.)
 
-The shuffled-label baseline trains the same probe on the same activations with the labels
-permuted across sentences: it can memorise the training set but has nothing to generalise,
-so its held-out accuracy shows where chance really is for this amount of data.
+The shuffled-label baseline trains the same probe on the same activations with the training
+labels permuted across sentences (``shuffle_labels=True``; test labels stay true): it can
+memorise the training set but has nothing to generalise, so its held-out accuracy shows where
+chance really is for this amount of data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 import pyvene_like as pv
 from pyvene_like.analysis import (
-    AttentionHead,
     activation_metadata,
     collect_activations,
-    find_heads,
+    evaluate_probe,
     find_token_positions,
+    head_scores,
     probe_sweep,
     train_probe,
 )
@@ -115,21 +118,14 @@ def find_noun_heads(model, tok, texts, labels):
     enc = dict(tok(texts, return_tensors="pt", padding=True))
     it_pos = find_token_positions(texts, "it", tok)
     noun_pos = find_token_positions(texts, labels, tok)
-    with warnings.catch_warnings():  # MiniLM loads with sdpa; find_heads switches to eager for one pass and says so
-        warnings.simplefilter("ignore", pv.PyveneLikeWarning)
-        per_sentence = find_heads(model, enc, it_pos, noun_pos, THRESHOLD, ignore_first=True, reduce=None)
-        ever = find_heads(model, enc, it_pos, noun_pos, CONTROL_MAX, ignore_first=True, reduce="any")
-    counts = Counter(h for heads in per_sentence for h in heads)
-    share = {h: c / len(texts) for h, c in counts.items()}
-    found = sorted((h for h, s in share.items() if s >= MIN_SHARE), key=lambda h: -share[h])
-    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    quiet = [AttentionHead(la, he) for la in range(n_layers) for he in range(n_heads)
-             if AttentionHead(la, he) not in set(ever)]
+    # MiniLM loads with sdpa; head_scores switches to eager for the pass and says so (once per model).
+    scores = head_scores(model, enc, it_pos, noun_pos, THRESHOLD, ignore_first=True)
+    found = scores.heads(min_share=MIN_SHARE)
+    quiet = scores.below(CONTROL_MAX)
     # The control: a quiet head in the layer of the best found head if there is one, else the latest.
-    best_layer = found[0].layer if found else n_layers - 1
+    best_layer = found[0].layer if found else model.config.num_hidden_layers - 1
     control = min(quiet, key=lambda h: (abs(h.layer - best_layer), h.head)) if quiet else None
-    ranked = sorted(share.items(), key=lambda kv: -kv[1])[:8]
-    return found, control, {str(h): round(s, 3) for h, s in ranked}
+    return found, control, {str(h): round(share, 3) for h, share, _ in scores.ranked()[:8]}
 
 
 def sites_for(heads):
@@ -141,13 +137,6 @@ def sites_for(heads):
 
 def column(h) -> str:
     return f"L{h.layer}.{COMPONENT}.H{h.head}"
-
-
-def accuracy_on(result, dataset) -> float:
-    """A trained probe applied to another dataset (here: the held-out templates)."""
-    d = dataset.select_columns([result.column, "label"]).with_format("torch")[:]
-    with torch.no_grad():
-        return (result.probe(d[result.column].float()).argmax(-1) == d["label"]).float().mean().item()
 
 
 def main() -> dict:
@@ -181,22 +170,18 @@ def main() -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     cols = [column(h) for h in probed]
     results = probe_sweep(ds, cols, plot=OUT / "sweep.png", title="noun identity from head outputs at 'it'", **PROBE)
-    rng = random.Random(0)
-    shuffled_labels = list(ds["label"])
-    rng.shuffle(shuffled_labels)
-    shuffled_ds = ds.remove_columns("label").add_column("label", shuffled_labels).cast_column("label", ds.features["label"])
     best = column(found[0])
-    shuffled = train_probe(shuffled_ds, best, **PROBE)
+    shuffled = train_probe(ds, best, shuffle_labels=True, **PROBE)
     t_probe = time.perf_counter()
 
     rows = {}
     for h in probed:
         r = results[column(h)]
         rows[str(h)] = {"role": "found" if h in found else "control", "train": r.train_accuracy,
-                        "held_out_sentences": r.test_accuracy, "held_out_templates": accuracy_on(r, held)}
+                        "held_out_sentences": r.test_accuracy, "held_out_templates": evaluate_probe(r, held)}
     rows[f"{found[0]} shuffled labels"] = {"role": "shuffled", "train": shuffled.train_accuracy,
                                            "held_out_sentences": shuffled.test_accuracy,
-                                           "held_out_templates": accuracy_on(shuffled, held)}
+                                           "held_out_templates": evaluate_probe(shuffled, held)}
     chance = 1 / len(nouns)
     print(f"\nlinear probe on {meta['columns'][best]['width']}-wide head outputs at 'it'; target: which of "
           f"{len(nouns)} nouns (chance {chance:.3f}); {results[best].num_train} train / "

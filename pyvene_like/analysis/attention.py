@@ -3,16 +3,20 @@
 ``attention_patterns`` runs the model once with ``output_attentions=True``. Fused kernels
 (``sdpa``, flash, flex) never materialise the weights, so for that one pass the model is
 switched to its ``eager`` implementation and switched back afterwards, with a
-:class:`~pyvene_like.PyveneLikeWarning` saying so. ``find_heads`` then keeps the heads whose
-query at one position gives a key position at least ``threshold`` of its attention, per
-example, and intersects (or unites) the per-example sets.
+:class:`~pyvene_like.PyveneLikeWarning` saying so (once per model by default: ``warn=``).
+``head_scores`` reads, per example and head, the attention the query at one position gives a
+key position; :class:`HeadScores` summarises it per head (share of examples at or above
+``threshold``, mean, max). ``find_heads`` keeps the heads at or above ``threshold`` per
+example and intersects (or unites) the per-example sets.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -20,6 +24,8 @@ import torch
 from ..engine.runner import call_model
 from ..errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, accepted
 
+_WARN = ("once", "always", "never")
+_WARNED: weakref.WeakSet = weakref.WeakSet()  # models already told about the eager switch
 _STACKS = {"encoder": "encoder_attentions", "decoder": "decoder_attentions", "cross": "cross_attentions"}
 
 
@@ -43,24 +49,35 @@ class AttentionHead(NamedTuple):
         return sorted(set().union(*[set(s) for s in head_sets]))
 
 
+def _check_warn(warn: str, fn: str) -> None:
+    if warn not in _WARN:
+        raise ConfigError(f"{fn}: warn={warn!r}; accepted: {accepted(_WARN)}")
+
+
 @contextmanager
-def eager_attention(model):
+def eager_attention(model, warn: str = "once"):
     """Run the body with the model's eager attention; restore the implementation after.
 
-    Yields the implementation that was replaced, or ``None`` when nothing changed.
+    Yields the implementation that was replaced, or ``None`` when nothing changed. ``warn``:
+    ``"once"`` (a :class:`~pyvene_like.PyveneLikeWarning` the first time a given model is
+    switched), ``"always"`` or ``"never"``.
     """
+    _check_warn(warn, "eager_attention")
     cfg = getattr(model, "config", None)
     impl = getattr(cfg, "_attn_implementation", None)
     if impl in (None, "eager"):
         yield None
         return
-    warnings.warn(
-        f"attention_patterns: attn_implementation={impl!r} returns no attention weights; this "
-        "pass runs with 'eager' attention (same maths, slower) and the model is switched back "
-        f"to {impl!r} afterwards",
-        PyveneLikeWarning,
-        stacklevel=4,
-    )
+    if warn == "always" or (warn == "once" and model not in _WARNED):
+        warnings.warn(
+            f"attention_patterns: attn_implementation={impl!r} returns no attention weights; this "
+            "pass runs with 'eager' attention (same maths, slower) and the model is switched back "
+            f"to {impl!r} afterwards (said once per {type(model).__name__} instance; warn='always' "
+            "or 'never' to change)",
+            PyveneLikeWarning,
+            stacklevel=4,
+        )
+        _WARNED.add(model)
     _set_impl(model, "eager")
     try:
         yield impl
@@ -99,15 +116,18 @@ def _pick_stack(out, stack: str | None):
     return getattr(out, "attentions", None)
 
 
-def attention_patterns(model, inputs, *, layers: Sequence[int] | None = None, stack: str | None = None) -> torch.Tensor:
+def attention_patterns(model, inputs, *, layers: Sequence[int] | None = None, stack: str | None = None,
+                       warn: str = "once") -> torch.Tensor:
     """Attention weights ``[layers, batch, heads, query, key]`` of one forward pass.
 
     ``inputs`` is what the model takes (a tokenizer's output dict, or a tensor of ids).
     ``layers`` selects layers (default all); ``stack`` is needed for encoder-decoder models:
     ``"encoder"``, ``"decoder"`` or ``"cross"``. Rows are softmax distributions over keys
-    (masked keys get 0). Sliding-window and global layers stack alike.
+    (masked keys get 0). Sliding-window and global layers stack alike. ``warn`` is passed to
+    :func:`eager_attention`.
     """
-    with torch.no_grad(), eager_attention(model):
+    _check_warn(warn, "attention_patterns")
+    with torch.no_grad(), eager_attention(model, warn):
         if isinstance(inputs, Mapping):
             out = model(**inputs, output_attentions=True, return_dict=True)
         else:
@@ -157,15 +177,61 @@ def _per_example(value, b: int, label: str) -> torch.Tensor:
     return t
 
 
-def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshold: float = 0.5, *,
-                ignore_first: bool = False, layers: Sequence[int] | None = None) -> list[set[AttentionHead]]:
-    """Per example, the heads whose query position gives the key position ``>= threshold``.
+@dataclass
+class HeadScores:
+    """Attention from a query position to a key position, per example and head.
 
-    ``patterns`` is ``[layers, batch, heads, query, key]`` (from :func:`attention_patterns`);
-    positions are an int or one per example (negative from the end). ``ignore_first``
-    renormalises each row without key 0 (the BOS/[CLS] token many heads park attention on).
-    ``layers`` names the layers of ``patterns`` (default ``0..L-1``) in the returned heads.
+    ``weights`` is ``[examples, layers, heads]``; ``layers`` names its layers. ``share``,
+    ``mean`` and ``max`` are ``[layers, heads]`` over the examples; ``share`` counts the
+    examples at or above ``threshold``.
     """
+
+    weights: torch.Tensor
+    threshold: float
+    layers: list[int]
+
+    @property
+    def share(self) -> torch.Tensor:
+        return (self.weights >= self.threshold).float().mean(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.weights.mean(0)
+
+    @property
+    def max(self) -> torch.Tensor:
+        return self.weights.max(0).values
+
+    def _head(self, li: int, h: int) -> AttentionHead:
+        return AttentionHead(self.layers[li], h)
+
+    def ranked(self, min_share: float = 0.0) -> list[tuple[AttentionHead, float, float]]:
+        """``(head, share, mean)`` of the heads with ``share >= min_share`` (and above 0),
+        best first: by share, then mean attention."""
+        share, mean = self.share, self.mean
+        rows = [(self._head(li, h), share[li, h].item(), mean[li, h].item())
+                for li, h in (share >= max(min_share, 1e-12)).nonzero().tolist()]
+        return sorted(rows, key=lambda r: (-r[1], -r[2], r[0]))
+
+    def heads(self, min_share: float = 1.0) -> list[AttentionHead]:
+        """The heads at or above ``threshold`` in at least ``min_share`` of the examples, best first."""
+        if not 0.0 < min_share <= 1.0:
+            raise ConfigError(f"HeadScores.heads: min_share={min_share}; accepted: a fraction in (0, 1]")
+        return [h for h, _, _ in self.ranked(min_share)]
+
+    def below(self, value: float) -> list[AttentionHead]:
+        """The heads that give the key less than ``value`` in every example (controls), sorted."""
+        return sorted(self._head(li, h) for li, h in (self.max < value).nonzero().tolist())
+
+    def per_example(self) -> list[set[AttentionHead]]:
+        out: list[set[AttentionHead]] = [set() for _ in range(self.weights.shape[0])]
+        for e, li, h in (self.weights >= self.threshold).nonzero().tolist():
+            out[e].add(self._head(li, h))
+        return out
+
+
+def _scores(patterns: torch.Tensor, query_positions, key_positions, threshold: float, ignore_first: bool,
+            layers: Sequence[int] | None) -> HeadScores:
     if patterns.dim() != 5:
         raise ShapeError(f"find_heads: patterns must be [layers, batch, heads, query, key], got {tuple(patterns.shape)}")
     if not 0.0 <= threshold <= 1.0:
@@ -189,26 +255,31 @@ def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshol
         rows = rows[..., 1:] / rows[..., 1:].sum(-1, keepdim=True).clamp_min(1e-12)
         k = k - 1
     weight = rows.gather(-1, k.view(b, 1, 1, 1).expand(b, n_layers, n_heads, 1)).squeeze(-1)
-    hits = (weight >= threshold).nonzero().tolist()  # [n, 3]: example, layer, head
-    out: list[set[AttentionHead]] = [set() for _ in range(b)]
-    for e, li, h in hits:
-        out[e].add(AttentionHead(layer_ids[li], h))
-    return out
+    return HeadScores(weight, float(threshold), layer_ids)
 
 
-def find_heads(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
-               ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
-               reduce: str | None = "all"):
-    """Heads where the query at ``query_positions`` attends to ``key_positions``.
+def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshold: float = 0.5, *,
+                ignore_first: bool = False, layers: Sequence[int] | None = None) -> list[set[AttentionHead]]:
+    """Per example, the heads whose query position gives the key position ``>= threshold``.
 
-    One forward pass over the batch ``inputs`` (see :func:`attention_patterns`; positions
-    index the padded batch). ``reduce="all"`` returns the sorted heads found in every
-    example (the intersection), ``"any"`` those found in at least one, ``None`` one set per
-    example.
+    ``patterns`` is ``[layers, batch, heads, query, key]`` (from :func:`attention_patterns`);
+    positions are an int or one per example (negative from the end). ``ignore_first``
+    renormalises each row without key 0 (the BOS/[CLS] token many heads park attention on).
+    ``layers`` names the layers of ``patterns`` (default ``0..L-1``) in the returned heads.
     """
-    if reduce not in ("all", "any", None):
-        raise ConfigError(f"find_heads: reduce={reduce!r}; accepted: 'all', 'any', None")
-    patterns = attention_patterns(model, inputs, layers=layers, stack=stack)
+    return _scores(patterns, query_positions, key_positions, threshold, ignore_first, layers).per_example()
+
+
+def head_scores(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
+                ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
+                warn: str = "once") -> HeadScores:
+    """:class:`HeadScores` of one forward pass over the batch ``inputs``.
+
+    Arguments as :func:`find_heads`. ``scores.ranked()`` lists ``(head, share, mean)`` best
+    first, ``scores.heads(min_share=0.9)`` the heads at or above ``threshold`` in 90 % of the
+    examples, ``scores.below(0.05)`` the heads that never reach 0.05.
+    """
+    patterns = attention_patterns(model, inputs, layers=layers, stack=stack, warn=warn)
     b = patterns.shape[1]
     mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
     if mask is not None:
@@ -216,8 +287,24 @@ def find_heads(model, inputs, query_positions, key_positions, threshold: float =
         pad = (mask[torch.arange(b), q.clamp(max=mask.shape[1] - 1)] == 0).nonzero().flatten().tolist()
         if pad:
             raise LocationError(f"find_heads: the query position of example {pad[0]} is a padding token")
-    per = heads_above(patterns, query_positions, key_positions, threshold, ignore_first=ignore_first,
-                      layers=_layer_ids(model, layers, stack))
+    return _scores(patterns, query_positions, key_positions, threshold, ignore_first,
+                   _layer_ids(model, layers, stack))
+
+
+def find_heads(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
+               ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
+               reduce: str | None = "all", warn: str = "once"):
+    """Heads where the query at ``query_positions`` attends to ``key_positions``.
+
+    One forward pass over the batch ``inputs`` (see :func:`attention_patterns`; positions
+    index the padded batch). ``reduce="all"`` returns the sorted heads found in every
+    example (the intersection), ``"any"`` those found in at least one, ``None`` one set per
+    example. :func:`head_scores` gives the per-head share and mean behind these sets.
+    """
+    if reduce not in ("all", "any", None):
+        raise ConfigError(f"find_heads: reduce={reduce!r}; accepted: 'all', 'any', None")
+    per = head_scores(model, inputs, query_positions, key_positions, threshold, ignore_first=ignore_first,
+                      layers=layers, stack=stack, warn=warn).per_example()
     if reduce == "all":
         return AttentionHead.intersection(per)
     if reduce == "any":
@@ -225,4 +312,5 @@ def find_heads(model, inputs, query_positions, key_positions, threshold: float =
     return per
 
 
-__all__ = ["AttentionHead", "attention_patterns", "eager_attention", "find_heads", "heads_above"]
+__all__ = ["AttentionHead", "HeadScores", "attention_patterns", "eager_attention", "find_heads", "head_scores",
+           "heads_above"]

@@ -28,6 +28,8 @@ class ProbeResult:
     history: dict = field(default_factory=dict)
     num_train: int = 0
     num_test: int = 0
+    shuffled_labels: bool = False
+    test_groups: list | None = None
 
     @property
     def train_accuracy(self) -> float:
@@ -69,14 +71,60 @@ def _num_classes(dataset, label_column: str, labels: torch.Tensor) -> int:
     return int(n) if n else int(labels.max()) + 1
 
 
+def _check_column(dataset, column: str, fn: str, what: str = "dataset") -> None:
+    if column not in dataset.column_names:
+        from ..errors import did_you_mean
+
+        raise ConfigError(f"{fn}: column {column!r} is not in the {what} (columns: {dataset.column_names})."
+                          f"{did_you_mean(column, dataset.column_names)}")
+
+
+def _tensors(dataset, column: str, label_column: str):
+    d = dataset.select_columns([column, label_column]).with_format("torch")[:]
+    return d[column].float(), d[label_column].long()
+
+
+def _group_split(dataset, split_by: str, test_groups, test_size: float, seed: int):
+    """Row indices (train, test) with every row of a test group in test; and the test groups."""
+    _check_column(dataset, split_by, "train_probe", "dataset (split_by=)")
+    values = list(dataset[split_by])
+    groups = list(dict.fromkeys(values))  # order of first appearance
+    if len(groups) < 2:
+        raise ConfigError(f"train_probe: split_by={split_by!r} has {len(groups)} distinct value(s); a group "
+                          "split needs at least 2")
+    if test_groups is None:
+        n_test = min(max(1, round(test_size * len(groups))), len(groups) - 1)
+        rng = torch.Generator().manual_seed(seed)
+        test_groups = [groups[i] for i in sorted(torch.randperm(len(groups), generator=rng)[:n_test].tolist())]
+    else:
+        test_groups = list(test_groups)
+        missing = [g for g in test_groups if g not in groups]
+        if missing or not test_groups or len(set(test_groups)) == len(groups):
+            raise ConfigError(f"train_probe: test_groups={test_groups!r}; accepted: some but not all values of "
+                              f"{split_by!r} ({groups[:10]}{' ...' if len(groups) > 10 else ''})")
+    held = set(test_groups)
+    test = [i for i, v in enumerate(values) if v in held]
+    train = [i for i, v in enumerate(values) if v not in held]
+    return train, test, test_groups
+
+
 def train_probe(dataset, column: str | None = None, *, label_column: str = "label", kind: str = "linear",
                 hidden: int = 64, test_size: float = 0.2, epochs: int = 50, lr: float = 1e-2,
-                batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device=None) -> ProbeResult:
+                batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device=None,
+                split_by: str | None = None, test_groups=None, test_dataset=None,
+                shuffle_labels: bool = False) -> ProbeResult:
     """Train a probe on ``dataset[column]`` → ``dataset[label_column]``.
 
     ``column`` may be left out when the dataset has exactly one activation column. Returns a
     :class:`ProbeResult`: ``probe`` (an ``nn.Module`` on activations ``[..., width]``, in eval
     mode), ``history`` (``train_accuracy``, ``test_accuracy``, ``train_loss`` per epoch).
+
+    The test rows are, by default, a random ``test_size`` share (stratified by class).
+    ``split_by="template"`` holds out whole groups instead: every row whose ``template`` is a
+    test group goes to test (``test_groups=`` names them; by default a seeded ``test_size``
+    share of the distinct values). ``test_dataset=`` trains on all of ``dataset`` and tests on
+    that one. ``shuffle_labels=True`` permutes the training labels (seeded by ``seed``) and
+    leaves the test labels true: the baseline of a probe that can only memorise.
     """
     if label_column not in dataset.column_names:
         raise ConfigError(
@@ -98,21 +146,40 @@ def train_probe(dataset, column: str | None = None, *, label_column: str = "labe
         make_probe(kind, 1, 1)
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"train_probe: test_size={test_size}; accepted: a fraction in (0, 1)")
-    if len(dataset) < 2:
-        raise ConfigError(f"train_probe: {len(dataset)} examples; a train/test split needs at least 2")
-    stratify = label_column if hasattr(dataset.features[label_column], "num_classes") else None
-    try:
-        split = dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
-    except ValueError:  # too few examples per class to stratify
-        split = dataset.train_test_split(test_size=test_size, seed=seed)
-    parts = {}
-    for name in ("train", "test"):
-        d = split[name].select_columns([column, label_column]).with_format("torch")[:]
-        parts[name] = (d[column].float(), d[label_column].long())
-    x_tr, y_tr = parts["train"]
-    x_te, y_te = parts["test"]
+    if test_dataset is not None and split_by is not None:
+        raise ConfigError("train_probe: split_by= and test_dataset= both given; accepted: one way to choose "
+                          "the test rows")
+    if test_groups is not None and split_by is None:
+        raise ConfigError("train_probe: test_groups= needs split_by=<column> (the column the groups are values of)")
+    held_groups = None
+    if test_dataset is not None:
+        for c in (column, label_column):
+            _check_column(test_dataset, c, "train_probe", "test_dataset")
+        _check_same_classes(dataset, test_dataset, label_column, "train_probe")
+        if len(dataset) < 1:
+            raise ConfigError("train_probe: the dataset is empty")
+        (x_tr, y_tr), (x_te, y_te) = _tensors(dataset, column, label_column), _tensors(test_dataset, column, label_column)
+    else:
+        if len(dataset) < 2:
+            raise ConfigError(f"train_probe: {len(dataset)} examples; a train/test split needs at least 2")
+        if split_by is not None:
+            tr_idx, te_idx, held_groups = _group_split(dataset, split_by, test_groups, test_size, seed)
+            split = {"train": dataset.select(tr_idx), "test": dataset.select(te_idx)}
+        else:
+            stratify = label_column if hasattr(dataset.features[label_column], "num_classes") else None
+            try:
+                split = dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
+            except ValueError:  # too few examples per class to stratify
+                split = dataset.train_test_split(test_size=test_size, seed=seed)
+        x_tr, y_tr = _tensors(split["train"], column, label_column)
+        x_te, y_te = _tensors(split["test"], column, label_column)
+    if x_te.shape[1:] != x_tr.shape[1:]:
+        raise ConfigError(f"train_probe: column {column!r} is {x_tr.shape[1]} wide in the dataset but "
+                          f"{x_te.shape[1]} in test_dataset")
     n_classes = _num_classes(dataset, label_column, torch.cat([y_tr, y_te]))
     g = torch.Generator().manual_seed(seed)
+    if shuffle_labels:
+        y_tr = y_tr[torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(seed + 1))]
     torch.manual_seed(seed)
     probe = make_probe(kind, x_tr.shape[1], n_classes, hidden)
     if device is not None:
@@ -121,10 +188,6 @@ def train_probe(dataset, column: str | None = None, *, label_column: str = "labe
     opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     history = {"train_accuracy": [], "test_accuracy": [], "train_loss": []}
-
-    def accuracy(x, y):
-        with torch.no_grad():
-            return (probe(x).argmax(-1) == y).float().mean().item() if len(y) else float("nan")
 
     for _ in range(epochs):
         probe.train()
@@ -139,13 +202,58 @@ def train_probe(dataset, column: str | None = None, *, label_column: str = "labe
             total += loss.item() * len(idx)
         probe.eval()
         history["train_loss"].append(total / max(len(y_tr), 1))
-        history["train_accuracy"].append(accuracy(x_tr, y_tr))
-        history["test_accuracy"].append(accuracy(x_te, y_te))
-    return ProbeResult(probe, column, history, len(y_tr), len(y_te))
+        history["train_accuracy"].append(_accuracy(probe, x_tr, y_tr))
+        history["test_accuracy"].append(_accuracy(probe, x_te, y_te))
+    return ProbeResult(probe, column, history, len(y_tr), len(y_te), shuffle_labels, held_groups)
+
+
+def _accuracy(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (probe(x).argmax(-1) == y).float().mean().item() if len(y) else float("nan")
+
+
+def _check_same_classes(dataset, other, label_column: str, fn: str) -> None:
+    a = getattr(dataset.features.get(label_column), "names", None)
+    b = getattr(other.features.get(label_column), "names", None)
+    if a is not None and b is not None and a != b:
+        raise ConfigError(f"{fn}: the label classes differ between the datasets ({a[:5]}... vs {b[:5]}...); "
+                          "collect both with the same class_names=")
+
+
+def evaluate_probe(result, dataset, column: str | None = None, *, label_column: str = "label") -> float:
+    """Accuracy of a trained probe (a :class:`ProbeResult` or an ``nn.Module``) on ``dataset``.
+
+    ``column`` defaults to the result's column; it is needed for a bare module.
+    """
+    probe = result.probe if isinstance(result, ProbeResult) else result
+    if not isinstance(probe, nn.Module):
+        raise ConfigError(f"evaluate_probe: got {type(result).__name__}; accepted: a ProbeResult or an nn.Module")
+    if column is None:
+        if not isinstance(result, ProbeResult):
+            raise ConfigError("evaluate_probe: column= is needed with a bare probe module")
+        column = result.column
+    for c in (column, label_column):
+        _check_column(dataset, c, "evaluate_probe")
+    x, y = _tensors(dataset, column, label_column)
+    param = next(probe.parameters(), None)
+    if param is not None:
+        width = param.shape[-1]
+        if x.shape[1] != width:
+            raise ConfigError(f"evaluate_probe: column {column!r} is {x.shape[1]} wide; the probe takes {width}")
+        x, y = x.to(param.device), y.to(param.device)
+    was_training = probe.training
+    probe.eval()
+    try:
+        return _accuracy(probe, x, y)
+    finally:
+        probe.train(was_training)
 
 
 def probe_sweep(dataset, columns=None, *, plot=None, title: str | None = None, **probe_kwargs) -> dict:
     """Train one probe per activation column; ``{column: ProbeResult}`` in column order.
+
+    ``probe_kwargs`` go to :func:`train_probe` (``split_by=``, ``test_dataset=``,
+    ``shuffle_labels=True`` for a baseline sweep, ...).
 
     ``plot`` may be a file path (the figure is saved there) or a matplotlib ``Axes`` to draw
     on: final test (and train) accuracy per site, with chance level (``1 / classes``) dashed.
@@ -195,4 +303,4 @@ def plot_sweep(results: dict, target, *, title: str | None = None, chance: float
     return ax
 
 
-__all__ = ["ProbeResult", "make_probe", "plot_sweep", "probe_sweep", "train_probe"]
+__all__ = ["ProbeResult", "evaluate_probe", "make_probe", "plot_sweep", "probe_sweep", "train_probe"]
