@@ -350,6 +350,10 @@ def test_trainer_errors(cm):
     no_part = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="rotated_space"), MLP())
     with pytest.raises(pv.LocationError, match=r"dimension 16 is past the rotation width 16"):
         pv.Trainer(no_part, ds, subspaces={0: [0], 1: [16], 2: [3]})
+    low_rank = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="low_rank_rotated_space",
+                                                            low_rank_dimension=4), MLP())
+    with pytest.raises(pv.LocationError, match=r"dimension 5 is past the rotation width 4 of LowRankRotatedSpaceIntervention"):
+        pv.Trainer(low_rank, ds, subspaces={0: [0], 1: [5], 2: [1]})  # before any step
     vanilla = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="vanilla"), MLP())
     with pytest.raises(pv.ConfigError, match=r"nothing to train: the interventions \(VanillaIntervention\)"):
         pv.Trainer(vanilla, ds)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..errors import ConfigError, LoadError, LocationError, ShapeError
+from ..errors import ConfigError, LoadError, ShapeError
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
@@ -247,31 +247,31 @@ class Trainer:
         self.state = {"epoch": 0, "global_step": 0, "history": [], "best_eval_iia": None, "best_epoch": None}
 
     # -- checks -------------------------------------------------------------------------------
+    @torch.no_grad()
     def _check_subspaces(self) -> None:
+        """Fail before training, with the intervention's own error, on subspaces it would refuse:
+        each id's subspaces go once through the intervention on a dummy batch."""
         tables = self.collator.subspace_tables
         if tables is None:
             return
-        for slot, (iv, t) in enumerate(zip(self.intervenable.interventions, tables)):
+        for slot, t in zip(self.intervenable._slots, tables):
             if t is None:
                 continue
-            top = int(t[1].max())
-            if not getattr(iv, "supports_subspaces", True):
+            iv = slot.intervention
+            if not iv.supports_subspaces:
                 raise ConfigError(
-                    f"subspaces: intervention {slot} ({type(iv).__name__}) does not take subspaces (it "
-                    f"learns its own mask); give None for it"
+                    f"subspaces: {slot.label} does not take subspaces (it learns its own mask); "
+                    f"give None for it"
                 )
-            part = getattr(iv, "subspace_partition", None)
-            width = getattr(iv, "embed_dim", None)
-            if part is not None and top >= len(part):
-                raise LocationError(
-                    f"subspaces: subspace id {top} is past subspace_partition {part} of intervention "
-                    f"{slot} ({type(iv).__name__}; accepted ids: 0..{len(part) - 1})"
-                )
-            if part is None and width is not None and top >= width:
-                raise LocationError(
-                    f"subspaces: dimension {top} is past the rotation width {width} of intervention "
-                    f"{slot} ({type(iv).__name__}; accepted: 0..{width - 1})"
-                )
+            width = (slot.site.head_dim if slot.heads else slot.site.width) or iv.embed_dim
+            if width is None:
+                continue  # sized on first use: the first step checks instead
+            ids = t[1]  # [n ids, k]
+            param = next(iv.parameters(), None)
+            x = torch.zeros(len(ids), 1, width, device=param.device if param is not None else None,
+                            dtype=param.dtype if param is not None else None)
+            with torch.random.fork_rng(devices=[]):  # a noise draw here must not shift training's
+                iv.forward(x, x if iv.source_from == "source" else None, ids.to(x.device))
 
     # -- source caching -------------------------------------------------------------------------
     @torch.no_grad()
