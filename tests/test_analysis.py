@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
+from reference import capture_many
 
 import pyvene_like as pv
 from pyvene_like.analysis import (
@@ -132,25 +133,13 @@ def _causal_softmax(q, k, scale, causal=True):
     return scores.softmax(-1)
 
 
-def _capture(module, store, key, pre=False):
-    if pre:
-        return module.register_forward_pre_hook(lambda m, a: store.__setitem__(key, a[0].detach()))
-    return module.register_forward_hook(lambda m, a, o: store.__setitem__(key, (o[0] if isinstance(o, tuple) else o).detach()))
-
-
 def test_attention_patterns_gpt2_match_qk_projections():
     model = build_tiny_model("gpt2")
     x = example_inputs("gpt2")
     pats = attention_patterns(model, x)
     cfg = model.config
     hd = cfg.n_embd // cfg.n_head
-    store = {}
-    hooks = [_capture(b.attn.c_attn, store, i) for i, b in enumerate(model.transformer.h)]
-    try:
-        model(**x)
-    finally:
-        for h in hooks:
-            h.remove()
+    store = capture_many(model, {i: (b.attn.c_attn, "output") for i, b in enumerate(model.transformer.h)}, x)
     assert pats.shape == (cfg.n_layer, 2, cfg.n_head, 8, 8)
     for layer in range(cfg.n_layer):
         q, k, _ = store[layer].split(cfg.n_embd, dim=-1)
@@ -166,13 +155,7 @@ def test_attention_patterns_llama_match_rotary_qk():
     x = example_inputs("llama")
     pats = attention_patterns(model, x, layers=[1])
     attn = model.model.layers[1].self_attn
-    store = {}
-    hooks = [_capture(attn.q_proj, store, "q"), _capture(attn.k_proj, store, "k")]
-    try:
-        model(**x)
-    finally:
-        for h in hooks:
-            h.remove()
+    store = capture_many(model, {"q": (attn.q_proj, "output"), "k": (attn.k_proj, "output")}, x)
     cfg = model.config
     hd, nh, nkv = cfg.hidden_size // cfg.num_attention_heads, cfg.num_attention_heads, cfg.num_key_value_heads
     q = store["q"].view(2, 8, nh, hd).transpose(1, 2)
@@ -189,13 +172,7 @@ def test_attention_patterns_bert_padding_match_qk():
     x["attention_mask"][1, 6:] = 0  # right padding in example 1
     pats = attention_patterns(model, x, layers=[0])
     sa = model.encoder.layer[0].attention.self
-    store = {}
-    hooks = [_capture(sa.query, store, "q"), _capture(sa.key, store, "k")]
-    try:
-        model(**x)
-    finally:
-        for h in hooks:
-            h.remove()
+    store = capture_many(model, {"q": (sa.query, "output"), "k": (sa.key, "output")}, x)
     q = store["q"].view(2, 8, 4, 8).transpose(1, 2)
     k = store["k"].view(2, 8, 4, 8).transpose(1, 2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(8)
@@ -369,15 +346,7 @@ _DIRECT = {  # family -> (block, attention output projection, MLP activation) mo
 
 def _direct(model, family, layer, x):
     block, o_proj, act = _DIRECT[family](model, layer)
-    store = {}
-    hooks = [_capture(block, store, "block"), _capture(o_proj, store, "heads", pre=True), _capture(act, store, "mlp")]
-    try:
-        with torch.no_grad():
-            model(**x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return store
+    return capture_many(model, {"block": (block, "output"), "heads": (o_proj, "input"), "mlp": (act, "output")}, x)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
@@ -686,13 +655,7 @@ def test_collect_projected_heads_sum_to_attention_output(family):
     pos = [7, 2, 5]
     ds = collect_activations(model, x, [(1, "head_attention_value_output")], positions=pos, project_heads=True)
     block, o_proj, _ = _DIRECT[family](model, 1)
-    store = {}
-    hook = _capture(o_proj, store, "out")
-    try:
-        with torch.no_grad():
-            model(**x)
-    finally:
-        hook.remove()
+    store = capture_many(model, {"out": (o_proj, "output")}, x)
     t = ds.with_format("torch")[:]
     n_heads = model.config.num_attention_heads
     total = sum(t[f"L1.head_attention_value_output.H{h}"] for h in range(n_heads))
