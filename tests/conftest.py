@@ -13,6 +13,18 @@ transformers.logging.set_verbosity_error()
 # Tiny models run fastest on one thread, and a shared CPU does not slow them by contention.
 torch.set_num_threads(1)
 
+# Property-based tests: a CI-sized default, and HYPOTHESIS_PROFILE=long for a thorough run.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=3000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the dev extra
+    pass
+
 
 def make_gpt2(seed: int = 0, **kw) -> GPT2LMHeadModel:
     torch.manual_seed(seed)

@@ -1,0 +1,119 @@
+"""Shared validators for values that come from users.
+
+Every check raises a library error that names the field, shows the value and says what is
+accepted. The rules are the same everywhere: a ``bool`` is not an int, a float is not an
+index, NaN and infinities are not numbers a setting can take. Call these at the boundary
+(constructors, public functions); code past the boundary trusts what they let through.
+
+``field`` is the name the user wrote (``"max_new_tokens"``, ``"train_sae: d_sae"``); the
+error class defaults to :class:`~pyvene_like.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+from .errors import ConfigError, accepted, did_you_mean
+
+__all__ = [
+    "is_int",
+    "check_int",
+    "check_positive_int",
+    "check_optional_positive_int",
+    "check_number",
+    "check_bool",
+    "check_choice",
+    "check_int_list",
+]
+
+
+def is_int(value) -> bool:
+    """True for Python and numpy integers, False for ``bool`` (a flag is not a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value, field: str, *, minimum: int | None = None, maximum: int | None = None,
+              error: type[Exception] = ConfigError) -> int:
+    """``value`` as an ``int`` within ``[minimum, maximum]`` (bounds optional)."""
+    if not is_int(value):
+        raise error(f"{field} must be an int{_range(minimum, maximum)}, got {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise error(f"{field} must be an int{_range(minimum, maximum)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int:
+    """``value`` as an ``int`` >= 1."""
+    if not is_int(value) or value < 1:
+        raise error(f"{field} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_optional_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int | None:
+    """``None``, or ``value`` as an ``int`` >= 1."""
+    if value is None:
+        return None
+    if not is_int(value) or value < 1:
+        raise error(f"{field} must be a positive int or None, got {value!r}")
+    return int(value)
+
+
+def check_number(value, field: str, *, positive: bool = False, non_negative: bool = False,
+                 error: type[Exception] = ConfigError) -> float:
+    """A finite real number (int or float, not bool), optionally > 0 or >= 0."""
+    kind = "a positive finite number" if positive else (
+        "a non-negative finite number" if non_negative else "a finite number")
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and positive:
+        ok = value > 0
+    if ok and non_negative:
+        ok = value >= 0
+    if not ok:
+        raise error(f"{field} must be {kind}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value, field: str, *, error: type[Exception] = ConfigError) -> bool:
+    """``True`` or ``False`` only (not 0/1, not strings)."""
+    if not isinstance(value, bool):
+        raise error(f"{field} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(value, field: str, choices: Iterable, *, error: type[Exception] = ConfigError):
+    """One of ``choices`` (compared with ``==``; strings get a did-you-mean)."""
+    choices = list(choices)
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable / incomparable values
+        ok = False
+    if not ok:
+        names = [c for c in choices if isinstance(c, str)]
+        raise error(
+            f"{field} {value!r} is not accepted; accepted: {accepted(choices)}."
+            f"{did_you_mean(value, names) if isinstance(value, str) else ''}"
+        )
+    return value
+
+
+def check_int_list(value, field: str, *, minimum: int | None = None, maximum: int | None = None,
+                   allow_empty: bool = False, error: type[Exception] = ConfigError) -> list[int]:
+    """A list/tuple of ints (each within the bounds) -> ``list[int]``."""
+    if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+        raise error(f"{field} must be a {'' if allow_empty else 'non-empty '}list of ints"
+                    f"{_range(minimum, maximum)}, got {value!r}")
+    return [check_int(v, f"{field}[{i}]", minimum=minimum, maximum=maximum, error=error)
+            for i, v in enumerate(value)]
+
+
+def _range(minimum, maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in {minimum}..{maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
