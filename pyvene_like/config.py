@@ -12,6 +12,7 @@ import torch
 
 from .errors import ConfigError, accepted, did_you_mean
 from .registry import get_intervention_class
+from .validation import check_non_negative_int, check_optional_positive_int, check_positive_int
 
 UNITS = ("pos", "h", "h.pos")
 MODES = ("parallel", "serial")
@@ -46,8 +47,7 @@ class RepresentationConfig:
     source_representation: Any = None
 
     def __post_init__(self):
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
+        self.layer = check_non_negative_int(self.layer, "layer")
         if not isinstance(self.component, str) or not self.component:
             raise ConfigError(f"component must be a non-empty string, got {self.component!r}")
         if self.unit not in UNITS:
@@ -55,20 +55,8 @@ class RepresentationConfig:
                 f"unit {self.unit!r} is not supported; accepted: {accepted(UNITS)}."
                 f"{did_you_mean(self.unit, UNITS)}"
             )
-        if (
-            isinstance(self.max_number_of_units, bool)
-            or not isinstance(self.max_number_of_units, int)
-            or self.max_number_of_units < 1
-        ):
-            raise ConfigError(
-                f"max_number_of_units must be a positive int, got {self.max_number_of_units!r}"
-            )
-        if self.low_rank_dimension is not None and (
-            not isinstance(self.low_rank_dimension, int) or self.low_rank_dimension < 1
-        ):
-            raise ConfigError(
-                f"low_rank_dimension must be a positive int or None, got {self.low_rank_dimension!r}"
-            )
+        self.max_number_of_units = check_positive_int(self.max_number_of_units, "max_number_of_units")
+        self.low_rank_dimension = check_optional_positive_int(self.low_rank_dimension, "low_rank_dimension")
         if self.subspace_partition is not None:
             from .interventions.base import _check_partition
 

@@ -21,6 +21,7 @@ __all__ = [
     "is_int",
     "check_int",
     "check_positive_int",
+    "check_non_negative_int",
     "check_optional_positive_int",
     "check_number",
     "check_bool",
@@ -37,19 +38,20 @@ def is_int(value) -> bool:
 def check_int(value, field: str, *, minimum: int | None = None, maximum: int | None = None,
               error: type[Exception] = ConfigError) -> int:
     """``value`` as an ``int`` within ``[minimum, maximum]`` (bounds optional)."""
-    if not is_int(value):
-        raise error(f"{field} must be an int{_range(minimum, maximum)}, got {value!r}")
-    value = int(value)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise error(f"{field} must be an int{_range(minimum, maximum)}, got {value!r}")
-    return value
+    if not is_int(value) or (minimum is not None and value < minimum) or (
+            maximum is not None and value > maximum):
+        raise error(f"{field} must be {_int_kind(minimum, maximum)}, got {value!r}")
+    return int(value)
 
 
 def check_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int:
     """``value`` as an ``int`` >= 1."""
-    if not is_int(value) or value < 1:
-        raise error(f"{field} must be a positive int, got {value!r}")
-    return int(value)
+    return check_int(value, field, minimum=1, error=error)
+
+
+def check_non_negative_int(value, field: str, *, error: type[Exception] = ConfigError) -> int:
+    """``value`` as an ``int`` >= 0 (an index, a seed)."""
+    return check_int(value, field, minimum=0, error=error)
 
 
 def check_optional_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int | None:
@@ -103,17 +105,22 @@ def check_int_list(value, field: str, *, minimum: int | None = None, maximum: in
                    allow_empty: bool = False, error: type[Exception] = ConfigError) -> list[int]:
     """A list/tuple of ints (each within the bounds) -> ``list[int]``."""
     if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
-        raise error(f"{field} must be a {'' if allow_empty else 'non-empty '}list of ints"
-                    f"{_range(minimum, maximum)}, got {value!r}")
+        raise error(f"{field} must be a {'' if allow_empty else 'non-empty '}list of "
+                    f"{_int_kind(minimum, maximum, plural=True)}, got {value!r}")
     return [check_int(v, f"{field}[{i}]", minimum=minimum, maximum=maximum, error=error)
             for i, v in enumerate(value)]
 
 
-def _range(minimum, maximum) -> str:
+def _int_kind(minimum, maximum, plural: bool = False) -> str:
+    """'a positive int', 'a non-negative int', 'an int in 0..7', ... (or the plural)."""
+    if maximum is None and minimum in (0, 1):
+        word = "positive" if minimum == 1 else "non-negative"
+        return f"{word} ints" if plural else f"a {word} int"
+    noun = "ints" if plural else "an int"
     if minimum is not None and maximum is not None:
-        return f" in {minimum}..{maximum}"
+        return f"{noun} in {minimum}..{maximum}"
     if minimum is not None:
-        return f" >= {minimum}"
+        return f"{noun} >= {minimum}"
     if maximum is not None:
-        return f" <= {maximum}"
-    return ""
+        return f"{noun} <= {maximum}"
+    return noun

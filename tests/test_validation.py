@@ -91,10 +91,10 @@ def test_check_choice_says_what_is_accepted_and_suggests():
 def test_check_int_list_names_the_bad_entry(values):
     bad = [i for i, v in enumerate(values) if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
     if not values:
-        with pytest.raises(ConfigError, match="heads must be a non-empty list of ints"):
+        with pytest.raises(ConfigError, match="heads must be a non-empty list of non-negative ints"):
             check_int_list(values, "heads", minimum=0)
     elif not bad:
         assert check_int_list(values, "heads", minimum=0) == values
     else:
-        with pytest.raises(ConfigError, match=rf"heads\[{bad[0]}\] must be an int >= 0"):
+        with pytest.raises(ConfigError, match=rf"heads\[{bad[0]}\] must be a non-negative int, got "):
             check_int_list(values, "heads", minimum=0)

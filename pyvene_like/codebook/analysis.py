@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..validation import check_positive_int
 from .info import CodeInfo
 from .wrap import _module_key, get_codebooks
 
@@ -148,8 +149,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     for n in names:
         if n not in cbs.names():
             raise ConfigError(f"record_codes: no codebook {n!r}; the model has: {cbs.names()}")
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise ConfigError(f"record_codes: top_n must be a positive int, got {top_n!r}")
+    check_positive_int(top_n, "record_codes: top_n")
     seqs = _batches(data, tokenizer, batch_size, max_length)
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ConfigError("record_codes: every sequence needs at least one token")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError, accepted, did_you_mean
+from ..validation import check_non_negative_int
 
 _FIELDS = ("code", "layer", "head", "site")
 _INT_FIELDS = ("code", "layer", "head")
@@ -37,8 +38,7 @@ class CodeInfo:
             value = getattr(self, name)
             if name == "head" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"CodeInfo.{name} must be a non-negative int, got {value!r}")
+            setattr(self, name, check_non_negative_int(value, f"CodeInfo.{name}"))
         if self.site is not None and (not isinstance(self.site, str) or not self.site):
             raise ConfigError(f"CodeInfo.site must be a component name or None, got {self.site!r}")
 

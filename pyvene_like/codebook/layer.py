@@ -22,15 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from ..validation import check_positive_int, is_int
 
 SIMILARITIES = ("inner_product", "cosine", "euclidean")
 FORCE_MODES = ("replace", "append")
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_positive_int(value, name)
 
 
 class ForcedCodes:
@@ -59,7 +58,7 @@ class ForcedCodes:
                 )
             uniq = []
             for c in ids:
-                if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < N:
+                if not is_int(c) or not 0 <= c < N:
                     raise ConfigError(
                         f"codes: code {c!r} (head {group}) is not a code of the codebook "
                         f"{layer.name or ''}: it has num_codes={N} (accepted: 0..{N - 1})"
