@@ -97,7 +97,8 @@ def model_identity(model: nn.Module) -> dict:
     cfg = getattr(model, "config", None)
     if cfg is not None and callable(getattr(cfg, "to_dict", None)):
         data = _stable(cfg.to_dict())
-        name = getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None) or None
+        names = (getattr(model, "name_or_path", None), getattr(cfg, "_name_or_path", None))
+        name = next((hub_model_id(str(n)) for n in names if n and hub_model_id(str(n))), None)
         model_type = getattr(cfg, "model_type", None) or None
         hashed = "config"
     else:
@@ -105,7 +106,7 @@ def model_identity(model: nn.Module) -> dict:
         name, model_type, hashed = None, None, "parameter_shapes"
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     return {
-        "name_or_path": hub_model_id(str(name)) if name else None,
+        "name_or_path": name,
         "model_type": model_type,
         "class": type(model).__name__,
         "config_hash": f"sha256:{digest}",

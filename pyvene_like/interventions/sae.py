@@ -76,8 +76,7 @@ class SAEIntervention(Intervention):
 
     @classmethod
     def example_kwargs(cls, embed_dim):
-        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
-                                        "features": [1, 5]}}
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config()}}
 
     def _check_features(self, features):
         if features is None:
