@@ -753,8 +753,9 @@ def _plain(value):
 def write_checkpoint(folder, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
     """Write a training checkpoint: ``checkpoint.json`` (``state``, JSON; 0-d tensors become
     numbers) and one ``checkpoint-<group>.safetensors`` per entry of ``tensors`` (e.g.
-    ``{"interventions": im.interventions.state_dict(), "optimizer": {...}}``). The sha256 of each
-    tensor file is recorded; tied tensors are stored as copies. Returns the folder."""
+    ``{"interventions": im.interventions.state_dict(), "optimizer": {...}}``). A tensor that is
+    the same memory as an earlier one of its group (linked interventions) is stored once and
+    named as an alias. The sha256 of each tensor file is recorded. Returns the folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"save_checkpoint: {str(folder)!r} is a file; give a directory")
@@ -768,8 +769,20 @@ def write_checkpoint(folder, tensors: dict[str, dict[str, torch.Tensor]], state:
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for group, named in tensors.items():
+        unique, aliases, seen = {}, {}, {}
+        for key, t in named.items():
+            view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                    t.dtype, t.device) if t.numel() else None
+            if view is not None and view in seen:
+                aliases[key] = seen[view]
+            else:
+                unique[key] = t
+                if view is not None:
+                    seen[view] = key
         name = _checkpoint_file(group)
-        files[group] = {"file": name, "sha256": save_tensors(named, folder / name, metadata={"kind": "checkpoint"})}
+        files[group] = {"file": name, "sha256": save_tensors(unique, folder / name, metadata={"kind": "checkpoint"})}
+        if aliases:
+            files[group]["aliases"] = aliases
     doc = {"library": LIBRARY, "library_version": __version__, "kind": "checkpoint",
            "format_version": CHECKPOINT_FORMAT_VERSION, "tensors": files, "state": json.loads(text)}
     write_json(folder / CHECKPOINT_STATE, doc)
@@ -779,30 +792,52 @@ def write_checkpoint(folder, tensors: dict[str, dict[str, torch.Tensor]], state:
 def read_checkpoint(folder, groups=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Read what :func:`write_checkpoint` wrote: ``({group: {name: tensor}}, state)``.
 
-    ``groups``: the tensor groups the caller needs (a LoadError names any the checkpoint lacks);
-    default all. Missing, corrupt or altered files are :class:`LoadError`\\ s."""
+    ``groups``: the tensor groups the caller needs (default: all there are). A folder that lacks
+    a file says which ("lacks [...]"); a file that cannot be read, is truncated, or differs from
+    the sha256 recorded at save time says so ("cannot read ..."): both :class:`LoadError`."""
+    caller = "resume_from_checkpoint"
     folder = Path(folder)
     if not folder.is_dir():
-        raise LoadError(f"resume_from_checkpoint: {str(folder)!r} is not a folder written by save_checkpoint")
-    path, doc = read_json(folder, CHECKPOINT_STATE, "resume_from_checkpoint", "save_checkpoint")
+        raise LoadError(f"{caller}: {str(folder)!r} is not a folder; expected a folder written by save_checkpoint")
+    path = folder / CHECKPOINT_STATE
+    if not path.is_file():
+        lacks = [CHECKPOINT_STATE] + [_checkpoint_file(g) for g in groups or ()
+                                      if not (folder / _checkpoint_file(g)).is_file()]
+        raise LoadError(f"{caller}: {str(folder)!r} lacks {lacks}; expected a folder written by save_checkpoint")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{caller}: cannot read {str(path)!r}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY or doc.get("kind") != "checkpoint":
-        raise LoadError(f"{path}: not a pyvene_like training checkpoint (written by save_checkpoint)")
+        raise LoadError(f"{caller}: cannot read {str(path)!r}: not a pyvene_like training checkpoint "
+                        f"(written by save_checkpoint)")
     check_versions(path, doc, format_version=CHECKPOINT_FORMAT_VERSION)
     files = doc.get("tensors")
-    if not isinstance(files, dict) or not isinstance(doc.get("state"), dict):
-        raise LoadError(f"{path}: fields 'tensors' and 'state' must be dicts; the file is incomplete")
+    if not isinstance(files, dict) or not isinstance(doc.get("state"), dict) or not all(
+        isinstance(info, dict) and isinstance(info.get("file"), str) for info in files.values()
+    ):
+        raise LoadError(f"{caller}: cannot read {str(path)!r}: fields 'tensors' and 'state' are incomplete")
     wanted = list(files) if groups is None else list(groups)
     absent = [g for g in wanted if g not in files]
     if absent:
         raise LoadError(
-            f"{path}: no tensor group {absent[0]!r}; the checkpoint holds {accepted(sorted(files)) or 'none'}"
+            f"{caller}: {path} has no tensor group {absent[0]!r}; the checkpoint holds "
+            f"{accepted(sorted(files)) or 'none'}"
         )
+    lacks = [files[g]["file"] for g in wanted if not (folder / files[g]["file"]).is_file()]
+    if lacks:
+        raise LoadError(f"{caller}: {str(folder)!r} lacks {lacks}; expected a folder written by save_checkpoint")
     out = {}
     for group in wanted:
         info = files[group]
-        if not isinstance(info, dict) or not isinstance(info.get("file"), str):
-            raise LoadError(f"{path}: tensor group {group!r} must name its file")
-        out[group] = load_tensors(folder / info["file"], caller="resume_from_checkpoint",
-                                  sha256=info.get("sha256"), recorded_in=CHECKPOINT_STATE,
-                                  fix="the checkpoint is damaged; resume from another one")
+        try:
+            named = load_tensors(folder / info["file"], caller=caller, sha256=info.get("sha256"),
+                                 recorded_in=CHECKPOINT_STATE, fix="the checkpoint is damaged; resume from another one")
+        except LoadError as e:
+            raise LoadError(f"{caller}: cannot read the checkpoint in {str(folder)!r}: {e}") from None
+        for alias, key in (info.get("aliases") or {}).items():
+            if key not in named:
+                raise LoadError(f"{caller}: cannot read {str(path)!r}: alias {alias!r} names the absent tensor {key!r}")
+            named[alias] = named[key]
+        out[group] = named
     return out, doc["state"]

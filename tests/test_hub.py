@@ -643,6 +643,8 @@ def test_checkpoint_files_round_trip_and_refuse_damage(tmp_path, gpt2):
     assert sorted(os.listdir(folder)) == ["checkpoint-interventions.safetensors", "checkpoint-optimizer.safetensors",
                                           "checkpoint.json"]
     im.save_pretrained(folder)  # a save and a checkpoint can share a folder: no name in common
+    doc = json.loads((folder / "checkpoint.json").read_text())
+    assert doc["tensors"]["interventions"]["aliases"]  # the linked rotation is stored once
     tensors, got = serialization.read_checkpoint(folder)
     assert got == {"global_step": 7, "loss": 0.25, "history": [{"epoch": 1, "iia": 0.5}]}
     again = pv.IntervenableModel(im.config, gpt2)
@@ -654,16 +656,16 @@ def test_checkpoint_files_round_trip_and_refuse_damage(tmp_path, gpt2):
         serialization.read_checkpoint(folder, ["interventions", "scheduler"])
     path = folder / "checkpoint-optimizer.safetensors"
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
-    with pytest.raises(LoadError, match=r"checkpoint-optimizer.safetensors does not match the sha256 recorded in "
-                                        r"checkpoint.json"):
+    with pytest.raises(LoadError, match=r"cannot read the checkpoint .*checkpoint-optimizer.safetensors does not "
+                                        r"match the sha256 recorded in checkpoint.json"):
         serialization.read_checkpoint(folder)
     path.unlink()
-    with pytest.raises(LoadError, match=r"resume_from_checkpoint: .*checkpoint-optimizer.safetensors is missing"):
+    with pytest.raises(LoadError, match=r"resume_from_checkpoint: .* lacks \['checkpoint-optimizer.safetensors'\]"):
         serialization.read_checkpoint(folder)
-    with pytest.raises(LoadError, match=r"has no checkpoint.json \(it holds: nothing\); give a folder written by "
-                                        r"save_checkpoint"):
-        (tmp_path / "empty").mkdir()
-        serialization.read_checkpoint(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoadError, match=r"lacks \['checkpoint.json', 'checkpoint-interventions.safetensors'\]; "
+                                        r"expected a folder written by save_checkpoint"):
+        serialization.read_checkpoint(tmp_path / "empty", ["interventions"])
 
 
 def test_save_pretrained_can_push_like_the_hub_mixin(monkeypatch, tmp_path, gpt2):
