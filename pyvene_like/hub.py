@@ -20,9 +20,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from torch import nn
+
 from . import __version__
-from .errors import LoadError
-from .serialization import (  # noqa: F401  (re-exported: the names were public here before)
+from .errors import ConfigError, LoadError
+from .serialization import (  # noqa: F401  (some re-exported: the names were public here before)
     CARD_NAME,
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -30,6 +32,7 @@ from .serialization import (  # noqa: F401  (re-exported: the names were public 
     WEIGHTS_NAME,
     describe,
     hub_model_id,
+    load_interventions,
     model_identity,
     read_config,
     read_json,
@@ -49,26 +52,15 @@ def save_pretrained(im, save_directory, *, repo_id: str | None = None) -> Path:
     return folder
 
 
-def load_pretrained(path_or_repo_id, model, *, functions: dict | None = None, revision=None,
-                    cache_dir=None, local_files_only: bool = False, token=None, cls=None):
-    """Fetch a save (folder or Hub repo) and rebuild it on ``model`` with
+def load_pretrained(path_or_repo_id, model, *, cls, functions: dict | None = None, revision=None,
+                    cache_dir=None, local_files_only: bool = False, token=None):
+    """Fetch a save (folder or Hub repo) and rebuild it on ``model`` as a ``cls`` (the
+    IntervenableModel class, passed in so that this module does not import the model) with
     :func:`pyvene_like.serialization.load_interventions`."""
-    from torch import nn
-
-    from .errors import ConfigError
-    from .serialization import load_interventions
-
-    if cls is None:
-        from .model import IntervenableModel as cls
     if not isinstance(path_or_repo_id, (str, os.PathLike)):
         raise ConfigError(
             f"from_pretrained: expected a folder path or a Hub repo id ('owner/name'), got "
             f"{type(path_or_repo_id).__name__}"
-        )
-    if functions is not None and not isinstance(functions, dict):
-        raise ConfigError(
-            f"from_pretrained: functions must be a dict {{saved function name or representation "
-            f"index: function}}, got {type(functions).__name__}"
         )
     if not isinstance(model, nn.Module):
         raise ConfigError(

@@ -200,7 +200,7 @@ def is_library_json(path: Path) -> bool:
         return False
 
 
-def check_versions(path: Path, doc: dict, *, format_version: int = FORMAT_VERSION) -> None:
+def check_versions(path: Path, doc: dict, *, format_version: int = FORMAT_VERSION, stacklevel: int = 6) -> None:
     """Warn on a file from a newer library; refuse a ``format_version`` this one cannot read."""
     version = doc.get("library_version")
     if _newer(version, __version__):
@@ -208,7 +208,7 @@ def check_versions(path: Path, doc: dict, *, format_version: int = FORMAT_VERSIO
             f"{path}: saved by pyvene_like {version}, newer than this pyvene_like {__version__}; "
             f"settings it added may be missing or rejected here: upgrade pyvene_like",
             PyveneLikeWarning,
-            stacklevel=5,
+            stacklevel=stacklevel,
         )
     fmt = doc.get("format_version")
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
