@@ -122,16 +122,24 @@ class IntervenableModel(nn.Module):
         for p in self.interventions.parameters():
             p.requires_grad_(False)
 
-    # -- saving and sharing (pyvene_like.hub does the work) --------------------------------------
-    def save_pretrained(self, save_directory, *, repo_id: str | None = None):
+    # -- saving and sharing (files: pyvene_like.serialization; the Hub: pyvene_like.hub) -----------
+    def save_pretrained(self, save_directory, *, repo_id: str | None = None, push_to_hub: bool = False,
+                        **push_to_hub_kwargs):
         """Write ``config.json``, ``interventions.safetensors`` and a ``README.md`` model card.
 
-        The wrapped model is not saved, only its identity (name, ``model_type``, config hash).
-        Returns the folder as a ``Path``.
+        The wrapped model is not saved, only its identity (Hub id when it has one,
+        ``model_type``, config hash). As with ``huggingface_hub.ModelHubMixin``,
+        ``push_to_hub=True`` also uploads the save to ``repo_id`` (``push_to_hub_kwargs`` go to
+        :meth:`push_to_hub`). Returns the folder as a ``Path``.
         """
         from . import hub
 
-        return hub.save_pretrained(self, save_directory, repo_id=repo_id)
+        folder = hub.save_pretrained(self, save_directory, repo_id=repo_id)
+        if push_to_hub:
+            if repo_id is None:
+                raise ConfigError("save_pretrained: push_to_hub=True needs repo_id='owner/name'")
+            self.push_to_hub(repo_id, **push_to_hub_kwargs)
+        return folder
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id, model=None, *, functions: dict | None = None,

@@ -537,3 +537,144 @@ def test_push_to_hub_builds_its_own_api_and_honours_revision(monkeypatch, gpt2):
     card = ModelCard(api.uploaded["README.md"].decode())
     assert card.data.base_model is None  # a model built from a config has no Hub name
     assert card.data.library_name == "pyvene_like"
+
+
+# -- the serialization layer on its own ------------------------------------------------------------
+def test_saves_written_before_get_config_still_load(saved, gpt2, ids):
+    """Format 1 as first written: no per-intervention 'config', settings changed after
+    construction under 'settings'."""
+    folder, im = saved
+
+    def old_layout(doc):
+        for entry in doc["interventions"]:
+            entry.pop("config", None)
+        doc["interventions"][0]["settings"] = {"interchange_dim": W - 24}
+
+    _edit_config(folder, old_layout)
+    loaded = pv.IntervenableModel.from_pretrained(folder, model=gpt2)
+    assert loaded.interventions[0].interchange_dim == W - 24
+    with torch.no_grad():
+        _same_outputs(_run(im, ids), _run(loaded, ids))
+    _edit_config(folder, lambda d: d["interventions"][0].update(settings={"interchange_dims": 3}))
+    with pytest.raises(LoadError, match=r"saved with setting interchange_dims=3 but RotatedSpaceIntervention"
+                                        r".get_config\(\) has no 'interchange_dims'"):
+        pv.IntervenableModel.from_pretrained(folder, model=gpt2)
+
+
+def test_settings_are_saved_through_get_config(saved):
+    folder, im = saved
+    doc = json.loads((folder / "config.json").read_text())
+    assert doc["interventions"][0]["config"] == {"embed_dim": W, "subspace_partition": None, "interchange_dim": W - 24}
+    assert doc["interventions"][0]["config"] == im.interventions[0].get_config()
+    assert doc["interventions"][1]["config"] == {"embed_dim": W, "subspace_partition": None}
+
+
+def test_an_instance_get_config_cannot_rebuild_is_refused(tmp_path, gpt2):
+    @pv.register_intervention("hub_test_forgetful")
+    class Forgetful(pv.Intervention):
+        def __init__(self, embed_dim=None, subspace_partition=None, scale: float = 1.0):
+            super().__init__(embed_dim, subspace_partition)
+            self.scale = scale  # but get_config() is the base's: scale is lost
+
+        def forward(self, base, source=None, subspaces=None):
+            return base * self.scale
+
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention=Forgetful(W, scale=2.0)), gpt2)
+    im.save_pretrained(tmp_path / "ok")  # what get_config() gives rebuilds an equal config
+
+    class Broken(Forgetful):
+        def get_config(self):
+            return {**super().get_config(), "scale": self.scale, "extra": 1}
+
+    Broken.registry_name = None
+    pv.register_intervention("hub_test_broken")(Broken)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention=Broken(W)), gpt2)
+    with pytest.raises(ConfigError, match=r"representation 0 holds a Broken instance that Broken.from_config\(.*\) "
+                                          r"cannot rebuild .*give intervention_type='hub_test_broken'"):
+        im.save_pretrained(tmp_path / "broken")
+
+
+def test_identity_never_records_a_local_path(tmp_path):
+    from pyvene_like import serialization
+
+    model = make_gpt2()
+    model.save_pretrained(tmp_path / "gpt2")
+    from transformers import GPT2LMHeadModel
+
+    local = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
+    ident = serialization.model_identity(local)
+    assert ident["name_or_path"] is None and str(tmp_path) not in json.dumps(ident)
+    assert ident["config_hash"] == serialization.model_identity(model)["config_hash"]
+    local.config._name_or_path = "someone/gpt2-tiny"
+    assert serialization.model_identity(local)["name_or_path"] == "someone/gpt2-tiny"
+    assert hub.model_identity is serialization.model_identity
+
+
+def test_resolve_file_from_the_offline_cache(offline_cache, tmp_path):
+    (tmp_path / "repo" / "sub").mkdir(parents=True)
+    (tmp_path / "repo" / "sub" / "cfg.json").write_text("{}")
+    cache_layout(offline_cache, "someone/saes", tmp_path / "repo")
+    got = hub.resolve_file("someone/saes", "cfg.json", subfolder="sub")
+    assert got.read_text() == "{}"
+    assert hub.resolve_file("someone/saes", "params.npz", subfolder="sub", required=False) is None
+    with pytest.raises(LoadError, match=r"load_sae: 'params.npz' of Hub repo 'someone/saes', subfolder 'sub' "
+                                        r"\(revision 'main'\) is not in the local Hub cache .* offline mode is on"):
+        hub.resolve_file("someone/saes", "params.npz", subfolder="sub")
+    with pytest.raises(LoadError, match=r"load_sae: 'cfg.json' of Hub repo 'someone/absent' \(revision 'main'\) is "
+                                        r"not in the local Hub cache"):
+        hub.resolve_file("someone/absent", "cfg.json")
+    with pytest.raises(LoadError, match=r"'not a repo id!' is neither a local folder nor a valid Hub repo id"):
+        hub.resolve_file("not a repo id!", "cfg.json")
+
+
+def test_checkpoint_files_round_trip_and_refuse_damage(tmp_path, gpt2):
+    from pyvene_like import serialization
+
+    im = pv.IntervenableModel(
+        [pv.RepresentationConfig(0, "block_output", intervention_type="rotated_space", intervention_link_key="r"),
+         pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space", intervention_link_key="r")],
+        gpt2,
+    )
+    _perturb(im)
+    state = {"global_step": 7, "loss": torch.tensor(0.25), "history": [{"epoch": 1, "iia": 0.5}]}
+    folder = serialization.write_checkpoint(
+        tmp_path / "ckpt", {"interventions": im.interventions.state_dict(), "optimizer": {"0.exp_avg": torch.ones(3)}},
+        state)
+    assert sorted(os.listdir(folder)) == ["checkpoint-interventions.safetensors", "checkpoint-optimizer.safetensors",
+                                          "checkpoint.json"]
+    im.save_pretrained(folder)  # a save and a checkpoint can share a folder: no name in common
+    doc = json.loads((folder / "checkpoint.json").read_text())
+    assert doc["tensors"]["interventions"]["aliases"]  # the linked rotation is stored once
+    tensors, got = serialization.read_checkpoint(folder)
+    assert got == {"global_step": 7, "loss": 0.25, "history": [{"epoch": 1, "iia": 0.5}]}
+    again = pv.IntervenableModel(im.config, gpt2)
+    again.interventions.load_state_dict(tensors["interventions"])
+    for a, b in zip(im.interventions, again.interventions):
+        _same_state(a, b)
+    assert torch.equal(tensors["optimizer"]["0.exp_avg"], torch.ones(3))
+    with pytest.raises(LoadError, match=r"no tensor group 'scheduler'; the checkpoint holds 'interventions', 'optimizer'"):
+        serialization.read_checkpoint(folder, ["interventions", "scheduler"])
+    path = folder / "checkpoint-optimizer.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(LoadError, match=r"cannot read the checkpoint .*checkpoint-optimizer.safetensors does not "
+                                        r"match the sha256 recorded in checkpoint.json"):
+        serialization.read_checkpoint(folder)
+    path.unlink()
+    with pytest.raises(LoadError, match=r"resume_from_checkpoint: .* lacks \['checkpoint-optimizer.safetensors'\]"):
+        serialization.read_checkpoint(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoadError, match=r"lacks \['checkpoint.json', 'checkpoint-interventions.safetensors'\]; "
+                                        r"expected a folder written by save_checkpoint"):
+        serialization.read_checkpoint(tmp_path / "empty", ["interventions"])
+
+
+def test_save_pretrained_can_push_like_the_hub_mixin(monkeypatch, tmp_path, gpt2):
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    RecordingApi.instances.clear()
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    im.save_pretrained(tmp_path, repo_id="someone/zero", push_to_hub=True, token="hf_test")
+    (api,) = RecordingApi.instances
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
+    assert sorted(api.uploaded) == sorted(os.listdir(tmp_path))
+    with pytest.raises(ConfigError, match="push_to_hub=True needs repo_id"):
+        im.save_pretrained(tmp_path, push_to_hub=True)

@@ -3,7 +3,7 @@
 A codebook save is a folder (or Hub repo) of two files:
 
 * ``codebooks.json`` -- library and format versions, the base model's identity
-  (:func:`pyvene_like.hub.model_identity`: name or path, ``model_type``, a hash of its config)
+  (:func:`pyvene_like.serialization.model_identity`: Hub id, ``model_type``, a hash of its config)
   and, per codebook, its site (layer, component) and settings (``dim``, ``num_codes``, ``k``,
   ``num_groups``, ``similarity``, ``layer_norm``, ``eps``);
 * ``codebooks.safetensors`` -- the codebooks' tensors, named ``<site>.<parameter>``.
@@ -11,21 +11,30 @@ A codebook save is a folder (or Hub repo) of two files:
 The base model's weights are not saved: when ``train_model=True`` changed them, save them with
 the model's own ``save_pretrained`` too. :func:`load_codebooks` puts the codebooks into a
 model (wrapping it when it has none) and warns when the model is not the one they were saved
-on.
+on. Files are read and written, and the base model checked, by
+:mod:`pyvene_like.serialization`; a Hub repo is fetched by :func:`pyvene_like.hub.resolve_folder`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ConfigError, LoadError, PyveneLikeWarning
+from ..errors import ConfigError, LoadError
+from ..serialization import (
+    LIBRARY,
+    check_base_model,
+    check_save_folder,
+    load_tensors,
+    model_identity,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from .wrap import ATTRIBUTE, _module_key, get_codebooks, wrap_codebook
 
 CODEBOOK_CONFIG = "codebooks.json"
@@ -36,35 +45,25 @@ _SETTINGS = ("dim", "num_codes", "k", "num_groups", "similarity", "layer_norm", 
 
 def save_codebooks(model: nn.Module, save_directory) -> Path:
     """Write ``codebooks.json`` and ``codebooks.safetensors`` for the codebooks of ``model``."""
-    from safetensors.torch import save_file
-
-    from ..hub import LIBRARY, model_identity
-
     cbs = get_codebooks(model)
-    folder = Path(save_directory)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"save_codebooks: {str(folder)!r} is a file; give a directory")
+    folder = check_save_folder(save_directory, "save_codebooks", CODEBOOK_CONFIG)
     entries, tensors = [], {}
     for name, cs in cbs.sites().items():
         cb = cbs[_module_key(name)]
         entries.append({"name": name, "layer": cs.layer, "component": cs.component,
                         **{k: getattr(cb, k) for k in _SETTINGS}})
         for pname, p in cb.named_parameters():
-            tensors[f"{name}.{pname}"] = p.detach().to("cpu").contiguous()
+            tensors[f"{name}.{pname}"] = p
     doc = {"library": LIBRARY, "library_version": __version__, "format_version": FORMAT_VERSION,
            "kind": "codebooks", "base_model": model_identity(model), "codebooks": entries}
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / CODEBOOK_WEIGHTS), metadata={"format": "pt", "library": LIBRARY})
-    (folder / CODEBOOK_CONFIG).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    digest = save_tensors(tensors, folder / CODEBOOK_WEIGHTS)
+    doc["weights"] = {"file": CODEBOOK_WEIGHTS, "sha256": digest}
+    write_json(folder / CODEBOOK_CONFIG, doc)
     return folder
 
 
 def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ..hub import LIBRARY, read_json
-
     path, doc = read_json(folder, CODEBOOK_CONFIG, "load_codebooks", "save_codebooks")
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY or doc.get("kind") != "codebooks":
         raise LoadError(f"{path}: not a pyvene_like codebook save (written by save_codebooks)")
@@ -76,31 +75,9 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     wpath = folder / CODEBOOK_WEIGHTS
     if not wpath.is_file():
         raise LoadError(f"load_codebooks: {wpath} is missing; copy or download it again")
-    try:
-        tensors = load_file(str(wpath))
-    except (SafetensorError, OSError) as e:
-        raise LoadError(f"{wpath} is not a readable safetensors file (truncated or corrupt: {e})") from None
+    tensors = load_tensors(wpath, caller="load_codebooks", sha256=(doc.get("weights") or {}).get("sha256"),
+                           recorded_in=CODEBOOK_CONFIG, fix="copy or download it again, or save again")
     return doc, tensors
-
-
-def _check_identity(path: Path, saved, model: nn.Module) -> None:
-    from ..hub import model_identity
-
-    now = model_identity(model)
-    if not isinstance(saved, dict):
-        raise LoadError(f"{path}: field 'base_model' must be a dict, got {saved!r}")
-    if saved.get("model_type") == now["model_type"] and saved.get("config_hash") == now["config_hash"]:
-        return
-
-    def show(ident):
-        return (f"{ident.get('name_or_path') or ident.get('class')!r} (model_type {ident.get('model_type')!r}, "
-                f"{ident.get('hash_of')} hash {str(ident.get('config_hash'))[:19]}...)")
-
-    warnings.warn(
-        f"{path}: these codebooks were trained on base model {show(saved)} but are being loaded onto "
-        f"{show(now)}; their codes may mean nothing there. Pass the model they were trained with",
-        PyveneLikeWarning, stacklevel=3,
-    )
 
 
 def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_dir=None,
@@ -124,7 +101,8 @@ def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_di
                             allow_patterns=[CODEBOOK_CONFIG, CODEBOOK_WEIGHTS], what="load_codebooks")
     doc, tensors = _read(folder)
     path = folder / CODEBOOK_CONFIG
-    _check_identity(path, doc.get("base_model"), model)
+    check_base_model(path, doc.get("base_model"), model, what="codebooks", verb="trained",
+                     consequence="their codes may mean nothing there", stacklevel=3)
     entries = doc["codebooks"]
     saved_names = [e.get("name") for e in entries]
     if getattr(model, ATTRIBUTE, None) is None:

@@ -11,6 +11,16 @@ receives the *gathered* units of one site and returns their new values:
 
 Capabilities are class attributes so the engine can plan without calling anything.
 
+Settings: :meth:`Intervention.get_config` returns the JSON constructor arguments that, with the
+state dict, rebuild an intervention (``type(iv).from_config(iv.get_config())`` then
+``load_state_dict``); a subclass with constructor arguments of its own extends it. Saving
+(:mod:`pyvene_like.serialization`) relies on nothing else.
+
+Examples: :meth:`Intervention.example_kwargs` and :meth:`Intervention.null_kwargs` declare
+the ``RepresentationConfig`` arguments of a working example and of a null edit, so the
+registry-driven tests (``tests/test_registry_driven.py``) cover a new registered type without
+being edited.
+
 An intervention that works on a module of its own at its site (a codebook) may define
 ``bind_site(model, site, rep) -> Site``: called once when the IntervenableModel is built, it
 returns the site to hook instead (see :class:`~pyvene_like.interventions.codebook.CodebookIntervention`).
@@ -18,7 +28,7 @@ returns the site to hook instead (see :class:`~pyvene_like.interventions.codeboo
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,6 +61,46 @@ class Intervention(nn.Module):
 
     def forward(self, base, source=None, subspaces=None):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- settings (what serialization saves besides the state dict) ------------------------
+    def get_config(self) -> dict[str, Any]:
+        """The JSON constructor arguments that, with :meth:`state_dict`, rebuild this intervention.
+
+        Values the state dict holds (parameters, buffers, torch's extra state) are state, not
+        settings. Subclasses with constructor arguments of their own add them, with the values
+        in use now (a setting changed after construction is saved as changed).
+        """
+        return {"embed_dim": self.embed_dim, "subspace_partition": self.subspace_partition}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Intervention:
+        """Build an intervention from :meth:`get_config`'s dict (``cls(**config)`` by default)."""
+        if not isinstance(config, dict):
+            raise ConfigError(
+                f"{cls.__name__}.from_config: expected a dict of constructor arguments "
+                f"(get_config()), got {type(config).__name__}"
+            )
+        return cls(**config)
+
+    # -- declared examples (registry-driven tests) ------------------------------------------
+    @classmethod
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
+        """``RepresentationConfig`` keyword arguments (besides ``intervention_type``) that build a
+        working example of this type at a site of width ``embed_dim``; ``{}`` by default."""
+        return {}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
+        """``RepresentationConfig`` keyword arguments under which this type is a null edit: the
+        model's outputs stay bit-identical (given a source equal to the base when the type takes
+        one). ``None`` (the default): the type cannot express a null edit."""
+        return None
+
+    @classmethod
+    def example_model(cls, model: nn.Module, layer: int, component: str) -> nn.Module:
+        """The model an example of this type runs on (a copy prepared for it, when the type
+        needs something of the model, such as a codebook); ``model`` itself by default."""
+        return model
 
     # -- helpers for subclasses -------------------------------------------------------
     def subspace_mask(self, subspaces, base: torch.Tensor) -> torch.Tensor | None:

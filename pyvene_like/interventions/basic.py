@@ -33,6 +33,10 @@ def _blend(base, new, mask):
 class VanillaIntervention(Intervention):
     """Interchange: the base units take the source's values (on the chosen subspaces)."""
 
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # with the source equal to the base
+
     def forward(self, base, source=None, subspaces=None):
         return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
@@ -41,6 +45,10 @@ class VanillaIntervention(Intervention):
 class AdditionIntervention(Intervention):
     """``base + source`` (on the chosen subspaces). Steering vectors use this."""
 
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {"source_representation": torch.zeros(embed_dim)}
+
     def forward(self, base, source=None, subspaces=None):
         return base + _selected(self, base, source, subspaces)
 
@@ -48,6 +56,10 @@ class AdditionIntervention(Intervention):
 @register_intervention("subtraction")
 class SubtractionIntervention(Intervention):
     """``base - source`` (on the chosen subspaces)."""
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {"source_representation": torch.zeros(embed_dim)}
 
     def forward(self, base, source=None, subspaces=None):
         return base - _selected(self, base, source, subspaces)
@@ -72,6 +84,10 @@ class CollectIntervention(Intervention):
 
     source_from = None
     modifies_output = False
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # it only reads
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
@@ -105,6 +121,17 @@ class NoiseIntervention(Intervention):
             raise ConfigError(f"seed must be an int or None, got {seed!r}")
         self.noise_level = float(noise_level)
         self.seed = seed
+
+    def get_config(self):
+        return {**super().get_config(), "noise_level": self.noise_level, "seed": self.seed}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"noise_level": 0.5, "seed": 7}}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"noise_level": 0.0, "seed": 7}}
 
     def forward(self, base, source=None, subspaces=None):
         gen = None
@@ -140,6 +167,19 @@ class LambdaIntervention(Intervention):
             n_params = 2
         self._pass_subspaces = n_params >= 3
 
+    def get_config(self):
+        """The settings besides ``fn``: a function is code, not data, and is given back at load
+        time (``from_pretrained(..., functions=...)``)."""
+        return {**super().get_config(), "needs_source": self.source_from is not None}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"fn": _example_mix}}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"fn": _example_keep}}
+
     def forward(self, base, source=None, subspaces=None):
         if self._pass_subspaces:
             return self.fn(base, source, subspaces)
@@ -147,3 +187,13 @@ class LambdaIntervention(Intervention):
 
     def extra_repr(self) -> str:
         return f"fn={getattr(self.fn, '__qualname__', self.fn)!r}"
+
+
+def _example_mix(base, source):
+    """LambdaIntervention's declared example: a blend of base and source."""
+    return 0.25 * base + 0.75 * source
+
+
+def _example_keep(base, source):
+    """LambdaIntervention's declared null edit."""
+    return base

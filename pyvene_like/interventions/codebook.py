@@ -82,6 +82,22 @@ class CodebookIntervention(Intervention):
         self.__dict__["_codebook"] = None
         self.__dict__["_forced"] = None
 
+    def get_config(self):
+        return {"codes": self.codes, "mode": self.mode, "embed_dim": self.embed_dim}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"codes": [1, 2], "mode": "append"}}
+
+    @classmethod
+    def example_model(cls, model, layer, component):
+        """A copy of ``model`` with a one-group codebook (16 codes, k=2) at ``(layer, component)``."""
+        import copy
+
+        from ..codebook.wrap import wrap_codebook
+
+        return wrap_codebook(copy.deepcopy(model), [(layer, component)], num_codes=16, k=2, seed=0)
+
     def bind_site(self, model, site: Site, rep) -> Site:
         """Called when an IntervenableModel is built: find the codebook at ``site`` and return
         the site to hook instead (the codebook module's output)."""

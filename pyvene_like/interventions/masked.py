@@ -41,6 +41,11 @@ class SigmoidMaskIntervention(TrainableIntervention):
         self.mask = nn.Parameter(torch.full((n,), float(mask_init)))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
+    # get_config: the base's; temperature and mask_init start a buffer and a parameter (state).
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # with the source equal to the base
+
     def mask_weights(self) -> torch.Tensor:
         """The ``[embed_dim]`` soft mask (float32)."""
         return torch.sigmoid(self.mask / self.temperature)
@@ -75,6 +80,10 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         self.rotate_layer = orthonormal_layer(n)
         self.masks = nn.Parameter(torch.full((n,), float(mask_init)))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # with the source equal to the base
 
     def mask_weights(self) -> torch.Tensor:
         """The ``[embed_dim]`` soft mask over rotated dims (float32)."""

@@ -281,6 +281,13 @@ class RotatedSpaceIntervention(TrainableIntervention):
             )
         self.interchange_dim = interchange_dim
 
+    def get_config(self):
+        return {**super().get_config(), "interchange_dim": self.interchange_dim}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # with the source equal to the base
+
     def forward(self, base, source=None, subspaces=None):
         self._check(base, source)
         if subspaces is not None:
@@ -333,6 +340,17 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
         self.low_rank_dimension = low_rank_dimension
         self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 
+    def get_config(self):
+        return {**super().get_config(), "low_rank_dimension": self.low_rank_dimension}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"low_rank_dimension": min(8, embed_dim)}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return cls.example_kwargs(embed_dim)  # with the source equal to the base
+
     def forward(self, base, source=None, subspaces=None):
         self._check(base, source)
         sel = None
@@ -377,6 +395,14 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         self.rotate_layer = orthonormal_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
+
+    def get_config(self):
+        # init_boundary and temperature start the parameter and the buffer: state, not settings.
+        return {"embed_dim": self.embed_dim}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {}  # with the source equal to the base
 
     def get_boundary_parameters(self) -> nn.Parameter:
         return self.intervention_boundaries

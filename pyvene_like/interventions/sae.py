@@ -68,6 +68,16 @@ class SAEIntervention(Intervention):
     def sae_config(self) -> dict:
         return self.sae.config()
 
+    def get_config(self):
+        """The SAE by its settings (``sae_config``; its weights are in the state dict)."""
+        return {"sae_config": self.sae.config(), "embed_dim": self.embed_dim,
+                "subspace_partition": self.subspace_partition, "features": self.features,
+                "use_error_term": self.use_error_term}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config()}}
+
     def _check_features(self, features):
         if features is None:
             return None
@@ -158,6 +168,10 @@ class SAEInterchangeIntervention(SAEIntervention):
         src = self.sae.encode(source)
         return src if mask is None else torch.where(mask, src, feats)
 
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return cls.example_kwargs(embed_dim)  # with the source equal to the base
+
 
 _MODES = ("set", "add", "scale")
 
@@ -199,6 +213,19 @@ class SAESteerIntervention(SAEIntervention):
         self.value = value
         self._values: dict = {}
 
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "value": self.value}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "jumprelu").config(),
+                                        "features": [3, 4], "mode": "set", "value": [2.0, -1.0]}}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim).config(),
+                                        "mode": "add", "value": 0.0}}
+
     def _value(self, feats):
         if not isinstance(self.value, list):
             return self.value
@@ -234,6 +261,12 @@ class SAEAblateIntervention(SAEIntervention):
     """Zero the chosen features (all by default): ``f' = where(mask, 0, f)``."""
 
     source_from = None
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim,
+                                                          normalize_activations="layer_norm").config(),
+                                        "use_error_term": False}}
 
     def edit(self, feats, mask, source, subspaces):
         if mask is None:

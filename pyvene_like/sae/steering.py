@@ -331,6 +331,20 @@ class SAESwapIntervention(SAEIntervention):
         self.weights = weights
         self._weight_vecs: dict = {}
 
+    def get_config(self):
+        return {**super().get_config(), "weights": self.weights}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
+                                        "features": [2, 7, 9], "use_error_term": False}}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        # every feature weighted 1: what fires is what the SAE picks itself, so nothing changes
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
+                                        "weights": [1.0] * (2 * embed_dim)}}
+
     def _weight(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
         w = self._weight_vecs.get(key)
