@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from . import analysis as analysis
 from . import codebook as codebook
 from . import interventions as interventions
+from .codebook import CodebookIntervention
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
     ConfigError,
@@ -18,17 +19,12 @@ from .errors import (
 from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
-    CodebookIntervention,
     CollectIntervention,
     Intervention,
     LambdaIntervention,
     LowRankRotatedSpaceIntervention,
     NoiseIntervention,
     RotatedSpaceIntervention,
-    SAEAblateIntervention,
-    SAEInterchangeIntervention,
-    SAEIntervention,
-    SAESteerIntervention,
     SigmoidMaskIntervention,
     SigmoidMaskRotatedSpaceIntervention,
     SkipIntervention,
@@ -40,6 +36,12 @@ from .interventions import (
 from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
 from .sae import SAE, load_sae
+from .sae.interventions import (
+    SAEAblateIntervention,
+    SAEInterchangeIntervention,
+    SAEIntervention,
+    SAESteerIntervention,
+)
 from .sae.steering import SAESwapIntervention  # registers "sae_swap"
 from .sites import COMPONENTS
 

@@ -11,7 +11,6 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
-from .codebook import CodebookIntervention
 from .masked import SigmoidMaskIntervention, SigmoidMaskRotatedSpaceIntervention
 from .rotated import (
     BoundlessRotatedSpaceIntervention,
@@ -19,12 +18,6 @@ from .rotated import (
     RotatedSpaceIntervention,
     RotateLayer,
     TrainableIntervention,
-)
-from .sae import (
-    SAEAblateIntervention,
-    SAEInterchangeIntervention,
-    SAEIntervention,
-    SAESteerIntervention,
 )
 
 __all__ = [
@@ -44,9 +37,4 @@ __all__ = [
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
     "RotateLayer",
-    "CodebookIntervention",
-    "SAEIntervention",
-    "SAEInterchangeIntervention",
-    "SAESteerIntervention",
-    "SAEAblateIntervention",
 ]

@@ -1,6 +1,6 @@
 """Sparse autoencoders: one :class:`SAE` module, loaders for the published formats, and the
 TransformerLens hook-name translator. The SAE interventions live in
-:mod:`pyvene_like.interventions.sae`."""
+:mod:`pyvene_like.sae.interventions`."""
 
 from .formats import FORMATS, load_sae, sae_from_openai_state_dict, saelens_settings
 from .hooks import hook_to_site, openai_location_to_site

@@ -48,8 +48,8 @@ import torch
 
 from ..config import RepresentationConfig
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..interventions.sae import SAEIntervention
 from ..registry import register_intervention
+from .interventions import SAEIntervention
 from .sae import SAE
 
 SUMMARIES = ("avg", "max", "counts")

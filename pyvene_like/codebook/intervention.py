@@ -18,9 +18,9 @@ codes). A forced code is never counted twice. The codebook's recordings keep its
 from __future__ import annotations
 
 from ..errors import ConfigError, SiteError
+from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
-from .base import Intervention
 
 MODES = ("replace", "append")
 
@@ -85,7 +85,7 @@ class CodebookIntervention(Intervention):
     def bind_site(self, model, site: Site, rep) -> Site:
         """Called when an IntervenableModel is built: find the codebook at ``site`` and return
         the site to hook instead (the codebook module's output)."""
-        from ..codebook.wrap import ATTRIBUTE, _module_key, get_codebooks
+        from .wrap import ATTRIBUTE, _module_key, get_codebooks
 
         if rep.unit in HEAD_UNITS:
             raise ConfigError(

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
+from ..interventions.base import Intervention, _check_partition, _rectangular
 from ..registry import register_intervention
-from ..sae.sae import SAE
-from .base import Intervention, _check_partition, _rectangular
+from .sae import SAE
 
 
 class SAEIntervention(Intervention):
