@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from . import analysis as analysis
 from . import codebook as codebook
 from . import interventions as interventions
+from . import sae as sae
 from .codebook import CodebookIntervention
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
@@ -35,14 +36,15 @@ from .interventions import (
 )
 from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
-from .sae import SAE, load_sae
-from .sae.interventions import (
+from .sae import (
+    SAE,
     SAEAblateIntervention,
     SAEInterchangeIntervention,
     SAEIntervention,
     SAESteerIntervention,
+    SAESwapIntervention,
+    load_sae,
 )
-from .sae.steering import SAESwapIntervention  # registers "sae_swap"
 from .sites import COMPONENTS
 
 _TRAINING_NAMES = (
