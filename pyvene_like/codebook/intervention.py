@@ -21,6 +21,7 @@ from ..errors import ConfigError, SiteError
 from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
+from .wrap import ATTRIBUTE, get_codebooks, module_key
 
 MODES = ("replace", "append")
 
@@ -85,8 +86,6 @@ class CodebookIntervention(Intervention):
     def bind_site(self, model, site: Site, rep) -> Site:
         """Called when an IntervenableModel is built: find the codebook at ``site`` and return
         the site to hook instead (the codebook module's output)."""
-        from .wrap import ATTRIBUTE, _module_key, get_codebooks
-
         if rep.unit in HEAD_UNITS:
             raise ConfigError(
                 f"CodebookIntervention takes unit 'pos' (positions) and names heads in codes=[[head, "
@@ -114,7 +113,7 @@ class CodebookIntervention(Intervention):
         forced = layer.force(by_head, self.mode)
         self.__dict__["_codebook"] = layer
         self.__dict__["_forced"] = forced
-        return Site(layer, f"{ATTRIBUTE}.{_module_key(cs.name)}", "output", width=layer.dim,
+        return Site(layer, f"{ATTRIBUTE}.{module_key(cs.name)}", "output", width=layer.dim,
                     description=f"the codebook at {cs.name} (output)")
 
     @property
