@@ -82,6 +82,14 @@ class Registry(Generic[T]):
 
         return deco
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` and its aliases (tests, notebooks re-running a cell); returns the object."""
+        primary = self.primary_name(name)
+        obj = self._items[primary]
+        for key in [k for k, v in self._primary.items() if v == primary]:
+            del self._items[key], self._primary[key]
+        return obj
+
     def set_check(self, check: Callable[[str, T], None]) -> None:
         """Install the check; it runs over the objects registered so far, then at every ``add``."""
         for key, obj in self._items.items():
