@@ -15,6 +15,9 @@ Which features: ``features=[...]`` at construction, or ``subspaces`` per call (f
 Positions are the engine's ``unit_locations`` (``None``: every position), in ``forward`` and in
 ``generate``. The SAE is a submodule, so its weights are in the intervention's state dict and
 ``save_pretrained`` stores them with its settings (``sae_config``); its parameters are frozen.
+
+Registered as ``sae_interchange``, ``sae_steer``, ``sae_ablate`` and ``sae_swap`` (the
+steering method of :mod:`pyvene_like.sae.steering`, which scores the features it keeps).
 """
 
 from __future__ import annotations
@@ -241,7 +244,7 @@ class SAEAblateIntervention(SAEIntervention):
         return feats.masked_fill(mask, 0)
 
 
-# -- the swap intervention -----------------------------------------------------------------------
+# -- the swap intervention (steering) -------------------------------------------------------------
 @register_intervention("sae_swap")
 class SAESwapIntervention(SAEIntervention):
     """Keep only the chosen ``features`` (the published "swap"): weight the pre-activations by
