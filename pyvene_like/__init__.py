@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 from . import analysis as analysis
 from . import codebook as codebook
 from . import interventions as interventions
+from . import sae as sae
+from .codebook import CodebookIntervention
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
     ConfigError,
@@ -18,17 +20,12 @@ from .errors import (
 from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
-    CodebookIntervention,
     CollectIntervention,
     Intervention,
     LambdaIntervention,
     LowRankRotatedSpaceIntervention,
     NoiseIntervention,
     RotatedSpaceIntervention,
-    SAEAblateIntervention,
-    SAEInterchangeIntervention,
-    SAEIntervention,
-    SAESteerIntervention,
     SigmoidMaskIntervention,
     SigmoidMaskRotatedSpaceIntervention,
     SkipIntervention,
@@ -39,8 +36,15 @@ from .interventions import (
 )
 from .model import IntervenableModel, IntervenableModelOutput
 from .registry import get_intervention_class, register_intervention, registered_interventions
-from .sae import SAE, load_sae
-from .sae.steering import SAESwapIntervention  # registers "sae_swap"
+from .sae import (
+    SAE,
+    SAEAblateIntervention,
+    SAEInterchangeIntervention,
+    SAEIntervention,
+    SAESteerIntervention,
+    SAESwapIntervention,
+    load_sae,
+)
 from .sites import COMPONENTS
 
 _TRAINING_NAMES = (

@@ -102,7 +102,8 @@ def _rows(mapping, n: int):
 
 
 def _batches(inputs, tokenizer, batch_size: int, positions, labels, takes_position_ids: bool = False):
-    """Yield ``(model_inputs, positions [B] in batch coordinates, labels or None, texts or None)``."""
+    """Yield ``(model_inputs, positions [B, P] in batch coordinates, valid [B, P], labels or None,
+    texts or None)``; ``valid`` marks the real entries of examples with fewer than ``P`` positions."""
     if isinstance(inputs, str):
         inputs = [inputs]
     if isinstance(inputs, Sequence) and inputs and all(isinstance(t, str) for t in inputs):
@@ -116,20 +117,22 @@ def _batches(inputs, tokenizer, batch_size: int, positions, labels, takes_positi
             enc = tokenizer(texts, return_tensors="pt", padding=True)
             mask = enc.get("attention_mask")
             lengths = mask.sum(1) if mask is not None else torch.full((len(texts),), enc["input_ids"].shape[1])
-            p = torch.as_tensor(pos[s:s + batch_size], dtype=torch.long)
-            p = torch.where(p < 0, p + lengths, p)
-            if ((p < 0) | (p >= lengths)).any():
-                i = int(((p < 0) | (p >= lengths)).nonzero()[0])
-                raise LocationError(f"collect_activations: position {pos[s + i]} is out of range for text "
+            p, valid = _position_rows(pos[s:s + batch_size])
+            p = torch.where(p < 0, p + lengths[:, None], p)
+            bad = ((p < 0) | (p >= lengths[:, None])) & valid
+            if bad.any():
+                i, j = (int(x) for x in bad.nonzero()[0])
+                given = pos[s + i] if isinstance(pos[s + i], int) else list(pos[s + i])[j]
+                raise LocationError(f"collect_activations: position {given} is out of range for text "
                                     f"{s + i} ({int(lengths[i])} tokens)")
             enc = dict(enc)
             if getattr(tokenizer, "padding_side", "right") == "left":
-                p = p + (enc["input_ids"].shape[1] - lengths)
+                p = p + (enc["input_ids"].shape[1] - lengths)[:, None]
                 if mask is not None and takes_position_ids and (mask == 0).any():
                     # As HF generate does: real tokens count positions from 0, so each
                     # example reads as it would alone.
                     enc["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
-            yield enc, p, None if labels is None else labels[s:s + batch_size], texts
+            yield enc, p, valid, None if labels is None else labels[s:s + batch_size], texts
     elif isinstance(inputs, (Mapping, torch.Tensor)):
         inputs = {"input_ids": inputs} if isinstance(inputs, torch.Tensor) else dict(inputs)
         n = _rows(inputs, 0)
@@ -140,8 +143,8 @@ def _batches(inputs, tokenizer, batch_size: int, positions, labels, takes_positi
             batch = {k: v[s:s + batch_size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
                      for k, v in inputs.items()}
             b = _rows(batch, 0)
-            p = torch.full((b,), pos) if isinstance(pos, int) else torch.as_tensor(pos[s:s + batch_size])
-            yield batch, p, None if labels is None else labels[s:s + batch_size], None
+            p, valid = _position_rows([pos] * b if isinstance(pos, int) else pos[s:s + batch_size])
+            yield batch, p, valid, None if labels is None else labels[s:s + batch_size], None
     elif isinstance(inputs, Iterable):
         if labels is not None or not isinstance(positions, int):
             raise ConfigError("collect_activations: with an iterable of batches, give each batch's "
@@ -153,15 +156,37 @@ def _batches(inputs, tokenizer, batch_size: int, positions, labels, takes_positi
             lab = batch.pop("labels", None)
             p = batch.pop("positions", positions)
             b = _rows(batch, 0)
-            p = torch.full((b,), p) if isinstance(p, int) else torch.as_tensor(p).reshape(-1)
+            if isinstance(p, int):
+                p = [p] * b
+            elif isinstance(p, torch.Tensor):
+                p = p.reshape(-1).tolist() if p.dim() < 2 else p.tolist()
             _check_len(lab, b, "labels of a batch")
             _check_len(p, b, "positions of a batch")
-            yield batch, p, lab, None
+            p, valid = _position_rows(p)
+            yield batch, p, valid, lab, None
     else:
         raise ConfigError(
             f"collect_activations: inputs of type {type(inputs).__name__}; accepted: a list of texts "
             "(with tokenizer=), a dict of tensors, or an iterable of such dicts (one per batch)"
         )
+
+
+def _position_rows(per_example) -> tuple[torch.Tensor, torch.Tensor]:
+    """One int or a list of ints per example -> ``positions [B, P]`` (short rows padded with their
+    first position) and ``valid [B, P]``."""
+    rows = []
+    for i, p in enumerate(per_example):
+        if isinstance(p, torch.Tensor):
+            p = p.tolist()
+        row = [p] if isinstance(p, int) else list(p)
+        if not row or not all(isinstance(x, int) and not isinstance(x, bool) for x in row):
+            raise ConfigError(f"collect_activations: positions of example {i} must be an int or a non-empty "
+                              f"list of ints, got {p!r}")
+        rows.append(row)
+    width = max(len(r) for r in rows)
+    valid = torch.tensor([[j < len(r) for j in range(width)] for r in rows], dtype=torch.bool)
+    pos = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long)
+    return pos, valid
 
 
 def _positions_for_texts(texts, positions, tokenizer) -> list:
@@ -212,66 +237,10 @@ def _project(site, acts, heads):
         return site.module(x) - site.module(acts.new_zeros(1, 1, width))  # minus the bias
 
 
-# -- the main function ----------------------------------------------------------------------
-def collect_activations(model, inputs, sites, *, positions=-1, labels=None, class_names=None,
-                        tokenizer=None, batch_size: int = 32, columns: Mapping | None = None,
-                        metadata: Mapping | None = None, output_dir=None, overwrite: bool = False,
-                        project_heads: bool = False, progress: bool = False):
-    """Collect activations at ``sites`` and ``positions`` into an Arrow-backed ``datasets.Dataset``.
-
-    * ``inputs``: a list of texts (with ``tokenizer=``; padded per batch), a dict of tensors
-      (split into ``batch_size`` rows), or an iterable of batch dicts that may carry their own
-      ``"labels"`` and ``"positions"`` (for data that does not fit in memory).
-    * ``sites``: ``(layer, component)`` or ``(layer, component, heads)``. Head components
-      (``head_attention_value_output``: each head's output before the output projection,
-      ``head_query_output``, ...) give one column per head, every head by default.
-    * ``positions``: one token per example: an int (negative from the end of each text), one
-      int per example, or a word (or one per example) found with
-      :class:`~pyvene_like.analysis.TokenFinder` (its last token). For texts they index each
-      text's own encoding; with a left-padding tokenizer they are shifted, and models that take
-      ``position_ids`` get them counted from each text's first real token (as ``generate``
-      does), so each text reads as it would alone. For tensors, positions index the row.
-    * ``labels``: one per example (ints, or strings with ``class_names``); ``columns``: more
-      per-example columns; ``metadata``: JSON-able facts about the whole dataset.
-
-    ``project_heads=True`` turns each head's ``head_attention_value_output`` (``head_dim``
-    wide) into what the head adds to the attention output: the output projection applied to
-    that head's slice alone, minus the projection's bias (TransformerLens's ``hook_result``;
-    summed over heads plus the bias it gives the attention output).
-
-    The dataset is written to ``output_dir`` (a new temporary folder by default) as
-    ``activations.arrow`` and memory-mapped from there.
-    """
-    import pyarrow as pa
-    from datasets import ClassLabel, Dataset, DatasetInfo, Features, List, Value
-    from datasets.arrow_writer import ArrowWriter
-
-    from ..hub import model_identity
+# -- reading the sites ------------------------------------------------------------------------------
+def _compile(model, sites, project_heads: bool):
+    """One Collect intervention per site: ``(IntervenableModel, heads per site, column metadata)``."""
     from ..model import IntervenableModel
-
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"collect_activations: batch_size={batch_size!r}; accepted: an int >= 1")
-    if isinstance(sites, (ActivationSite, Mapping)) or (isinstance(sites, tuple) and sites and isinstance(sites[0], int)):
-        sites = [sites]
-    sites = [_as_site(s) for s in sites]
-    if not sites:
-        raise ConfigError("collect_activations: sites is empty")
-    if len(set(sites)) != len(sites):
-        raise ConfigError("collect_activations: a site is given twice")
-    if class_names is not None:
-        class_names = [str(c) for c in class_names]
-    elif labels is not None and len(labels) and all(isinstance(x, str) for x in labels):
-        class_names = sorted({str(x) for x in labels})
-    labels = _label_ids(labels, class_names)
-    columns = dict(columns or {})
-    clash = _RESERVED.intersection(columns)
-    if clash:
-        raise ConfigError(f"collect_activations: columns {sorted(clash)} are reserved ({sorted(_RESERVED)})")
-    if metadata is not None:
-        try:
-            json.dumps(dict(metadata))
-        except TypeError as e:
-            raise ConfigError(f"collect_activations: metadata must be JSON-serialisable: {e}") from None
 
     reps = [RepresentationConfig(s.layer, s.component, "h.pos" if s.is_head else "pos",
                                  intervention_type="collect") for s in sites]
@@ -301,7 +270,132 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
             heads_of.append(None)
             site_meta[s.column()] = {"layer": s.layer, "component": s.component, "head": None,
                                      "width": None, "module": rs.path}
+    return im, heads_of, site_meta
 
+
+def _read(im, sites, heads_of, batch, pos: torch.Tensor, project_heads: bool) -> dict[str, torch.Tensor]:
+    """One forward: column -> ``[B, P, width]`` float32 on the CPU, at ``pos [B, P]``."""
+    b, n_pos = pos.shape
+    p = pos.tolist()
+    locs = [p if heads is None else ([heads] * b, p) for heads in heads_of]
+    with torch.no_grad():
+        out = im(batch, unit_locations={"base": locs}, return_dict=True)
+    arrays = {}
+    for s, rs, heads, acts in zip(sites, im.sites, heads_of, out.collected_activations):
+        if heads is None:  # [B, P, width]
+            arrays[s.column()] = acts.detach().to("cpu", torch.float32)
+            continue
+        if project_heads:  # [B, H*P, head_dim], heads-major -> [B, H*P, d_model]
+            acts = _project(rs, acts, [h for h in heads for _ in range(n_pos)])
+        acts = acts.detach().to("cpu", torch.float32).reshape(b, len(heads), n_pos, -1)
+        for j, h in enumerate(heads):
+            arrays[s.column(h)] = acts[:, j]
+    return arrays
+
+
+def _check_sites(sites) -> list[ActivationSite]:
+    if isinstance(sites, (ActivationSite, Mapping)) or (isinstance(sites, tuple) and sites and isinstance(sites[0], int)):
+        sites = [sites]
+    sites = [_as_site(s) for s in sites]
+    if not sites:
+        raise ConfigError("collect_activations: sites is empty")
+    if len(set(sites)) != len(sites):
+        raise ConfigError("collect_activations: a site is given twice")
+    return sites
+
+
+# -- the main function ----------------------------------------------------------------------
+def collect_activations(model, inputs, sites, *, positions=-1, labels=None, class_names=None,
+                        tokenizer=None, batch_size: int = 32, columns: Mapping | None = None,
+                        metadata: Mapping | None = None, output_dir=None, overwrite: bool = False,
+                        project_heads: bool = False, progress: bool = False, skip_first: int = 0,
+                        max_length: int | None = None):
+    """Collect activations at ``sites``, in one of two modes.
+
+    **Positions, streamed to Arrow** (``positions`` an int, a word, or one entry per example): the
+    activations at each example's position(s) go batch by batch into an Arrow-backed
+    ``datasets.Dataset``, one row per (example, position), so memory holds one batch whatever
+    the number of examples.
+
+    **Every token, in memory** (``positions="all"``, for prompt sets): a dict ``column ->
+    [tensor [n_tokens_i, width] per prompt]`` of each prompt's real tokens (padding never
+    enters), after dropping its first ``skip_first`` tokens. ``inputs`` are texts (tokenized one
+    by one without special tokens, cut at ``max_length``) or lists of token ids; prompts run
+    right-padded in batches. ``model`` may also be an :class:`~pyvene_like.IntervenableModel`
+    (its wrapped model is read). The dataset-only arguments (``labels``, ``class_names``,
+    ``columns``, ``metadata``, ``output_dir``, ``overwrite``) are refused in this mode.
+
+    * ``inputs``: a list of texts (with ``tokenizer=``; padded per batch), a dict of tensors
+      (split into ``batch_size`` rows), or an iterable of batch dicts that may carry their own
+      ``"labels"`` and ``"positions"`` (for data that does not fit in memory).
+    * ``sites``: ``(layer, component)`` or ``(layer, component, heads)``. Head components
+      (``head_attention_value_output``: each head's output before the output projection,
+      ``head_query_output``, ...) give one column per head, every head by default.
+    * ``positions``: an int (negative from the end of each text), one entry per example (an int,
+      or a list of ints for several positions of that example), or a word (or one per example)
+      found with :class:`~pyvene_like.analysis.TokenFinder` (its last token). For texts they
+      index each text's own encoding; with a left-padding tokenizer they are shifted, and models
+      that take ``position_ids`` get them counted from each text's first real token (as
+      ``generate`` does), so each text reads as it would alone. For tensors, positions index
+      the row.
+    * ``labels``: one per example (ints, or strings with ``class_names``); ``columns``: more
+      per-example columns; ``metadata``: JSON-able facts about the whole dataset. An example with
+      several positions repeats its label, columns and text on each of its rows.
+
+    ``project_heads=True`` turns each head's ``head_attention_value_output`` (``head_dim``
+    wide) into what the head adds to the attention output: the output projection applied to
+    that head's slice alone, minus the projection's bias (TransformerLens's ``hook_result``;
+    summed over heads plus the bias it gives the attention output).
+
+    The dataset is written to ``output_dir`` (a new temporary folder by default) as
+    ``activations.arrow`` and memory-mapped from there.
+    """
+    if isinstance(positions, str) and positions == "all":
+        given = {"labels": labels, "class_names": class_names, "columns": columns, "metadata": metadata,
+                 "output_dir": output_dir}
+        extra = [k for k, v in given.items() if v is not None] + (["overwrite"] if overwrite else [])
+        if extra:
+            raise ConfigError(
+                f"collect_activations: {', '.join(extra)} only apply to the Arrow dataset; "
+                f"positions='all' returns every token's activations in memory"
+            )
+        return _collect_tokens(model, inputs, _check_sites(sites), tokenizer=tokenizer, batch_size=batch_size,
+                               skip_first=skip_first, max_length=max_length, project_heads=project_heads)
+    if skip_first or max_length is not None:
+        raise ConfigError("collect_activations: skip_first and max_length apply to positions='all' (every "
+                          "token in memory); name the positions to keep instead")
+    return _collect_to_arrow(model, inputs, _check_sites(sites), positions=positions, labels=labels,
+                             class_names=class_names, tokenizer=tokenizer, batch_size=batch_size,
+                             columns=columns, metadata=metadata, output_dir=output_dir, overwrite=overwrite,
+                             project_heads=project_heads, progress=progress)
+
+
+def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, tokenizer, batch_size,
+                      columns, metadata, output_dir, overwrite, project_heads, progress):
+    import pyarrow as pa
+    from datasets import ClassLabel, Dataset, DatasetInfo, Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from ..hub import model_identity
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"collect_activations: batch_size={batch_size!r}; accepted: an int >= 1")
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+    elif labels is not None and len(labels) and all(isinstance(x, str) for x in labels):
+        class_names = sorted({str(x) for x in labels})
+    labels = _label_ids(labels, class_names)
+    columns = dict(columns or {})
+    clash = _RESERVED.intersection(columns)
+    if clash:
+        raise ConfigError(f"collect_activations: columns {sorted(clash)} are reserved ({sorted(_RESERVED)})")
+    if metadata is not None:
+        try:
+            json.dumps(dict(metadata))
+        except TypeError as e:
+            raise ConfigError(f"collect_activations: metadata must be JSON-serialisable: {e}") from None
+
+    im, heads_of, site_meta = _compile(model, sites, project_heads)
     out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="pyvene_like_acts_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "activations.arrow"
@@ -309,7 +403,7 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
         raise ConfigError(f"collect_activations: {path} exists; pass overwrite=True or another output_dir")
 
     writer = None
-    n_written = 0
+    n_written = n_rows = 0
     has_labels = has_text = None
     try:
         takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
@@ -321,24 +415,14 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
 
         batches = tqdm(batches, desc="collect_activations", unit="batch")
     try:
-        for batch, pos, lab, texts in batches:
+        for batch, pos, valid, lab, texts in batches:
             b = pos.shape[0]
-            locs = []
-            for heads in heads_of:
-                p = [[int(x)] for x in pos]
-                locs.append(p if heads is None else ([heads] * b, p))
-            with torch.no_grad():
-                out = im(batch, unit_locations={"base": locs}, return_dict=True)
-            arrays = {}
-            for s, rs, heads, acts in zip(sites, im.sites, heads_of, out.collected_activations):
-                if heads is not None and project_heads:
-                    acts = _project(rs, acts, heads)
-                acts = acts.detach().to("cpu", torch.float32)  # [B, 1, width] or [B, heads, head_dim]
-                if heads is None:
-                    arrays[s.column()] = acts[:, 0]
-                else:
-                    for j, h in enumerate(heads):
-                        arrays[s.column(h)] = acts[:, j]
+            arrays = _read(im, sites, heads_of, batch, pos, project_heads)
+            flat = valid.all().item()
+            # one row per (example, position): [B, P, width] -> [rows, width]
+            arrays = {c: a.reshape(-1, a.shape[-1]) if flat else a[valid] for c, a in arrays.items()}
+            example = torch.arange(n_written, n_written + b)[:, None].expand_as(pos)
+            example, row_pos = (example.reshape(-1), pos.reshape(-1)) if flat else (example[valid], pos[valid])
             lab_ids = _label_ids(lab, class_names) if labels is None else lab
             if has_labels is None:
                 has_labels, has_text = lab_ids is not None, texts is not None
@@ -358,15 +442,17 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
                 writer = ArrowWriter(features=features, path=str(path))
             cols = {c: pa.FixedSizeListArray.from_arrays(pa.array(a.numpy().reshape(-1)), a.shape[1])
                     for c, a in arrays.items()}
+            local = (example - n_written).tolist()
             if has_labels:
-                cols["label"] = pa.array(lab_ids, pa.int64())
-            cols["example"] = pa.array(range(n_written, n_written + b), pa.int64())
-            cols["position"] = pa.array(pos.tolist(), pa.int64())
+                cols["label"] = pa.array([int(lab_ids[i]) for i in local], pa.int64())
+            cols["example"] = pa.array(example.tolist(), pa.int64())
+            cols["position"] = pa.array(row_pos.tolist(), pa.int64())
             if has_text:
-                cols["text"] = pa.array(texts, pa.string())
+                cols["text"] = pa.array([texts[i] for i in local], pa.string())
             table = pa.table(cols)
             writer.write_table(table.cast(features.arrow_schema))
             n_written += b
+            n_rows += len(local)
         if writer is None:
             raise ConfigError("collect_activations: inputs hold no examples")
         writer.finalize()
@@ -383,12 +469,76 @@ def collect_activations(model, inputs, sites, *, positions=-1, labels=None, clas
         "num_examples": n_written,
         "metadata": dict(metadata or {}),
     }
+    if n_rows != n_written:
+        doc["num_rows"] = n_rows
     ds = Dataset.from_file(str(path), info=DatasetInfo(description=json.dumps(doc), features=features))
-    for c, v in columns.items():
-        v = list(v)
-        _check_len(v, n_written, f"column {c!r}")
-        ds = ds.add_column(c, v)
+    if columns:
+        example = ds["example"] if n_rows != n_written else None
+        for c, v in columns.items():
+            v = list(v)
+            _check_len(v, n_written, f"column {c!r}")
+            ds = ds.add_column(c, v if example is None else [v[i] for i in example])
     return ds
+
+
+# -- every token, in memory -------------------------------------------------------------------------
+def _collect_tokens(model, prompts, sites, *, tokenizer, batch_size, skip_first, max_length,
+                    project_heads) -> dict[str, list[torch.Tensor]]:
+    from ..model import IntervenableModel
+
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ConfigError(f"collect_activations: prompts must be a non-empty list, got {_describe(prompts)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"collect_activations: batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+        raise ConfigError(f"collect_activations: skip_first must be an int >= 0, got {skip_first!r}")
+    ids = _token_ids(prompts, tokenizer, max_length)
+    for i, row in enumerate(ids):
+        if len(row) <= skip_first:
+            raise ConfigError(
+                f"collect_activations: prompt {i} has {len(row)} tokens, none left after skip_first={skip_first}"
+            )
+    base_model = model.model if isinstance(model, IntervenableModel) else model
+    im, heads_of, site_meta = _compile(base_model, sites, project_heads)
+    device = next(base_model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {c: [] for c in site_meta}
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        width = max(len(r) for r in chunk)
+        input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for j, row in enumerate(chunk):
+            input_ids[j, :len(row)] = torch.as_tensor(row)
+            mask[j, :len(row)] = 1
+        pos = torch.arange(width).expand(len(chunk), width)
+        arrays = _read(im, sites, heads_of, {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)},
+                       pos, project_heads)
+        for c, acts in arrays.items():  # [batch, width, d]: right padding, so real tokens come first
+            out[c].extend(acts[j, skip_first:len(row)] for j, row in enumerate(chunk))
+    return out
+
+
+def _token_ids(prompts, tokenizer, max_length):
+    if all(isinstance(p, str) for p in prompts):
+        if tokenizer is None:
+            raise ConfigError("collect_activations: prompts are strings; give the tokenizer (tokenizer=...)")
+        kw = {"truncation": True, "max_length": max_length} if max_length else {}
+        return [list(tokenizer(p, add_special_tokens=False, **kw)["input_ids"]) for p in prompts]
+    rows = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, torch.Tensor):
+            p = p.tolist()
+        if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
+            raise ConfigError(
+                f"collect_activations: prompt {i} must be a string or a non-empty list of token ids, got {_describe(p)}"
+            )
+        rows.append(list(p)[:max_length] if max_length else list(p))
+    return rows
+
+
+def _describe(x) -> str:
+    text = repr(x)
+    return text if len(text) < 60 else f"{type(x).__name__} {text[:50]}..."
 
 
 __all__ = ["ActivationSite", "activation_columns", "activation_metadata", "collect_activations"]

@@ -7,7 +7,7 @@ and interventions that force codes on.
   library resolves; ``model.codebooks`` holds them;
 * :class:`CodeInfo`, :func:`parse_code_infos`, :func:`code_intervention_config` -- code lists
   such as ``Code: 4670, Layer: 0, Head: 13`` and the interventions that force them;
-* :class:`~pyvene_like.interventions.codebook.CodebookIntervention` (registered as
+* :class:`~pyvene_like.codebook.intervention.CodebookIntervention` (registered as
   ``"codebook"``);
 * :func:`train_codebook_model` -- language-modelling loss plus a reconstruction term, dead-code
   replacement; :func:`save_codebooks` / :func:`load_codebooks` -- only the codebooks, with the
@@ -16,9 +16,9 @@ and interventions that force codes on.
   codes whose firing matches a regular expression (precision and recall).
 """
 
-from ..interventions.codebook import CodebookIntervention
 from .analysis import CodeMatch, CodeRecords, code_search, positive_tokens, record_codes
 from .info import CodeInfo, code_intervention_config, parse_code_infos
+from .intervention import CodebookIntervention
 from .layer import FORCE_MODES, SIMILARITIES, CodebookLayer, ForcedCodes
 from .saving import load_codebooks, save_codebooks
 from .train import CodebookTrainResult, train_codebook_model

@@ -27,9 +27,13 @@ def site_name(layer: int, component: str) -> str:
     return f"layer_{layer}.{component}"
 
 
-def _module_key(name: str) -> str:
-    # nn.Module names cannot hold dots.
+def module_key(name: str) -> str:
+    """The key of the codebook for site ``name`` in :class:`CodebookSet` (``nn.Module`` names
+    cannot hold dots)."""
     return name.replace(".", "-")
+
+
+_module_key = module_key  # the name saving.py and analysis.py still use
 
 
 @dataclass(eq=False)
@@ -70,7 +74,7 @@ class CodebookSet(nn.ModuleDict):
                 f"no codebook at layer {layer}, component {component!r}; the model has codebooks "
                 f"at: {accepted(self._sites) or 'none'}"
             )
-        return self[_module_key(name)]
+        return self[module_key(name)]
 
     def find(self, site: Site) -> tuple[CodebookSite, CodebookLayer] | None:
         """The codebook on the same tensor as ``site`` (same module, side and columns), if any.
@@ -84,11 +88,11 @@ class CodebookSet(nn.ModuleDict):
                 continue
             if s.columns is not None and not torch.equal(s.columns, site.columns):
                 continue
-            return cs, self[_module_key(name)]
+            return cs, self[module_key(name)]
         return None
 
     def _add(self, cs: CodebookSite, layer: CodebookLayer, handle) -> None:
-        self[_module_key(cs.name)] = layer
+        self[module_key(cs.name)] = layer
         self._sites[cs.name] = cs
         self._handles[cs.name] = handle
 

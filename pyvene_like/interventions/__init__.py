@@ -1,5 +1,14 @@
-"""Intervention types. Each class registers itself under a name usable in configs."""
+"""The intervention contract and the basic, rotated and masked types.
 
+Each class registers itself under a name usable in configs (``@register_intervention``). The
+feature packages own theirs: the SAE interventions are in :mod:`pyvene_like.sae.interventions`,
+the codebook intervention in :mod:`pyvene_like.codebook.intervention`. This package installs
+the registry's check for what may be registered (:func:`check_intervention_class`).
+"""
+
+import inspect
+
+from ..registry import INTERVENTIONS
 from .base import Intervention
 from .basic import (
     AdditionIntervention,
@@ -11,7 +20,6 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
-from .codebook import CodebookIntervention
 from .masked import SigmoidMaskIntervention, SigmoidMaskRotatedSpaceIntervention
 from .rotated import (
     BoundlessRotatedSpaceIntervention,
@@ -20,14 +28,28 @@ from .rotated import (
     RotateLayer,
     TrainableIntervention,
 )
-from .sae import (
-    SAEAblateIntervention,
-    SAEInterchangeIntervention,
-    SAEIntervention,
-    SAESteerIntervention,
-)
+
+
+def check_intervention_class(name: str, cls) -> None:
+    """What ``@register_intervention(name)`` accepts: an :class:`Intervention` subclass whose
+    ``forward`` takes ``(self, base, source=None, subspaces=None)``."""
+    if not (inspect.isclass(cls) and issubclass(cls, Intervention)):
+        raise TypeError(f"register_intervention({name!r}): {cls!r} is not an Intervention subclass")
+    if not inspect.isfunction(getattr(cls, "forward", None)):
+        raise TypeError(f"register_intervention({name!r}): {cls.__name__} defines no forward()")
+    params = list(inspect.signature(cls.forward).parameters)
+    if params[:2] != ["self", "base"]:
+        raise TypeError(
+            f"register_intervention({name!r}): {cls.__name__}.forward must take "
+            f"(self, base, source=None, subspaces=None), got ({', '.join(params)})"
+        )
+
+
+# Runs over the types registered above too, then at every registration.
+INTERVENTIONS.set_check(check_intervention_class)
 
 __all__ = [
+    "check_intervention_class",
     "Intervention",
     "VanillaIntervention",
     "AdditionIntervention",
@@ -44,9 +66,4 @@ __all__ = [
     "SigmoidMaskRotatedSpaceIntervention",
     "TrainableIntervention",
     "RotateLayer",
-    "CodebookIntervention",
-    "SAEIntervention",
-    "SAEInterchangeIntervention",
-    "SAESteerIntervention",
-    "SAEAblateIntervention",
 ]

@@ -19,6 +19,10 @@
 A local folder or file is read directly; anything else is a Hub repo id, fetched file by file with
 ``huggingface_hub.hf_hub_download`` (its cache, ``HF_HUB_OFFLINE``, ``revision``, ``cache_dir``,
 ``local_files_only`` and ``token`` apply), with ``subfolder`` naming the SAE inside the repo.
+
+Each format is one loader registered with :func:`register_sae_format` (its name, a detector and a
+clue for the error when nothing matches) in :data:`SAE_FORMATS`; :func:`load_sae` dispatches
+through that registry, so adding a format is one decorated function.
 """
 
 from __future__ import annotations
@@ -27,45 +31,94 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, LoadError, PyveneLikeWarning, accepted, did_you_mean
+from ..registry import Registry
 from .sae import NORMALIZATIONS, SAE, dtype_from_name
 
-FORMATS = ("saelens", "gemma_scope", "openai")
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 GEMMA_SCOPE_PARAMS = "params.npz"
 SAELENS_ARCHITECTURES = ("standard", "jumprelu", "topk")
 
 
+# -- the format registry ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadOptions:
+    """What :func:`load_sae` passes on to a format's loader and detector."""
+
+    filename: str | None = None
+    dtype: object = None
+    norm_scaling_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class SAEFormat:
+    """A registered SAE format: ``load(source, options) -> SAE``; ``detect(source, options) ->
+    bool`` says whether ``source`` holds this format (``None``: never guessed, only asked for by
+    name); ``clue`` says what detection looks for, for the error when no format matches."""
+
+    name: str
+    load: Callable[[SAESource, LoadOptions], SAE]
+    detect: Callable[[SAESource, LoadOptions], bool] | None = None
+    clue: str = ""
+    priority: int = 50
+
+    def __str__(self) -> str:
+        return f"the {self.name!r} SAE loader {self.load.__qualname__}"
+
+
+#: Format name -> :class:`SAEFormat`, in registration order; ``FORMATS`` is the same registry.
+SAE_FORMATS: Registry[SAEFormat] = Registry(
+    "SAE format", "format", sort_names=False,
+    unknown="load_sae: {field} {value!r} is not supported; accepted: {accepted}.{hint}",
+)
+FORMATS = SAE_FORMATS
+
+
+def register_sae_format(name: str, *, detect: Callable[[SAESource, LoadOptions], bool] | None = None,
+                        clue: str | None = None, priority: int = 50):
+    """Decorator: register ``load(source: SAESource, options: LoadOptions) -> SAE`` as the loader of
+    format ``name``. A new format is one decorated function::
+
+        @register_sae_format("myformat", detect=lambda src, opts: src.has("my.json"), clue="'my.json'")
+        def load_myformat(src, opts):
+            return SAE(...).load_weights(...)
+
+    When ``load_sae`` is not told the format, detectors run by ``priority`` (lower first), then in
+    registration order: a detector that decides from the arguments alone (OpenAI: a ``.pt`` path or
+    ``filename=``) goes before those that look for files.
+    """
+
+    def deco(load):
+        SAE_FORMATS.add(name, SAEFormat(name, load, detect, clue or repr(name), priority))
+        return load
+
+    return deco
+
+
 def load_sae(path_or_repo_id, format: str | None = None, *, subfolder: str | None = None,
              filename: str | None = None, revision: str | None = None, cache_dir=None,
              local_files_only: bool = False, token=None, dtype=None, device=None,
              norm_scaling_factor: float | None = None, hook_name: str | None = None) -> SAE:
-    """Load an SAE from a local folder/file or a Hub repo, in any supported format.
+    """Load an SAE from a local folder/file or a Hub repo, in any registered format.
 
     ``format`` is found from the files when not given (``cfg.json``: SAELens, ``params.npz``:
     Gemma Scope, a ``.pt`` file: OpenAI). ``filename`` names an OpenAI ``.pt`` inside a folder or
     repo. ``norm_scaling_factor`` is the dataset constant of SAELens SAEs trained with
     ``normalize_activations="expected_average_only_in"``; ``hook_name`` overrides the file's.
     """
-    if format is not None and format not in FORMATS:
-        raise ConfigError(
-            f"load_sae: format {format!r} is not supported; accepted: {accepted(FORMATS)}."
-            f"{did_you_mean(str(format), FORMATS)}"
-        )
-    src = _Source(path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token)
-    if format is None:
-        format = src.detect(filename)
-    if format == "saelens":
-        sae = _load_saelens(src, dtype, norm_scaling_factor)
-    elif format == "gemma_scope":
-        sae = _load_gemma_scope(src, dtype)
-    else:
-        sae = _load_openai(src, filename, dtype)
+    fmt = SAE_FORMATS.get(format) if format is not None else None
+    src = SAESource(path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token)
+    opts = LoadOptions(filename, dtype, norm_scaling_factor)
+    if fmt is None:
+        fmt = _detect(src, opts)
+    sae = fmt.load(src, opts)
     if hook_name is not None:
         sae.hook_name = hook_name
     if device is not None:
@@ -73,9 +126,25 @@ def load_sae(path_or_repo_id, format: str | None = None, *, subfolder: str | Non
     return sae.eval()
 
 
+def _detect(src: SAESource, opts: LoadOptions) -> SAEFormat:
+    formats = list({id(f): f for f in SAE_FORMATS.as_dict().values()}.values())
+    formats.sort(key=lambda f: f.priority)
+    for fmt in formats:
+        if fmt.detect is not None and fmt.detect(src, opts):
+            return fmt
+    clues = ", ".join(f.clue for f in formats if f.detect is not None)
+    raise LoadError(
+        f"load_sae: cannot tell the SAE format of {src.label()}: it shows none of {clues}; give "
+        f"format= one of {accepted(FORMATS)}"
+    )
+
+
 # -- where the files come from -------------------------------------------------------------------
-class _Source:
-    """A local folder, a local file, or a Hub repo (+ subfolder)."""
+class SAESource:
+    """Where an SAE's files come from: a local folder, a local file, or a Hub repo (+ subfolder).
+
+    Loaders read files with :meth:`fetch` (a local path, downloaded when from the Hub) and test
+    for them with :meth:`has`."""
 
     def __init__(self, path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token):
         if not isinstance(path_or_repo_id, (str, os.PathLike)):
@@ -111,6 +180,10 @@ class _Source:
             path = self.local / filename
             return path if path.is_file() else self._missing(filename, required)
         return self._download(filename, required)
+
+    def has(self, filename: str) -> bool:
+        """Whether the source holds ``filename`` (fetched, if it is on the Hub)."""
+        return self.fetch(filename, required=False) is not None
 
     def _missing(self, filename: str, required: bool):
         if not required:
@@ -165,22 +238,11 @@ class _Source:
         except (OSError, ValueError) as e:
             raise LoadError(f"load_sae: could not fetch {filename!r} from {self.label()}: {e}") from e
 
-    def detect(self, filename: str | None) -> str:
-        if filename is not None or (self.file is not None and self.file.suffix in (".pt", ".pth")):
-            return "openai"
-        if self.fetch(SAELENS_CONFIG, required=False) is not None:
-            return "saelens"
-        if self.fetch(GEMMA_SCOPE_PARAMS, required=False) is not None:
-            return "gemma_scope"
-        raise LoadError(
-            f"load_sae: cannot tell the SAE format of {self.label()}: it has neither {SAELENS_CONFIG!r} "
-            f"(SAELens) nor {GEMMA_SCOPE_PARAMS!r} (Gemma Scope), and no OpenAI .pt file was named "
-            f"(filename=); give format= one of {accepted(FORMATS)}"
-        )
-
 
 # -- SAELens ---------------------------------------------------------------------------------------
-def _load_saelens(src: _Source, dtype, norm_scaling_factor) -> SAE:
+@register_sae_format("saelens", detect=lambda src, opts: src.has(SAELENS_CONFIG), clue=f"{SAELENS_CONFIG!r} (SAELens)")
+def _load_saelens(src: SAESource, opts: LoadOptions) -> SAE:
+    dtype, norm_scaling_factor = opts.dtype, opts.norm_scaling_factor
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -286,7 +348,10 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
 _GEMMA_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
-def _load_gemma_scope(src: _Source, dtype) -> SAE:
+@register_sae_format("gemma_scope", detect=lambda src, opts: src.has(GEMMA_SCOPE_PARAMS),
+                     clue=f"{GEMMA_SCOPE_PARAMS!r} (Gemma Scope)")
+def _load_gemma_scope(src: SAESource, opts: LoadOptions) -> SAE:
+    dtype = opts.dtype
     import numpy as np
 
     path = src.fetch(GEMMA_SCOPE_PARAMS)
@@ -328,7 +393,13 @@ def gemma_scope_hook_name(repo: str, subfolder: str | None) -> str | None:
 _OPENAI_KEYS = ("pre_bias", "encoder.weight", "latent_bias", "decoder.weight")
 
 
-def _load_openai(src: _Source, filename: str | None, dtype) -> SAE:
+def _is_openai(src: SAESource, opts: LoadOptions) -> bool:
+    return opts.filename is not None or (src.file is not None and src.file.suffix in (".pt", ".pth"))
+
+
+@register_sae_format("openai", detect=_is_openai, clue="an OpenAI .pt file (a .pt path, or filename=)", priority=0)
+def _load_openai(src: SAESource, opts: LoadOptions) -> SAE:
+    filename, dtype = opts.filename, opts.dtype
     import pickle
 
     if filename is None and src.file is None:

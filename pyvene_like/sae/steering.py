@@ -26,12 +26,10 @@ Autoencoders" (IBM, ``IBM/sae-steering``):
    error** of the SAE on the alignment (target) prompts' tokens, as the fraction of variance
    unexplained ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``: how much of the target's
    activations the SAE can express at all.
-This module imports the interventions, so ``pyvene_like/sae/__init__.py`` loads it lazily and
-``pyvene_like/__init__.py`` imports it (which registers ``sae_swap``).
-
 4. **Steering** with the top-k features:
 
-   * ``"swap"`` (the published method, registered as ``sae_swap``): at each position the SAE's
+   * ``"swap"`` (the published method, :class:`~pyvene_like.sae.interventions.SAESwapIntervention`,
+     registered as ``sae_swap``): at each position the SAE's
      pre-activations are weighted by the scores (1 for the kept features, 0 for the others),
      the SAE's own activation (ReLU, TopK, JumpReLU) picks which features fire, and those
      features keep their *unweighted* pre-activation; every other feature is zeroed. As in the
@@ -46,10 +44,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..analysis.collect import ActivationSite
+from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
-from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..interventions.sae import SAEIntervention
-from ..registry import register_intervention
+from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from .interventions import SAESwapIntervention
 from .sae import SAE
 
 SUMMARIES = ("avg", "max", "counts")
@@ -63,66 +62,16 @@ def collect_activations(model, prompts, layer: int, component: str = "block_outp
                         ) -> list[torch.Tensor]:
     """Activations at ``(layer, component)`` for each prompt: a list of ``[n_tokens_i, width]``.
 
-    ``prompts`` are strings (give ``tokenizer``) or lists of token ids. Prompts run in batches,
-    right-padded with an attention mask; only real tokens are kept, so padding never enters a
-    summary. ``skip_first`` drops each prompt's first tokens (the paper drops BOS). The model
-    is read through a ``collect`` intervention of an :class:`~pyvene_like.IntervenableModel`
-    (``model`` may be one, or a plain model that is wrapped here).
+    :func:`pyvene_like.analysis.collect_activations` with ``positions="all"`` at one site (this
+    is its SAE-shaped call): ``prompts`` are strings (give ``tokenizer``) or lists of token ids,
+    run in right-padded batches; only real tokens are kept, so padding never enters a summary.
+    ``skip_first`` drops each prompt's first tokens (the paper drops BOS). ``model`` may be an
+    :class:`~pyvene_like.IntervenableModel` or a plain model.
     """
-    from ..model import IntervenableModel
-
-    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-        raise ConfigError(f"collect_activations: prompts must be a non-empty list, got {_describe(prompts)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"collect_activations: batch_size must be a positive int, got {batch_size!r}")
-    ids = _token_ids(prompts, tokenizer, max_length)
-    for i, row in enumerate(ids):
-        if len(row) <= skip_first:
-            raise ConfigError(
-                f"collect_activations: prompt {i} has {len(row)} tokens, none left after skip_first={skip_first}"
-            )
-    base_model = model.model if isinstance(model, IntervenableModel) else model
-    im = IntervenableModel(RepresentationConfig(layer, component, intervention_type="collect"), base_model)
-    device = next(base_model.parameters()).device
-    out: list[torch.Tensor] = []
-    with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start:start + batch_size]
-            width = max(len(r) for r in chunk)
-            input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for j, row in enumerate(chunk):
-                input_ids[j, :len(row)] = torch.as_tensor(row)
-                mask[j, :len(row)] = 1
-            (_, collected), _ = im({"input_ids": input_ids.to(device), "attention_mask": mask.to(device)},
-                                   unit_locations={"base": None})
-            acts = collected[0]  # [batch, width, d]: right padding, so real tokens come first
-            for j, row in enumerate(chunk):
-                out.append(acts[j, skip_first:len(row)].float().cpu())
-    return out
-
-
-def _token_ids(prompts, tokenizer, max_length):
-    if all(isinstance(p, str) for p in prompts):
-        if tokenizer is None:
-            raise ConfigError("collect_activations: prompts are strings; give the tokenizer (tokenizer=...)")
-        kw = {"truncation": True, "max_length": max_length} if max_length else {}
-        return [list(tokenizer(p, add_special_tokens=False, **kw)["input_ids"]) for p in prompts]
-    rows = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, torch.Tensor):
-            p = p.tolist()
-        if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
-            raise ConfigError(
-                f"collect_activations: prompt {i} must be a string or a non-empty list of token ids, got {_describe(p)}"
-            )
-        rows.append(list(p)[:max_length] if max_length else list(p))
-    return rows
-
-
-def _describe(x) -> str:
-    text = repr(x)
-    return text if len(text) < 60 else f"{type(x).__name__} {text[:50]}..."
+    site = ActivationSite(layer, component)
+    acts = analysis_collect(model, prompts, site, positions="all", tokenizer=tokenizer, batch_size=batch_size,
+                            skip_first=skip_first, max_length=max_length)
+    return acts[site.column()]
 
 
 # -- summaries, scores, coverage, reconstruction error -------------------------------------------
@@ -299,80 +248,7 @@ def score_features(sae: SAE, align_acts, ref_acts, *, method: str = "difference"
                          target_means=feats.mean(0), sae=sae, method=method, summary=summary)
 
 
-# -- the swap intervention -----------------------------------------------------------------------
-@register_intervention("sae_swap")
-class SAESwapIntervention(SAEIntervention):
-    """Keep only the chosen ``features`` (the published "swap"): weight the pre-activations by
-    1 on the chosen features and 0 elsewhere, let the SAE's activation pick what fires, and keep
-    those features' unweighted pre-activations; all other features are zeroed. ``weights``
-    (one number per SAE feature, e.g. the paper's scores in [0, 1]) replaces the 0/1 weights.
-    As in the paper, set ``use_error_term=False`` to let the reconstruction replace the
-    activations; with the error term only the removed features' contributions are subtracted."""
-
-    source_from = None
-    supports_subspaces = False
-
-    def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
-                 subspace_partition=None, features=None, use_error_term: bool = True, weights=None):
-        super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
-        if isinstance(weights, torch.Tensor):
-            weights = weights.tolist()
-        if weights is None:
-            if self.features is None:
-                raise ConfigError("sae_swap: give the features to keep (features=[...]) or one weight per feature")
-        else:
-            if self.features is not None:
-                raise ConfigError("sae_swap: give features= or weights=, not both")
-            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
-            ):
-                raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
-            weights = [float(w) for w in weights]
-        self.weights = weights
-        self._weight_vecs: dict = {}
-
-    def get_config(self):
-        return {**super().get_config(), "weights": self.weights}
-
-    @classmethod
-    def example_kwargs(cls, embed_dim):
-        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
-                                        "features": [2, 7, 9], "use_error_term": False}}
-
-    @classmethod
-    def null_kwargs(cls, embed_dim):
-        # every feature weighted 1: what fires is what the SAE picks itself, so nothing changes
-        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
-                                        "weights": [1.0] * (2 * embed_dim)}}
-
-    def _weight(self, like: torch.Tensor) -> torch.Tensor:
-        key = (like.device, like.dtype)
-        w = self._weight_vecs.get(key)
-        if w is None:
-            if self.weights is not None:
-                w = torch.tensor(self.weights, dtype=like.dtype, device=like.device)
-            else:
-                w = torch.zeros(self.sae.d_sae, dtype=like.dtype, device=like.device)
-                w[self.features] = 1
-            self._weight_vecs[key] = w
-        return w
-
-    def forward(self, base, source=None, subspaces=None):
-        sae = self.sae
-        if base.shape[-1] != sae.d_in:
-            raise ShapeError(f"sae_swap: the units have width {base.shape[-1]} but the SAE has d_in={sae.d_in}")
-        if subspaces is not None:
-            raise LocationError("sae_swap: per-call subspaces are not supported; the kept features are features=")
-        sae._check_input(base)
-        x_n, stats = sae.normalize(base.to(sae.dtype))
-        pre = sae.pre_activations(x_n)
-        kept = sae.activate(pre * self._weight(pre)) != 0
-        swapped = torch.where(kept, pre, torch.zeros_like(pre))
-        recon = sae.decode(swapped, stats)
-        if self.use_error_term:
-            return base + (recon - sae.decode(sae.activate(pre), stats)).to(base.dtype)
-        return recon.to(base.dtype)
-
-    def extra_repr(self) -> str:
-        w = "given" if self.weights is not None else None
-        return f"features={self.features}, weights={w}, use_error_term={self.use_error_term}"
+__all__ = [
+    "SUMMARIES", "SCORE_METHODS", "STEER_METHODS", "FeatureScores", "SAESwapIntervention", "collect_activations",
+    "coverage", "min_distances", "prompt_summaries", "reconstruction_error", "score_features",
+]

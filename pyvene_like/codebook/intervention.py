@@ -18,9 +18,10 @@ codes). A forced code is never counted twice. The codebook's recordings keep its
 from __future__ import annotations
 
 from ..errors import ConfigError, SiteError
+from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
-from .base import Intervention
+from .wrap import ATTRIBUTE, get_codebooks, module_key
 
 MODES = ("replace", "append")
 
@@ -101,8 +102,6 @@ class CodebookIntervention(Intervention):
     def bind_site(self, model, site: Site, rep) -> Site:
         """Called when an IntervenableModel is built: find the codebook at ``site`` and return
         the site to hook instead (the codebook module's output)."""
-        from ..codebook.wrap import ATTRIBUTE, _module_key, get_codebooks
-
         if rep.unit in HEAD_UNITS:
             raise ConfigError(
                 f"CodebookIntervention takes unit 'pos' (positions) and names heads in codes=[[head, "
@@ -130,7 +129,7 @@ class CodebookIntervention(Intervention):
         forced = layer.force(by_head, self.mode)
         self.__dict__["_codebook"] = layer
         self.__dict__["_forced"] = forced
-        return Site(layer, f"{ATTRIBUTE}.{_module_key(cs.name)}", "output", width=layer.dim,
+        return Site(layer, f"{ATTRIBUTE}.{module_key(cs.name)}", "output", width=layer.dim,
                     description=f"the codebook at {cs.name} (output)")
 
     @property

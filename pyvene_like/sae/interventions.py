@@ -15,6 +15,9 @@ Which features: ``features=[...]`` at construction, or ``subspaces`` per call (f
 Positions are the engine's ``unit_locations`` (``None``: every position), in ``forward`` and in
 ``generate``. The SAE is a submodule, so its weights are in the intervention's state dict and
 ``save_pretrained`` stores them with its settings (``sae_config``); its parameters are frozen.
+
+Registered as ``sae_interchange``, ``sae_steer``, ``sae_ablate`` and ``sae_swap`` (the
+steering method of :mod:`pyvene_like.sae.steering`, which scores the features it keeps).
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
+from ..interventions.base import Intervention, _check_partition, _rectangular
 from ..registry import register_intervention
-from ..sae.sae import SAE
-from .base import Intervention, _check_partition, _rectangular
+from .sae import SAE
 
 
 class SAEIntervention(Intervention):
@@ -272,3 +275,82 @@ class SAEAblateIntervention(SAEIntervention):
         if mask is None:
             return torch.zeros_like(feats)
         return feats.masked_fill(mask, 0)
+
+
+# -- the swap intervention (steering) -------------------------------------------------------------
+@register_intervention("sae_swap")
+class SAESwapIntervention(SAEIntervention):
+    """Keep only the chosen ``features`` (the published "swap"): weight the pre-activations by
+    1 on the chosen features and 0 elsewhere, let the SAE's activation pick what fires, and keep
+    those features' unweighted pre-activations; all other features are zeroed. ``weights``
+    (one number per SAE feature, e.g. the paper's scores in [0, 1]) replaces the 0/1 weights.
+    As in the paper, set ``use_error_term=False`` to let the reconstruction replace the
+    activations; with the error term only the removed features' contributions are subtracted."""
+
+    source_from = None
+    supports_subspaces = False
+
+    def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
+                 subspace_partition=None, features=None, use_error_term: bool = True, weights=None):
+        super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
+        if isinstance(weights, torch.Tensor):
+            weights = weights.tolist()
+        if weights is None:
+            if self.features is None:
+                raise ConfigError("sae_swap: give the features to keep (features=[...]) or one weight per feature")
+        else:
+            if self.features is not None:
+                raise ConfigError("sae_swap: give features= or weights=, not both")
+            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+            ):
+                raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
+            weights = [float(w) for w in weights]
+        self.weights = weights
+        self._weight_vecs: dict = {}
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.weights}
+
+    @classmethod
+    def example_kwargs(cls, embed_dim):
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
+                                        "features": [2, 7, 9], "use_error_term": False}}
+
+    @classmethod
+    def null_kwargs(cls, embed_dim):
+        # every feature weighted 1: what fires is what the SAE picks itself, so nothing changes
+        return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
+                                        "weights": [1.0] * (2 * embed_dim)}}
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        w = self._weight_vecs.get(key)
+        if w is None:
+            if self.weights is not None:
+                w = torch.tensor(self.weights, dtype=like.dtype, device=like.device)
+            else:
+                w = torch.zeros(self.sae.d_sae, dtype=like.dtype, device=like.device)
+                w[self.features] = 1
+            self._weight_vecs[key] = w
+        return w
+
+    def forward(self, base, source=None, subspaces=None):
+        sae = self.sae
+        if base.shape[-1] != sae.d_in:
+            raise ShapeError(f"sae_swap: the units have width {base.shape[-1]} but the SAE has d_in={sae.d_in}")
+        if subspaces is not None:
+            raise LocationError("sae_swap: per-call subspaces are not supported; the kept features are features=")
+        sae._check_input(base)
+        x_n, stats = sae.normalize(base.to(sae.dtype))
+        pre = sae.pre_activations(x_n)
+        kept = sae.activate(pre * self._weight(pre)) != 0
+        swapped = torch.where(kept, pre, torch.zeros_like(pre))
+        recon = sae.decode(swapped, stats)
+        if self.use_error_term:
+            return base + (recon - sae.decode(sae.activate(pre), stats)).to(base.dtype)
+        return recon.to(base.dtype)
+
+    def extra_repr(self) -> str:
+        w = "given" if self.weights is not None else None
+        return f"features={self.features}, weights={w}, use_error_term={self.use_error_term}"

@@ -1,0 +1,191 @@
+"""The import graph of pyvene_like: every module imports, no cycles between its parts, imports
+run from higher layers to lower ones, and no private name crosses a package boundary.
+
+The graph is read from the source (``ast``), so imports inside functions (lazy imports) count
+as well: a lazy import hides a cycle from Python, not from the design. A *part* is what sits
+directly under ``pyvene_like`` (``sae``, ``model``, ``errors``...); importing ``pyvene_like.x.y``
+also runs ``pyvene_like/x/__init__.py``, so parts, not single files, are what can form cycles.
+
+``KNOWN_*`` lists what is still being untangled elsewhere (issue 11); each entry names the
+files. A fix shows up as a failing "stale entry" check, so the lists only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "pyvene_like"
+
+#: Lower number: lower layer. A part may import parts of its own layer or below.
+LAYERS = {
+    "errors": 0,
+    "registry": 1,
+    "sites": 2,
+    "config": 2,
+    "interventions": 3,  # the contract; the engine plans with it
+    "engine": 4,
+    "generation": 4,  # to be folded into the engine (issue 11, item 1)
+    "serialization": 5,
+    "hub": 5,
+    "model": 6,
+    "training": 7,
+    "sae": 8,
+    "codebook": 8,
+    "analysis": 8,
+    "cli": 9,
+    "app": 9,
+}
+#: Feature parts that may use one another, in this direction only: sae reads activations with
+#: analysis.collect_activations.
+SAME_LAYER_ALLOWED = {("sae", "analysis")}
+
+#: Cycles between parts still present (sorted tuples of the parts).
+KNOWN_CYCLES = {
+    ("generation", "hub", "model"),  # model.py <-> generation.py <-> hub.py: engine and serialization branches
+}
+#: Imports from a lower layer up to a higher one still present: (importer, imported).
+KNOWN_UPWARD = {
+    ("config", "interventions"),  # config.py checks Intervention subclasses / partitions lazily
+    ("generation", "model"),  # generation.py
+    ("hub", "model"),  # hub.py
+    ("codebook", ""),  # codebook/saving.py: from .. import __version__
+    ("hub", ""),  # hub.py: from . import __version__
+}
+#: Private names imported from another part: (importer, imported, name).
+KNOWN_PRIVATE = {
+    ("sae", "interventions", "_check_partition"),  # sae/interventions.py; base.py should make them public
+    ("sae", "interventions", "_rectangular"),
+    ("config", "interventions", "_check_partition"),  # config.py
+    ("hub", "config", "_LambdaFactory"),  # hub.py
+    ("sae", "training", "_allow_precision"),  # sae/train.py: the one-training-loop branch
+    ("codebook", "training", "_allow_precision"),  # codebook/train.py: same
+}
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        out[".".join(parts)] = (path, is_pkg)
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports():
+    """Yield ``(importer module, imported module, imported name or None, lazy)``."""
+    for mod, (path, is_pkg) in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        nested = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                nested.update(id(n) for n in ast.walk(node) if n is not node)
+        for node in ast.walk(tree):
+            lazy = id(node) in nested
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("pyvene_like"):
+                        yield mod, alias.name, None, lazy
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not target.startswith("pyvene_like"):
+                    continue
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    yield mod, sub if sub in MODULES else target, alias.name, lazy
+
+
+def _part(module: str) -> str:
+    """``pyvene_like.sae.steering`` -> ``sae``; the package itself -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+EDGES = [(_part(a), _part(b), name, lazy) for a, b, name, lazy in _imports() if _part(a) != _part(b)]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_imports(module):
+    importlib.import_module(module)
+
+
+def _cycles() -> set[tuple[str, ...]]:
+    """Strongly connected components with more than one part (Tarjan), the package itself left
+    out: it re-exports everything, by design on top."""
+    graph: dict[str, set[str]] = {}
+    for a, b, _, _ in EDGES:
+        if a and b:
+            graph.setdefault(a, set()).add(b)
+            graph.setdefault(b, set())
+    index, low, stack, on_stack, out = {}, {}, [], set(), set()
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.add(tuple(sorted(comp)))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_between_parts():
+    cycles = _cycles()
+    assert cycles - KNOWN_CYCLES == set(), f"new import cycles: {sorted(cycles - KNOWN_CYCLES)}"
+    assert KNOWN_CYCLES - cycles == set(), f"stale KNOWN_CYCLES entries (fixed, remove them): {KNOWN_CYCLES - cycles}"
+
+
+def test_imports_point_down():
+    new = {p for a, b, _, _ in EDGES for p in (a, b)} - set(LAYERS) - {""}
+    assert not new, f"new parts {sorted(new)}: give each a layer in LAYERS"
+
+    def rank(part):
+        # The package itself (the public API) is on top, with the command line that uses it.
+        return LAYERS[part] if part else LAYERS["cli"]
+
+    features = LAYERS["sae"]
+    upward = {(a, b) for a, b, _, _ in EDGES if a and (
+        rank(b) > rank(a) or (rank(a) == rank(b) == features and (a, b) not in SAME_LAYER_ALLOWED))}
+    assert upward - KNOWN_UPWARD == set(), f"imports from a lower layer up: {sorted(upward - KNOWN_UPWARD)}"
+    assert KNOWN_UPWARD - upward == set(), f"stale KNOWN_UPWARD entries (fixed, remove them): {KNOWN_UPWARD - upward}"
+
+
+def test_no_private_names_cross_parts():
+    private = {(a, b, name) for a, b, name, _ in EDGES
+               if a and name and name.startswith("_") and not name.startswith("__")}
+    assert private - KNOWN_PRIVATE == set(), f"private names imported across parts: {sorted(private - KNOWN_PRIVATE)}"
+    assert KNOWN_PRIVATE - private == set(), f"stale KNOWN_PRIVATE entries (fixed, remove them): {KNOWN_PRIVATE - private}"
+
+
+def test_registry_imports_nothing_above_errors():
+    assert {b for a, b, _, _ in EDGES if a == "registry"} <= {"errors"}
