@@ -1,7 +1,5 @@
 """pyvene_like: declarative interventions on the internals of any PyTorch / HuggingFace model."""
 
-__version__ = "0.1.0"
-
 from . import analysis as analysis
 from . import codebook as codebook
 from . import interventions as interventions
@@ -46,6 +44,7 @@ from .sae import (
     load_sae,
 )
 from .sites import COMPONENTS
+from .version import __version__
 
 _TRAINING_NAMES = (
     "CausalModel",

@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "version":
-        from . import __version__
+        from .version import __version__
 
         print(__version__)
     elif args.cmd == "interventions":

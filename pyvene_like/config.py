@@ -58,9 +58,9 @@ class RepresentationConfig:
         self.max_number_of_units = check_positive_int(self.max_number_of_units, "max_number_of_units")
         self.low_rank_dimension = check_optional_positive_int(self.low_rank_dimension, "low_rank_dimension")
         if self.subspace_partition is not None:
-            from .interventions.base import _check_partition
+            from .interventions.base import check_partition
 
-            self.subspace_partition = _check_partition(self.subspace_partition, None)
+            self.subspace_partition = check_partition(self.subspace_partition, None)
         if self.intervention_kwargs is None:
             self.intervention_kwargs = {}
         if not isinstance(self.intervention_kwargs, dict):
@@ -123,7 +123,7 @@ def resolve_intervention_type(value):
 
     if isinstance(value, str):
         return get_intervention_class(value)
-    if isinstance(value, _LambdaFactory):
+    if isinstance(value, LambdaFactory):
         return value
     if inspect.isclass(value):
         if issubclass(value, Intervention):
@@ -138,14 +138,14 @@ def resolve_intervention_type(value):
             "as intervention_type"
         )
     if callable(value):
-        return _LambdaFactory(value)
+        return LambdaFactory(value)
     raise ConfigError(
         f"intervention_type {value!r} is not accepted; give a registered name (e.g. 'vanilla'), an "
         f"Intervention subclass, or a function fn(base, source)"
     )
 
 
-class _LambdaFactory:
+class LambdaFactory:
     """A plain function given as intervention_type: built into a LambdaIntervention."""
 
     registry_name = "lambda"
@@ -159,7 +159,7 @@ class _LambdaFactory:
         return LambdaIntervention(self.fn, **kwargs)
 
     def __eq__(self, other):
-        return isinstance(other, _LambdaFactory) and other.fn is self.fn
+        return isinstance(other, LambdaFactory) and other.fn is self.fn
 
     def __hash__(self):
         return hash(self.fn)
@@ -167,7 +167,7 @@ class _LambdaFactory:
 
 def type_name(cls) -> str:
     name = getattr(cls, "registry_name", None)
-    if isinstance(cls, _LambdaFactory):
+    if isinstance(cls, LambdaFactory):
         raise ConfigError(
             "to_dict: a plain function intervention_type cannot be written as JSON; register a "
             "class with @register_intervention and use its name"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from torch import nn
 
-from . import __version__
 from .errors import ConfigError, LoadError
 from .serialization import (  # noqa: F401  (some re-exported: the names were public here before)
     CARD_NAME,
@@ -39,6 +38,7 @@ from .serialization import (  # noqa: F401  (some re-exported: the names were pu
     read_weights,
     write_interventions,
 )
+from .version import __version__
 
 
 # -- saving (the files, then the card) -----------------------------------------------------------

@@ -45,8 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .config import IntervenableConfig, RepresentationConfig, _LambdaFactory
+from .config import IntervenableConfig, LambdaFactory, RepresentationConfig
 from .errors import (
     ConfigError,
     LoadError,
@@ -58,6 +57,7 @@ from .errors import (
 from .interventions.base import Intervention
 from .interventions.basic import LambdaIntervention
 from .registry import get_intervention_class
+from .version import __version__
 
 LIBRARY = "pyvene_like"
 CONFIG_NAME = "config.json"
@@ -407,7 +407,7 @@ def _intervention_spec(e: _Entry):
     if rep.intervention is None and not built_from_modules:
         factory = rep.intervention_type
         kwargs = dict(rep.intervention_kwargs)
-        if isinstance(factory, _LambdaFactory):
+        if isinstance(factory, LambdaFactory):
             return LambdaIntervention, kwargs, _function_name(factory.fn)
         if factory is LambdaIntervention:
             return LambdaIntervention, kwargs, _function_name(kwargs.pop("fn", iv.fn))

@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1] / "pyvene_like"
 #: Lower number: lower layer. A part may import parts of its own layer or below.
 LAYERS = {
     "errors": 0,
+    "validation": 0,
+    "version": 0,
     "registry": 1,
     "sites": 2,
-    "config": 2,
-    "interventions": 3,  # the contract; the engine plans with it
+    "interventions": 2,  # the contract; configs check against it and the engine plans with it
+    "config": 3,
     "engine": 4,
     "generation": 4,  # to be folded into the engine (issue 11, item 1)
     "serialization": 5,
@@ -45,22 +47,14 @@ SAME_LAYER_ALLOWED = {("sae", "analysis")}
 
 #: Cycles between parts still present (sorted tuples of the parts).
 KNOWN_CYCLES = {
-    ("generation", "hub", "model"),  # model.py <-> generation.py <-> hub.py: engine and serialization branches
+    ("generation", "model"),  # model.py <-> generation.py: the engine branch folds generation in
 }
 #: Imports from a lower layer up to a higher one still present: (importer, imported).
 KNOWN_UPWARD = {
-    ("config", "interventions"),  # config.py checks Intervention subclasses / partitions lazily
     ("generation", "model"),  # generation.py
-    ("hub", "model"),  # hub.py
-    ("codebook", ""),  # codebook/saving.py: from .. import __version__
-    ("hub", ""),  # hub.py: from . import __version__
 }
 #: Private names imported from another part: (importer, imported, name).
 KNOWN_PRIVATE = {
-    ("sae", "interventions", "_check_partition"),  # sae/interventions.py; base.py should make them public
-    ("sae", "interventions", "_rectangular"),
-    ("config", "interventions", "_check_partition"),  # config.py
-    ("hub", "config", "_LambdaFactory"),  # hub.py
     ("sae", "training", "_allow_precision"),  # sae/train.py: the one-training-loop branch
     ("codebook", "training", "_allow_precision"),  # codebook/train.py: same
 }

@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError, ShapeError
 from ..validation import check_positive_int
 from .info import CodeInfo
-from .wrap import _module_key, get_codebooks
+from .wrap import get_codebooks, module_key
 
 
 @dataclass
@@ -153,7 +153,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     seqs = _batches(data, tokenizer, batch_size, max_length)
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ConfigError("record_codes: every sequence needs at least one token")
-    layers = [cbs[_module_key(n)] for n in names]
+    layers = [cbs[module_key(n)] for n in names]
     sites = cbs.sites()
     # Row r of the codes table <-> (codebook b, head g, code c); codebook b's rows start at base[b].
     base, total = [], 0

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
 from ..errors import ConfigError, LoadError
 from ..serialization import (
     LIBRARY,
@@ -35,7 +34,8 @@ from ..serialization import (
     save_tensors,
     write_json,
 )
-from .wrap import ATTRIBUTE, _module_key, get_codebooks, wrap_codebook
+from ..version import __version__
+from .wrap import ATTRIBUTE, get_codebooks, module_key, wrap_codebook
 
 CODEBOOK_CONFIG = "codebooks.json"
 CODEBOOK_WEIGHTS = "codebooks.safetensors"
@@ -49,7 +49,7 @@ def save_codebooks(model: nn.Module, save_directory) -> Path:
     folder = check_save_folder(save_directory, "save_codebooks", CODEBOOK_CONFIG)
     entries, tensors = [], {}
     for name, cs in cbs.sites().items():
-        cb = cbs[_module_key(name)]
+        cb = cbs[module_key(name)]
         entries.append({"name": name, "layer": cs.layer, "component": cs.component,
                         **{k: getattr(cb, k) for k in _SETTINGS}})
         for pname, p in cb.named_parameters():
@@ -117,7 +117,7 @@ def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_di
             f"{saved_names}; unwrap the model (unwrap_codebook) or wrap it at the saved sites"
         )
     for e in entries:
-        cb = cbs[_module_key(e["name"])]
+        cb = cbs[module_key(e["name"])]
         for key in _SETTINGS:
             if key in e and getattr(cb, key) != e[key]:
                 raise ConfigError(

@@ -33,7 +33,6 @@ def module_key(name: str) -> str:
     return name.replace(".", "-")
 
 
-_module_key = module_key  # the name saving.py and analysis.py still use
 
 
 @dataclass(eq=False)

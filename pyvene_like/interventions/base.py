@@ -52,7 +52,7 @@ class Intervention(nn.Module):
     def __init__(self, embed_dim: int | None = None, subspace_partition=None):
         super().__init__()
         self.embed_dim = embed_dim
-        self.subspace_partition = _check_partition(subspace_partition, embed_dim)
+        self.subspace_partition = check_partition(subspace_partition, embed_dim)
         self._partition_table: torch.Tensor | None = None
 
     @property
@@ -113,7 +113,7 @@ class Intervention(nn.Module):
             return None
         width = base.shape[-1]
         bsz = base.shape[0]
-        rows = _rectangular(subspaces, bsz)
+        rows = rectangular_subspaces(subspaces, bsz)
         ids = torch.as_tensor(rows, dtype=torch.long, device=base.device)  # [B, K]
         if self.subspace_partition is None:
             if ids.numel() and (int(ids.max()) >= width or int(ids.min()) < 0):
@@ -153,7 +153,7 @@ class Intervention(nn.Module):
         return f"embed_dim={self.embed_dim}" if self.embed_dim is not None else ""
 
 
-def _rectangular(subspaces, bsz: int) -> list[list[int]]:
+def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
     """Normalise ``[k]`` or ``[batch][k]`` subspace ids into a padded ``[batch][k]`` list."""
     if isinstance(subspaces, torch.Tensor):
         subspaces = subspaces.tolist()
@@ -180,7 +180,7 @@ def _rectangular(subspaces, bsz: int) -> list[list[int]]:
     return [r + [r[0]] * (width - len(r)) for r in rows]
 
 
-def _check_partition(partition, embed_dim):
+def check_partition(partition, embed_dim):
     if partition is None:
         return None
     try:

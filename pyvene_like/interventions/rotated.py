@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
-from .base import Intervention, _check_partition, _rectangular
+from .base import Intervention, check_partition, rectangular_subspaces
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -182,7 +182,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
         lo, hi = int(ids.min()), int(ids.max())
         rows = [ids[0].tolist()] if bool((ids == ids[0]).all()) else None
     else:
-        rows = _rectangular(subspaces, bsz)
+        rows = rectangular_subspaces(subspaces, bsz)
         flat = [i for r in rows for i in r]
         if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
             raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
@@ -330,7 +330,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
             raise ConfigError(
                 f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r}"
             )
-        part = _check_partition(subspace_partition, None)
+        part = check_partition(subspace_partition, None)
         if part is not None and part[-1][1] > low_rank_dimension:
             raise ConfigError(
                 f"subspace_partition {subspace_partition!r} reaches dimension {part[-1][1]} but the "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..interventions.base import Intervention, _check_partition, _rectangular
+from ..interventions.base import Intervention, check_partition, rectangular_subspaces
 from ..registry import register_intervention
 from .sae import SAE
 
@@ -62,7 +62,7 @@ class SAEIntervention(Intervention):
             raise ConfigError(f"{name}: use_error_term must be True or False, got {use_error_term!r}")
         self.sae = sae.requires_grad_(False)
         self.embed_dim = embed_dim
-        self.subspace_partition = _check_partition(subspace_partition, sae.d_sae)
+        self.subspace_partition = check_partition(subspace_partition, sae.d_sae)
         self.features = self._check_features(features)
         self.use_error_term = use_error_term
         self._masks: dict = {}
@@ -114,7 +114,7 @@ class SAEIntervention(Intervention):
                 mask[self.features] = True
                 self._masks[device] = mask
             return mask
-        ids = torch.as_tensor(_rectangular(subspaces, feats.shape[0]), dtype=torch.long, device=device)
+        ids = torch.as_tensor(rectangular_subspaces(subspaces, feats.shape[0]), dtype=torch.long, device=device)
         if self.subspace_partition is None:
             if ids.numel() and (int(ids.max()) >= d_sae or int(ids.min()) < 0):
                 bad = int(ids.max()) if int(ids.max()) >= d_sae else int(ids.min())
