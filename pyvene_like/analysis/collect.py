@@ -376,7 +376,7 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
     from datasets import ClassLabel, Dataset, DatasetInfo, Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
-    from ..hub import model_identity
+    from ..serialization import model_identity
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"collect_activations: batch_size={batch_size!r}; accepted: an int >= 1")

@@ -194,49 +194,10 @@ class SAESource:
         )
 
     def _download(self, filename: str, required: bool) -> Path | None:
-        from huggingface_hub import constants, hf_hub_download
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            HFValidationError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
+        from ..hub import resolve_file
 
-        try:
-            return Path(hf_hub_download(self.name, filename, subfolder=self.subfolder, **self.hub))
-        except HFValidationError as e:
-            raise LoadError(
-                f"load_sae: {self.name!r} is neither a local path nor a valid Hub repo id ('owner/name'): {e}"
-            ) from None
-        except LocalEntryNotFoundError:
-            if not required:
-                return None
-            if self.hub["local_files_only"]:
-                why = "local_files_only=True"
-            elif constants.is_offline_mode():
-                why = "offline mode is on (HF_HUB_OFFLINE=1)"
-            else:
-                why = "the Hub could not be reached"
-            where = str(self.hub["cache_dir"] or constants.HF_HUB_CACHE)
-            raise LoadError(
-                f"load_sae: {filename!r} of {self.label()} (revision {self.hub['revision'] or 'main'!r}) "
-                f"is not in the local Hub cache {where!r} and {why}; download it once with network "
-                f"access, give cache_dir= where it is cached, or a local folder"
-            ) from None
-        except EntryNotFoundError:
-            if not required:
-                return None
-            raise LoadError(f"load_sae: {self.label()} has no file {filename!r}") from None
-        except RevisionNotFoundError:
-            raise LoadError(f"load_sae: Hub repo {self.name!r} has no revision {self.hub['revision']!r}") from None
-        except RepositoryNotFoundError:
-            raise LoadError(
-                f"load_sae: {self.name!r} is not a local path and no Hub repo of that name was found "
-                f"(or it is private: pass token=)"
-            ) from None
-        except (OSError, ValueError) as e:
-            raise LoadError(f"load_sae: could not fetch {filename!r} from {self.label()}: {e}") from e
+        return resolve_file(self.name, filename, subfolder=self.subfolder, required=required,
+                            what="load_sae", **self.hub)
 
 
 # -- SAELens ---------------------------------------------------------------------------------------
