@@ -546,6 +546,11 @@ _BAD_LOADS = {
                     r"saved with dim=64, but its site transformer.h.1.mlp \(output\) on this model gives dim=32"),
     "heads differ": (lambda f: _rewrite(f, _entry(0, num_groups=4)),
                      r"saved with num_groups=4, but its site .* gives num_groups=2"),
+    "same tensor twice": (lambda f: _rewrite(f, lambda d: d["codebooks"].append(
+        dict(d["codebooks"][0], component="attention_value_output", name="layer_0.attention_value_output",
+             num_groups=1))),
+        r"codebooks 'layer_0.head_attention_value_output' and 'layer_0.attention_value_output' sit on the "
+        r"same tensor \(transformer.h.0.attn.c_proj \(input\)\)"),
     "k above num_codes": (lambda f: _rewrite(f, _entry(1, k=9)),
                           r"codebook 'layer_1.mlp_output': k=9 is larger than num_codes=8"),
     "tensor missing": (lambda f: _rewrite(f, edit_tensors=lambda t: t.pop("layer_1.mlp_output.codes")),
@@ -611,3 +616,26 @@ def test_load_onto_unwrapped_model_keeps_rng_and_saved_eps(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert get_codebooks(model).at(1, "mlp_output").eps == 1e-3
     assert sorted(get_codebooks(model).names()) == ["layer_0.head_attention_value_output", "layer_1.mlp_output"]
+
+
+def test_a_failure_while_wrapping_unwraps_again(tmp_path, monkeypatch):
+    """Past the checks, an error (here: the second wrap) still leaves the model as it was."""
+    import pyvene_like.codebook.saving as saving
+
+    folder = _two_site_save(tmp_path / "cb")
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    x = torch.randint(0, 50, (2, 6))
+    before, out_before = _model_state(model), model(x).logits
+    calls = []
+
+    def flaky_wrap(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return wrap_codebook(*args, **kwargs)
+
+    monkeypatch.setattr(saving, "wrap_codebook", flaky_wrap)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        saving.load_codebooks(model, folder)
+    assert len(calls) == 2 and not hasattr(model, "codebooks")
+    _assert_same_state(model, before, out_before, x)

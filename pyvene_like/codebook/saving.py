@@ -128,7 +128,27 @@ def _check_entries(path: Path, entries: list) -> None:
         seen.add(e["name"])
 
 
-def _planned_layer(model: nn.Module, layout: ModelLayout, path: Path, e: dict) -> CodebookLayer:
+def _planned_layers(model: nn.Module, path: Path, entries: list[dict]) -> dict[str, CodebookLayer]:
+    """The codebooks ``wrap_codebook`` would build for ``entries`` (name -> layer), each on its own
+    tensor of ``model``, or a LoadError saying why this model cannot hold them."""
+    layout = ModelLayout(model)
+    layers, sites = {}, {}
+    for e in entries:
+        site, layers[e["name"]] = _planned_layer(model, layout, path, e)
+        for other, s in sites.items():
+            if s.module is site.module and s.io == site.io and (
+                (s.columns is None and site.columns is None)
+                or (s.columns is not None and site.columns is not None and torch.equal(s.columns, site.columns))
+            ):
+                raise LoadError(
+                    f"{path}: codebooks {other!r} and {e['name']!r} sit on the same tensor "
+                    f"({site.description}); each site holds one codebook"
+                )
+        sites[e["name"]] = site
+    return layers
+
+
+def _planned_layer(model: nn.Module, layout: ModelLayout, path: Path, e: dict):
     """The codebook ``wrap_codebook`` would build for entry ``e``, on the meta device (no memory,
     no random numbers), or a LoadError saying why this model cannot hold it."""
     is_head = e["component"].rpartition(".")[2] in HEAD_COMPONENTS
@@ -154,7 +174,7 @@ def _planned_layer(model: nn.Module, layout: ModelLayout, path: Path, e: dict) -
             )
     try:
         with torch.device("meta"):
-            return CodebookLayer(dim, e["num_codes"], e["k"], groups,
+            return site, CodebookLayer(dim, e["num_codes"], e["k"], groups,
                                  similarity=e["similarity"], layer_norm=e["layer_norm"],
                                  eps=e.get("eps", 1e-5), name=e["name"])
     except ConfigError as err:
@@ -211,8 +231,7 @@ def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_di
     saved_names = [e["name"] for e in entries]
     existing = getattr(model, ATTRIBUTE, None)
     if existing is None:
-        layout = ModelLayout(model)
-        layers = {e["name"]: _planned_layer(model, layout, path, e) for e in entries}
+        layers = _planned_layers(model, path, entries)
     else:
         if not isinstance(existing, CodebookSet):
             raise ConfigError(
