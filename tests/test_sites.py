@@ -135,6 +135,17 @@ TABLE = {
         "mlp_output": ("layer.1.DenseReluDense", "output"),
         "embedding_output": ("/encoder.embed_tokens", "output"),
     }),
+    # The decoder: self-attention at layer.0, cross-attention at layer.1 (reached by module path
+    # only, e.g. 'decoder.block[{layer}].layer.1.EncDecAttention.output'), the MLP at layer.2.
+    "t5.decoder": ("decoder.", "decoder.block", {
+        "attention_input": ("layer.0.SelfAttention", "input"), "attention_output": ("layer.0.SelfAttention", "output"),
+        "attention_value_output": ("layer.0.SelfAttention.o", "input"),
+        "query_output": ("layer.0.SelfAttention.q", "output"), "key_output": ("layer.0.SelfAttention.k", "output"),
+        "value_output": ("layer.0.SelfAttention.v", "output"),
+        "mlp_input": ("layer.2.DenseReluDense", "input"), "mlp_activation": ("layer.2.DenseReluDense.act", "output"),
+        "mlp_output": ("layer.2.DenseReluDense", "output"),
+        "embedding_output": ("/decoder.embed_tokens", "output"),
+    }),
 }
 FAMILIES = sorted(TABLE)
 LAYER = 1  # at layer 0, block_input is the embedding output on families without position embeddings
@@ -164,6 +175,7 @@ _MODELS = {}
 
 
 def model_for(family):
+    family = family.split(".")[0]  # "t5.decoder" is the decoder stack of the t5 model
     if family not in _MODELS:
         model = build_tiny_model(family)
         # Norm weights start at exactly 1 and biases at 0: two norms of the same tensor would be
@@ -267,7 +279,7 @@ def test_every_component_is_in_the_meaning_table():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_distinct_components_are_not_silently_equal(family):
     model = model_for(family)
-    got = capture_all(model, _sites(family), example_inputs(family))
+    got = capture_all(model, _sites(family), example_inputs(family.split(".")[0]))
     names = sorted(got)
     assert len(names) == len([c for c in BASE_COMPONENTS if _expected(family, c) is not None])
     documented = COINCIDE.get(family, {})
@@ -287,6 +299,8 @@ def _layer(model, family):
 
 def _block_output_by_hand(family, layer, a):
     x, attn, mlp = a["block_input"], a["attention_output"], a["mlp_output"]
+    if family == "t5.decoder":  # the cross-attention's contribution is added between the two
+        return x + attn + a["cross_attention_output"] + mlp
     if family == "bert":  # post-norm
         mid = layer.attention.output.LayerNorm(attn + x)
         return layer.output.LayerNorm(mlp + mid)
@@ -298,7 +312,11 @@ def _block_output_by_hand(family, layer, a):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_contributions_add_up_to_the_block_output(family):
     model = model_for(family)
-    a = capture_all(model, _sites(family), example_inputs(family))
+    sites = _sites(family)
+    if family == "t5.decoder":
+        sites["cross_attention_output"] = resolve_site(
+            ModelLayout(model), LAYER, "decoder.block[{layer}].layer.1.EncDecAttention.output", "pos")
+    a = capture_all(model, sites, example_inputs(family.split(".")[0]))
     with torch.no_grad():
         by_hand = _block_output_by_hand(family, _layer(model, family), a)
     torch.testing.assert_close(by_hand, a["block_output"], rtol=1e-5, atol=1e-5)
@@ -310,7 +328,7 @@ def test_contributions_add_up_to_the_block_output(family):
 def test_attention_output_is_the_output_projection_of_attention_value_output(family):
     model = model_for(family)
     sites = _sites(family)
-    a = capture_all(model, sites, example_inputs(family))
+    a = capture_all(model, sites, example_inputs(family.split(".")[0]))
     o = sites["attention_value_output"].module
     with torch.no_grad():
         torch.testing.assert_close(o(a["attention_value_output"]), a["attention_output"], rtol=1e-6, atol=1e-6)
