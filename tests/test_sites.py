@@ -441,3 +441,18 @@ def test_wrapper_with_two_models_names_its_stacks():
         resolve_site(ModelLayout(Two()), 0, "block_output", "pos")
     site = resolve_site(ModelLayout(Two()), 0, "b.block_output", "pos")
     assert site.path == "b.transformer.h.0"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_wrapper_sites_know_their_width(family):
+    """A codebook (which needs the site's width) goes on a wrapper's mlp_output as on the model."""
+    from pyvene_like.codebook import unwrap_codebook, wrap_codebook
+
+    model = build_tiny_model(family)
+    wrapped = Wrap(model)
+    wrap_codebook(wrapped, [(LAYER, "mlp_output"), (LAYER, "attention_output")], num_codes=4, k=1, seed=0)
+    try:
+        assert wrapped.codebooks.at(LAYER, "mlp_output").dim == 32
+        assert wrapped.codebooks.at(LAYER, "attention_output").dim == 32
+    finally:
+        unwrap_codebook(wrapped)

@@ -423,7 +423,7 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     dims = _linear_dims(module)
     width = dims[0] if io == "input" else dims[1]
     if role in ("attn", "mlp"):
-        width = layout.hidden
+        width = layout.hidden if layout.hidden is not None else _infer_width(module, io)
     site = Site(module, path, io, width=width, description=f"{path} ({io})")
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)
