@@ -471,3 +471,171 @@ def test_generate_forced_codes_on_a_left_padded_batch():
     _, first = im.generate({"input_ids": ids[:1, :4]}, timesteps="all", **GREEDY)
     _, second = im.generate({"input_ids": ids[1:]}, timesteps="all", **GREEDY)
     assert torch.equal(both[0, 2:], first[0]) and torch.equal(both[1], second[0])
+
+
+# -- load_codebooks is all or nothing --------------------------------------------------------------
+def _model_state(model):
+    """Everything a failed load must leave as it was: hooks, parameters, flags, modes."""
+    hooks = {name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for name, m in model.named_modules()}
+    params = {name: (p.detach().clone(), p.requires_grad) for name, p in model.named_parameters()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    return hooks, params, modes
+
+
+def _assert_same_state(model, before, out_before, x):
+    hooks, params, modes = _model_state(model)
+    assert hooks == before[0] and modes == before[2]
+    assert params.keys() == before[1].keys()
+    assert all(torch.equal(p, before[1][k][0]) and rg == before[1][k][1] for k, (p, rg) in params.items())
+    assert torch.equal(model(x).logits, out_before)
+
+
+def _two_site_save(folder):
+    from pyvene_like.codebook import save_codebooks
+
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    wrap_codebook(model, [(0, "head_attention_value_output")], num_codes=8, k=2, seed=1)
+    wrap_codebook(model, [(1, "mlp_output")], num_codes=8, k=1, num_codebooks=2, layer_norm=False, seed=2)
+    return save_codebooks(model, folder)
+
+
+def _rewrite(folder, edit_doc=None, edit_tensors=None):
+    import json
+
+    from safetensors.torch import load_file
+
+    from pyvene_like.serialization import save_tensors
+
+    doc = json.loads((folder / "codebooks.json").read_text())
+    if edit_tensors is not None:
+        tensors = load_file(str(folder / "codebooks.safetensors"))
+        edit_tensors(tensors)
+        doc["weights"]["sha256"] = save_tensors(tensors, folder / "codebooks.safetensors")
+    if edit_doc is not None:
+        edit_doc(doc)
+    (folder / "codebooks.json").write_text(json.dumps(doc))
+
+
+def _entry(i, **kw):
+    def edit(doc):
+        doc["codebooks"][i].update(kw)
+    return edit
+
+
+_BAD_LOADS = {
+    "weights missing": (lambda f: (f / "codebooks.safetensors").unlink(), "codebooks.safetensors is missing"),
+    "json corrupt": (lambda f: (f / "codebooks.json").write_text("{not json"), "not valid JSON"),
+    "weights corrupt": (lambda f: (f / "codebooks.safetensors").write_bytes(b"garbage"),
+                        "not a readable safetensors file"),
+    "num_codes a string": (lambda f: _rewrite(f, _entry(1, num_codes="8")),
+                           r"codebooks\[1\] field 'num_codes' must be a positive int, got '8'"),
+    "layer_norm missing": (lambda f: _rewrite(f, lambda d: d["codebooks"][0].pop("layer_norm")),
+                           r"codebooks\[0\] field 'layer_norm' must be true or false, got None"),
+    "entry not an object": (lambda f: _rewrite(f, lambda d: d["codebooks"].append(3)),
+                            r"codebooks\[2\] must be an object"),
+    "name not its site": (lambda f: _rewrite(f, _entry(1, name="layer_0.mlp_output")),
+                          r"codebooks\[1\] is named 'layer_0.mlp_output', but its site .* is named 'layer_1.mlp_output'"),
+    "site twice": (lambda f: _rewrite(f, lambda d: d["codebooks"].append(dict(d["codebooks"][1]))),
+                   r"codebooks\[2\]: site 'layer_1.mlp_output' appears twice"),
+    "unknown component": (lambda f: _rewrite(f, _entry(1, component="mlp_outptu", name="layer_1.mlp_outptu")),
+                          r"codebook 'layer_1.mlp_outptu' sits at layer 1, component 'mlp_outptu', which "
+                          r"GPT2LMHeadModel does not have: .*Did you mean one of 'mlp_output'"),
+    "layer out of range": (lambda f: _rewrite(f, _entry(1, layer=5, name="layer_5.mlp_output")),
+                           r"which GPT2LMHeadModel does not have: layer 5 is out of range .* \(accepted: 0\.\.1\)"),
+    "dim differs": (lambda f: _rewrite(f, _entry(1, dim=64)),
+                    r"saved with dim=64, but its site transformer.h.1.mlp \(output\) on this model gives dim=32"),
+    "heads differ": (lambda f: _rewrite(f, _entry(0, num_groups=4)),
+                     r"saved with num_groups=4, but its site .* gives num_groups=2"),
+    "same tensor twice": (lambda f: _rewrite(f, lambda d: d["codebooks"].append(
+        dict(d["codebooks"][0], component="attention_value_output", name="layer_0.attention_value_output",
+             num_groups=1))),
+        r"codebooks 'layer_0.head_attention_value_output' and 'layer_0.attention_value_output' sit on the "
+        r"same tensor \(transformer.h.0.attn.c_proj \(input\)\)"),
+    "k above num_codes": (lambda f: _rewrite(f, _entry(1, k=9)),
+                          r"codebook 'layer_1.mlp_output': k=9 is larger than num_codes=8"),
+    "tensor missing": (lambda f: _rewrite(f, edit_tensors=lambda t: t.pop("layer_1.mlp_output.codes")),
+                       r"tensor 'layer_1.mlp_output.codes' is missing"),
+    "tensor extra": (lambda f: _rewrite(f, edit_tensors=lambda t: t.update({"layer_1.mlp_output.ln_bias":
+                                                                             torch.zeros(2, 16)})),
+                     r"tensors \['layer_1.mlp_output.ln_bias'\] belong to no codebook in codebooks.json"),
+    "tensor mis-shaped": (lambda f: _rewrite(f, edit_tensors=lambda t: t.update({"layer_1.mlp_output.codes":
+                                                                                  torch.zeros(2, 8, 17)})),
+                          r"tensor 'layer_1.mlp_output.codes' has shape \(2, 8, 17\), the codebook expects "
+                          r"\(2, 8, 16\)"),
+    "tensor not float": (lambda f: _rewrite(f, edit_tensors=lambda t: t.update({"layer_1.mlp_output.codes":
+                                                                                 torch.zeros(2, 8, 16, dtype=torch.long)})),
+                         r"tensor 'layer_1.mlp_output.codes' has dtype torch.int64; accepted: a floating-point"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_LOADS))
+def test_failed_load_leaves_an_unwrapped_model_as_it_was(tmp_path, case):
+    from pyvene_like.codebook import load_codebooks
+
+    folder = _two_site_save(tmp_path / "cb")
+    damage, match = _BAD_LOADS[case]
+    damage(folder)
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    model.transformer.wpe.weight.requires_grad_(False)
+    model.lm_head.train()  # a mode that differs from its parent's must stay so (no dropout there)
+    x = torch.randint(0, 50, (2, 6))
+    before, out_before = _model_state(model), model(x).logits
+    rng = torch.random.get_rng_state()
+    with pytest.raises(pv.LoadError, match=match):
+        load_codebooks(model, folder)
+    assert not hasattr(model, "codebooks")
+    _assert_same_state(model, before, out_before, x)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("case", ["tensor mis-shaped", "tensor missing", "tensor not float"])
+def test_failed_load_leaves_a_wrapped_models_codebooks_as_they_were(tmp_path, case):
+    from pyvene_like.codebook import load_codebooks
+
+    folder = _two_site_save(tmp_path / "cb")
+    _BAD_LOADS[case][0](folder)
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    wrap_codebook(model, [(0, "head_attention_value_output")], num_codes=8, k=2, seed=7)
+    wrap_codebook(model, [(1, "mlp_output")], num_codes=8, k=1, num_codebooks=2, layer_norm=False, seed=8)
+    x = torch.randint(0, 50, (2, 6))
+    before, out_before = _model_state(model), model(x).logits
+    with pytest.raises(pv.LoadError, match=_BAD_LOADS[case][1]):
+        load_codebooks(model, folder)
+    # the first codebook's tensors were fine, but nothing is copied unless everything is
+    _assert_same_state(model, before, out_before, x)
+
+
+def test_load_onto_unwrapped_model_keeps_rng_and_saved_eps(tmp_path):
+    from pyvene_like.codebook import load_codebooks
+
+    folder = _two_site_save(tmp_path / "cb")
+    _rewrite(folder, _entry(1, eps=1e-3))
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    rng = torch.random.get_rng_state()
+    load_codebooks(model, folder)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert get_codebooks(model).at(1, "mlp_output").eps == 1e-3
+    assert sorted(get_codebooks(model).names()) == ["layer_0.head_attention_value_output", "layer_1.mlp_output"]
+
+
+def test_a_failure_while_wrapping_unwraps_again(tmp_path, monkeypatch):
+    """Past the checks, an error (here: the second wrap) still leaves the model as it was."""
+    import pyvene_like.codebook.saving as saving
+
+    folder = _two_site_save(tmp_path / "cb")
+    model = make_gpt2(0, n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    x = torch.randint(0, 50, (2, 6))
+    before, out_before = _model_state(model), model(x).logits
+    calls = []
+
+    def flaky_wrap(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return wrap_codebook(*args, **kwargs)
+
+    monkeypatch.setattr(saving, "wrap_codebook", flaky_wrap)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        saving.load_codebooks(model, folder)
+    assert len(calls) == 2 and not hasattr(model, "codebooks")
+    _assert_same_state(model, before, out_before, x)

@@ -81,18 +81,23 @@ EXPECTED = {
         "embedding_output": ("/transformer.word_embeddings", "output"),
     }, ("self_attention.query_key_value", "multi_query")),
     "bloom": ("transformer.h", {
-        "attention_output": ("self_attention", "output"),
+        # Bloom's attention and MLP modules return residual + contribution: the contributions
+        # are the outputs of their dense projections.
+        "attention_output": ("self_attention.dense", "output"),
         "attention_value_output": ("self_attention.dense", "input"),
-        "mlp_input": ("mlp", "input"), "mlp_activation": ("mlp.gelu_impl", "output"), "mlp_output": ("mlp", "output"),
+        "mlp_input": ("mlp", "input"), "mlp_activation": ("mlp.gelu_impl", "output"),
+        "mlp_output": ("mlp.dense_4h_to_h", "output"),
         "embedding_output": ("/transformer.word_embeddings", "output"),
     }, ("self_attention.query_key_value", "per_head")),
     "bert": ("encoder.layer", {
-        "attention_output": ("attention", "output"),
+        # attention.output and output add the residual and layer-norm the sum: the
+        # contributions are the outputs of their dense projections.
+        "attention_output": ("attention.output.dense", "output"),
         "attention_value_output": ("attention.output.dense", "input"),
         "query_output": ("attention.self.query", "output"), "key_output": ("attention.self.key", "output"),
         "value_output": ("attention.self.value", "output"),
         "mlp_input": ("intermediate", "input"), "mlp_activation": ("intermediate.intermediate_act_fn", "output"),
-        "mlp_output": ("output", "output"),
+        "mlp_output": ("output.dense", "output"),
         "embedding_output": ("/embeddings.word_embeddings", "output"),
     }, None),
     "t5": ("decoder.block", {

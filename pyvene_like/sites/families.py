@@ -7,8 +7,21 @@ Each row is keyed by ``config.model_type``. Keys:
   GPT-NeoX, Bloom), ``"grouped"`` (per KV group: its queries, then k, then v; Falcon's new
   decoder architecture), or a function of the config returning one of these.
 * ``n_kv_heads``: a function of the config, where the config attribute misleads (Falcon).
-* ``roles``: role -> module path inside a layer, for roles the generic search gets wrong
-  (BERT-style models split the MLP over ``intermediate`` and ``output``).
+* ``check``: a function of (config, role) returning why that role cannot be hooked on this
+  configuration, or None.
+* ``roles``: role -> module path inside a layer, for roles the generic search gets wrong.
+  A pair ``(input side, output side)`` hooks the input of one module and the output of
+  another, for families whose attention or MLP module does more than its own computation:
+
+  - BERT-style models split the MLP over ``intermediate`` and ``output``, and their
+    ``attention.output`` / ``output`` modules add the residual and layer-norm the sum, so
+    ``attention_output`` and ``mlp_output`` are the outputs of the ``dense`` projections
+    inside them (the contribution before dropout, residual add and LayerNorm);
+  - Bloom's attention and MLP modules take the residual as an argument and return
+    ``residual + contribution``, so their outputs are those of ``self_attention.dense`` and
+    ``mlp.dense_4h_to_h``.
+
+What every component means, family by family, is the table in ``tests/test_sites.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +43,41 @@ def _falcon_kv_heads(config) -> int:
 
 _BERT_LIKE = {
     "roles": {
-        "mlp": ("intermediate", "output"),  # mlp_input = input of intermediate, mlp_output = output of output
+        # attention_input: input of the attention module; attention_output: output of its
+        # dense projection, before dropout, residual add and LayerNorm.
+        "attn": ("attention", "attention.output.dense"),
+        # mlp_input: input of intermediate (up projection + activation); mlp_output: output of
+        # the down projection, before dropout, residual add and LayerNorm.
+        "mlp": ("intermediate", "output.dense"),
         "act": "intermediate.intermediate_act_fn",
     }
 }
 
+def _bloom_check(config, role: str) -> str | None:
+    if role in ("attn", "mlp", "o") and getattr(config, "pretraining_tp", 1) > 1 and getattr(
+        config, "slow_but_exact", False
+    ):
+        return (
+            f"with pretraining_tp={config.pretraining_tp} and slow_but_exact=True Bloom computes "
+            f"its output projections from sliced weights without calling the projection modules, "
+            f"so a hook there never runs; accepted: slow_but_exact=False (the default)"
+        )
+    return None
+
+
+# Bloom's attention and MLP modules add the residual themselves (dropout_add inside).
+_BLOOM = {
+    "qkv_layout": "per_head",
+    "check": _bloom_check,
+    "roles": {
+        "attn": ("self_attention", "self_attention.dense"),
+        "mlp": ("mlp", "mlp.dense_4h_to_h"),
+    },
+}
+
 FAMILY_OVERRIDES: dict[str, dict] = {
     "gpt_neox": {"qkv_layout": "per_head"},
-    "bloom": {"qkv_layout": "per_head"},
+    "bloom": _BLOOM,
     "falcon": {"qkv_layout": _falcon_layout, "n_kv_heads": _falcon_kv_heads},
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,

@@ -37,6 +37,25 @@ class Site:
         return cols
 
 
+def _has_config(module: nn.Module) -> bool:
+    return getattr(getattr(module, "config", None), "model_type", None) is not None
+
+
+def _inner_model(model: nn.Module) -> tuple[str, nn.Module]:
+    """(path, module) of the model whose config describes ``model``: itself when it has one,
+    else the one outermost submodule that has a ``config`` with a ``model_type`` (an HF model
+    held by a wrapper). With none, or several side by side, ``model`` itself."""
+    if _has_config(model):
+        return "", model
+    found: list[tuple[str, nn.Module]] = []
+    for path, mod in model.named_modules():
+        if path and _has_config(mod) and not any(path.startswith(p + ".") for p, _ in found):
+            found.append((path, mod))
+    if len(found) == 1:
+        return found[0]
+    return "", model
+
+
 def _cfg_get(config, names, default=None):
     for name in names:
         value = getattr(config, name, None)
@@ -68,7 +87,11 @@ class ModelLayout:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.config = getattr(model, "config", None)
+        # A user's wrapper (an nn.Module holding an HF model as an attribute) has no config
+        # of its own: the layout is read from the one HF model inside it, so every component
+        # resolves as on that model (family overrides, widths, heads, the embedding).
+        self.inner_path, self.inner = _inner_model(model)
+        self.config = getattr(self.inner, "config", None)
         self.model_type = getattr(self.config, "model_type", None)
         self.overrides = fam.FAMILY_OVERRIDES.get(self.model_type, {})
         self.modules = dict(model.named_modules())
@@ -339,9 +362,12 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
             path = next(p for p, m in parent.named_children() if m is emb)
             path = f"{parent_path}.{path}" if parent_path else path
             return Site(emb, path, "output", width=emb.embedding_dim, description=f"{path} (output)")
-        getter = getattr(model, "get_input_embeddings", None)
-        emb = getter() if callable(getter) else None
-        if emb is None:
+        getter = getattr(layout.inner, "get_input_embeddings", None)
+        try:
+            emb = getter() if callable(getter) else None
+        except NotImplementedError:
+            emb = None
+        if not isinstance(emb, nn.Module) or not any(emb is m for m in layout.modules.values()):
             raise SiteError(
                 f"component 'embedding_output': {type(model).__name__} has no get_input_embeddings(); "
                 f"use a module path such as 'embed.output'"
@@ -371,8 +397,14 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     rel = roles.get(role)
     if role in ("q", "k", "v") and rel is None and "qkv" in roles:
         return _fused_site(layout, roles["qkv"], layer_mod, layer_path, role, unit, head_kind)
-    if role == "mlp" and isinstance(rel, tuple):
+    if isinstance(rel, tuple):
+        # (input side, output side): the module read by input components, the module whose
+        # output is the contribution (see families.py).
         rel = rel[0] if io == "input" else rel[1]
+    check = layout.overrides.get("check")
+    why_not = check(layout.config, role) if check is not None and layout.config is not None else None
+    if why_not:
+        raise SiteError(f"component {component!r} on {layout.model_type}: {why_not}")
     if rel is None:
         family = layout.model_type or type(model).__name__
         why = roles.get(f"{role}_missing")
@@ -391,7 +423,7 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     dims = _linear_dims(module)
     width = dims[0] if io == "input" else dims[1]
     if role in ("attn", "mlp"):
-        width = layout.hidden
+        width = layout.hidden if layout.hidden is not None else _infer_width(module, io)
     site = Site(module, path, io, width=width, description=f"{path} ({io})")
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)
