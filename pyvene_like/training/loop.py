@@ -277,6 +277,9 @@ class TrainLoop:
             self.model, self.optimizer, self.loader, self.scheduler = model, optimizer, loader, scheduler
             param = next(model.parameters(), None)
             self.device = param.device if param is not None else torch.device("cpu")
+        #: the model without accelerate's wrappers (DDP ...), for step functions that call its methods;
+        #: computed once (unwrapping looks up installed packages on every call)
+        self.unwrapped_model = self.model if self.accelerator is None else self.accelerator.unwrap_model(self.model)
         self.clip_parameters = clip_parameters
         self.steps_per_epoch = math.ceil(len(self.loader) / gradient_accumulation_steps)
         #: optimizer steps of this process's run (what annealing callbacks count towards)
@@ -307,10 +310,6 @@ class TrainLoop:
     @property
     def is_main_process(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
-
-    @property
-    def unwrapped_model(self) -> torch.nn.Module:
-        return self.model if self.accelerator is None else self.accelerator.unwrap_model(self.model)
 
     def autocast(self):
         """The precision context for a step function's forward (a no-op without accelerate)."""
