@@ -343,3 +343,6 @@ def test_loop_bad_arguments():
         TrainLoop(lambda b: 0, gradient_accumulation_steps=2, use_accelerate=False, **kw)
     with pytest.raises(pv.ConfigError, match="mixed_precision needs use_accelerate=True"):
         TrainLoop(lambda b: 0, mixed_precision="bf16", use_accelerate=False, **kw)
+    with pytest.raises(pv.ConfigError, match="the loader gave no batch; max_steps can never be reached"):
+        TrainLoop(lambda b: 0, model=model, optimizer=opt, loader=[], epochs=None, max_steps=3,
+                  use_accelerate=False, show_progress=False).run()

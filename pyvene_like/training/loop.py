@@ -281,7 +281,6 @@ class TrainLoop:
         #: computed once (unwrapping looks up installed packages on every call)
         self.unwrapped_model = self.model if self.accelerator is None else self.accelerator.unwrap_model(self.model)
         self.clip_parameters = clip_parameters
-        self.steps_per_epoch = math.ceil(len(self.loader) / gradient_accumulation_steps)
         #: optimizer steps of this process's run (what annealing callbacks count towards)
         self.total_steps = self._run_steps(len(self.loader))
         self.epoch = self.state["epoch"]
@@ -385,7 +384,9 @@ class TrainLoop:
                 self.epoch_sums = {}
                 self._epoch_start = time.perf_counter()
                 self._call("on_epoch_begin")
+                empty = True
                 for batch in self.loader:
+                    empty = False
                     self._call("on_step_begin", batch)
                     ctx = acc.accumulate(self.model) if acc is not None else contextlib.nullcontext()
                     with ctx:
@@ -403,6 +404,8 @@ class TrainLoop:
                     self._call("on_step_end", loss, stats)
                     if self.sync_gradients and self._out_of_steps():
                         break
+                if empty and self.epochs is None:
+                    raise ConfigError("TrainLoop: the loader gave no batch; max_steps can never be reached")
                 entry: dict = {}
                 self._call("on_epoch_end", entry)
                 if entry:

@@ -94,6 +94,10 @@ class Trainer:
             included, as it was when that IIA was measured).
         checkpoint_dir: each epoch's intervention weights (safetensors), optimizer state and
             trainer state; ``resume_from_checkpoint`` continues from one.
+
+    The run is a :class:`~pyvene_like.training.loop.TrainLoop` (``trainer.loop``) driven by
+    this class's step function and callbacks; ``model``, ``optimizer``, ``loader``,
+    ``scheduler``, ``accelerator`` and ``state`` are the loop's.
     """
 
     def __init__(
