@@ -1,8 +1,9 @@
 """Causal models, counterfactual data, the one training loop, and the DAS trainer and evaluator.
 
 :mod:`.loop` (``TrainLoop``, ``Callback``, ``EarlyStopping``, ``make_accelerator``,
-``make_scheduler``) imports nothing of the rest, so the feature packages (``sae``, ``codebook``,
-``analysis``) train on it; this package imports none of them.
+``make_scheduler``) and :mod:`.checkpoint` import only :mod:`pyvene_like.errors` of the library,
+so the feature packages (``sae``, ``codebook``, ``analysis``) train on the loop; this package
+imports none of them.
 """
 
 from .causal_model import CausalModel, hierarchical_equality
