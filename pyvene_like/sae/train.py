@@ -82,10 +82,9 @@ class _UnitDecoder(Callback):
     unit sphere (the gradient along each row removed before the step, the rows renormalised
     after it); per epoch, the features that never fired."""
 
-    def __init__(self, d_sae: int, architecture: str, total_var: float):
-        self.d_sae, self.architecture, self.total_var = d_sae, architecture, total_var
-        self.loop: TrainLoop | None = None
-        self.l1 = 0.0
+    def __init__(self, d_sae: int, architecture: str, l1: float, total_var: float):
+        self.d_sae, self.architecture, self.l1, self.total_var = d_sae, architecture, l1, total_var
+        self.loop: TrainLoop | None = None  # set once the loop exists (its step function is ours)
         self.fired: torch.Tensor | None = None
 
     def step(self, batch):
@@ -173,11 +172,11 @@ def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | N
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     total_var = float((x - x.mean(0)).pow(2).sum())
-    unit = _UnitDecoder(d_sae, architecture, total_var)
+    unit = _UnitDecoder(d_sae, architecture, l1, total_var)
     loop = TrainLoop(unit.step, model=sae, optimizer=optimizer, loader=loader, epochs=epochs,
                      mixed_precision=mixed_precision, callbacks=[unit], show_progress=show_progress,
                      desc="train_sae")
-    unit.loop, unit.l1 = loop, l1
+    unit.loop = loop
     run = loop.run()
     out = loop.unwrapped_model.cpu().requires_grad_(False)
     return SAETrainResult(out, run.history)
