@@ -3,7 +3,8 @@
 A probe reads one activation column of a dataset written by
 :func:`~pyvene_like.analysis.collect_activations` and predicts its ``label`` column. The
 split is ``datasets``' ``train_test_split`` (seeded, stratified when labels are a
-``ClassLabel``); training is minibatch Adam with cross-entropy, and the
+``ClassLabel``); training is minibatch Adam with cross-entropy on the library's training loop
+(:class:`~pyvene_like.training.loop.TrainLoop`, in plain PyTorch where the probe is), and the
 history records train/test accuracy and train loss after every epoch.
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..training.loop import Callback, TrainLoop
 
 _KINDS = ("linear", "mlp")
 
@@ -187,24 +189,49 @@ def train_probe(dataset, column: str | None = None, *, label_column: str = "labe
         x_tr, y_tr, x_te, y_te = (t.to(device) for t in (x_tr, y_tr, x_te, y_te))
     opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
-    history = {"train_accuracy": [], "test_accuracy": [], "train_loss": []}
 
-    for _ in range(epochs):
-        probe.train()
-        order = torch.randperm(len(y_tr), generator=g).to(x_tr.device)
-        total = 0.0
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            loss = loss_fn(probe(x_tr[idx]), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        probe.eval()
-        history["train_loss"].append(total / max(len(y_tr), 1))
-        history["train_accuracy"].append(_accuracy(probe, x_tr, y_tr))
-        history["test_accuracy"].append(_accuracy(probe, x_te, y_te))
+    def step(idx):
+        loss = loss_fn(probe(x_tr[idx]), y_tr[idx])
+        return loss, {"loss": loss.item() * len(idx)}
+
+    loop = TrainLoop(step, model=probe, optimizer=opt, loader=_Batches(len(y_tr), batch_size, g, x_tr.device),
+                     epochs=epochs, use_accelerate=False, callbacks=[_ProbeEpochs(probe, x_tr, y_tr, x_te, y_te)],
+                     show_progress=False)
+    run = loop.run()
+    history = {k: [e[k] for e in run.history] for k in ("train_accuracy", "test_accuracy", "train_loss")}
     return ProbeResult(probe, column, history, len(y_tr), len(y_te), shuffle_labels, held_groups)
+
+
+class _Batches:
+    """Index batches of one seeded permutation per pass (drawn when the pass starts)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device):
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).to(self.device)
+        for s in range(0, self.n, self.batch_size):
+            yield order[s:s + self.batch_size]
+
+
+class _ProbeEpochs(Callback):
+    """Train mode during an epoch; after it, the epoch's loss and train / test accuracy."""
+
+    def __init__(self, probe, x_tr, y_tr, x_te, y_te):
+        self.probe, self.train_xy, self.test_xy = probe, (x_tr, y_tr), (x_te, y_te)
+
+    def on_epoch_begin(self, loop):
+        self.probe.train()
+
+    def on_epoch_end(self, loop, entry):
+        self.probe.eval()
+        n = len(self.train_xy[1])
+        entry["train_loss"] = loop.epoch_sums.get("loss", 0.0) / max(n, 1)
+        entry["train_accuracy"] = _accuracy(self.probe, *self.train_xy)
+        entry["test_accuracy"] = _accuracy(self.probe, *self.test_xy)
 
 
 def _accuracy(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

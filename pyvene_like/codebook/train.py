@@ -11,23 +11,21 @@
 * dead codes: a code that no position of any batch selected during the last
   ``dead_code_steps`` steps is replaced by a (layer-normed) input of the latest batch of its
   codebook, chosen at random, and its optimiser moments are cleared;
-* ``accelerate`` places model and batches (``cpu=``, ``mixed_precision=``), ``tqdm`` shows
-  progress.
+* the library's training loop (:class:`~pyvene_like.training.loop.TrainLoop`) runs it:
+  ``accelerate`` places model and batches (``cpu=``, ``mixed_precision=``), transformers'
+  cosine schedule with linear warm-up sets the learning rate, ``tqdm`` shows progress.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ShapeError
+from ..training.loop import Callback, TrainLoop
 from .layer import CodebookLayer
 from .wrap import get_codebooks
 
@@ -173,6 +171,90 @@ def _replace_dead(cb: CodebookLayer, dead: torch.Tensor, inputs: torch.Tensor, o
     return n
 
 
+class _CodebookWatch(Callback):
+    """train_codebook_model's step and callbacks: the LM + reconstruction loss, code use,
+    dead-code replacement, and a history record every ``log_every`` steps."""
+
+    def __init__(self, layers, reconstruction_weight, dead_code_steps, log_every, gen, logits_fn, was_trainable):
+        self.layers, self.weight, self.dead_code_steps, self.log_every = layers, reconstruction_weight, dead_code_steps, log_every
+        self.gen, self.logits_fn, self.was_trainable = gen, logits_fn, was_trainable
+        self.loop: TrainLoop | None = None
+        self.watch: _Watch | None = None
+        self.history: list[dict] = []
+        self.replaced = {n: 0 for n in layers}
+
+    def _new_window(self):
+        self.window = {"loss": 0.0, "lm_loss": 0.0, "reconstruction_loss": 0.0, "n": 0, "replaced": 0}
+        for u in self.window_used.values():
+            u.zero_()
+
+    def step(self, batch):
+        watch = self.watch
+        b_ids = batch[0]
+        b_mask = batch[1] if len(batch) > 1 else None
+        watch.errors.clear()
+        for u in watch.used.values():
+            u.zero_()
+        watch.mask = b_mask
+        with self.loop.autocast():
+            kwargs = {} if b_mask is None else {"attention_mask": b_mask}
+            out = self.loop.model(b_ids, **kwargs)
+            lm = _lm_loss(self.logits_fn(out), b_ids, b_mask)
+            rec = torch.stack(watch.errors).mean() if watch.errors else lm.new_zeros(())
+            loss = lm + self.weight * rec
+        return loss, {"lm_loss": lm.detach(), "reconstruction_loss": rec.detach()}
+
+    def on_train_begin(self, loop):
+        # after accelerate placed the model: the bookkeeping lives on the codes' device
+        layers = self.layers
+        self.watch = _Watch(layers)
+        self.last_used = {n: torch.zeros(cb.num_groups, cb.num_codes, dtype=torch.long, device=cb.codes.device)
+                          for n, cb in layers.items()}
+        self.window_used = {n: torch.zeros_like(u, dtype=torch.bool) for n, u in self.last_used.items()}
+        self._new_window()
+        loop.model.train()
+        self.watch.__enter__()
+
+    def on_step_end(self, loop, loss, stats):
+        step, watch = loop.global_step, self.watch
+        for name, used in watch.used.items():
+            self.last_used[name][used] = step
+            self.window_used[name] |= used
+        if self.dead_code_steps is not None:
+            for name, cb in self.layers.items():
+                dead = (step - self.last_used[name]) >= self.dead_code_steps
+                if dead.any() and name in watch.inputs:
+                    n = _replace_dead(cb, dead, watch.inputs[name], loop.optimizer, self.gen)
+                    self.last_used[name][dead] = step
+                    self.replaced[name] += n
+                    self.window["replaced"] += n
+        w = self.window
+        w["loss"] += loss.item()
+        w["lm_loss"] += stats["lm_loss"].item()
+        w["reconstruction_loss"] += stats["reconstruction_loss"].item()
+        w["n"] += 1
+        if step % self.log_every == 0 or step == loop.total_steps:
+            n = w["n"]
+            used_frac = (sum(int(u.sum()) for u in self.window_used.values())
+                         / sum(u.numel() for u in self.window_used.values()))
+            entry = {"step": step, "loss": w["loss"] / n, "lm_loss": w["lm_loss"] / n,
+                     "reconstruction_loss": w["reconstruction_loss"] / n,
+                     "codes_used": used_frac, "dead_codes_replaced": w["replaced"]}
+            self.history.append(entry)
+            loop.bar.set_postfix(lm=f"{entry['lm_loss']:.3f}", rec=f"{entry['reconstruction_loss']:.3f}",
+                                 used=f"{used_frac:.2f}")
+            self._new_window()
+
+    def on_train_end(self, loop):
+        if self.watch is not None:
+            self.watch.__exit__(None, None, None)
+        loop.model.eval()
+        for p, flag in self.was_trainable:  # the model's own settings, as found
+            p.requires_grad_(flag)
+        with contextlib.suppress(Exception):
+            loop.accelerator.free_memory()
+
+
 def train_codebook_model(model, data, *, steps: int | None = None, epochs: int = 1, batch_size: int = 16,
                          lr: float = 1e-3, codebook_lr: float | None = None, weight_decay: float = 0.0,
                          reconstruction_weight: float = 1.0, dead_code_steps: int | None = 100,
@@ -195,8 +277,6 @@ def train_codebook_model(model, data, *, steps: int | None = None, epochs: int =
             ``outputs[0]``).
     Returns a :class:`CodebookTrainResult`; the model is left in ``eval()`` mode.
     """
-    from ..training.trainer import _allow_precision
-
     cbs = get_codebooks(model)
     layers = {name: cbs[name.replace(".", "-")] for name in cbs.names()}
     ids, mask = _token_tensor(data)
@@ -214,9 +294,6 @@ def train_codebook_model(model, data, *, steps: int | None = None, epochs: int =
         raise ConfigError(
             f"train_codebook_model: reconstruction_weight must be a number >= 0, got {reconstruction_weight!r}"
         )
-    per_epoch = math.ceil(ids.shape[0] / batch_size)
-    total = steps if steps is not None else per_epoch * epochs
-
     cb_params = [p for cb in layers.values() for p in cb.parameters()]
     cb_ids = {id(p) for p in cb_params}
     model_params = [p for p in model.parameters() if id(p) not in cb_ids]
@@ -230,94 +307,20 @@ def train_codebook_model(model, data, *, steps: int | None = None, epochs: int =
         groups.append({"params": model_params, "lr": lr, "weight_decay": weight_decay})
     optimizer = torch.optim.AdamW(groups)
 
-    def schedule(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    _allow_precision(mixed_precision)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
     gen = torch.Generator().manual_seed(seed)
     rows = torch.utils.data.TensorDataset(ids) if mask is None else torch.utils.data.TensorDataset(ids, mask)
     loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True, generator=gen, drop_last=False)
-    place = not getattr(model, "hf_device_map", None)
-    model, optimizer, loader, scheduler = accelerator.prepare(
-        model, optimizer, loader, scheduler, device_placement=[place, True, True, True]
+    watch = _CodebookWatch(layers, reconstruction_weight, dead_code_steps, log_every, gen,
+                           logits_fn or (lambda out: out.logits if hasattr(out, "logits") else out[0]),
+                           was_trainable)
+    loop = TrainLoop(
+        watch.step, model=model, optimizer=optimizer, loader=loader,
+        epochs=None if steps is not None else epochs, max_steps=steps, scheduler="cosine",
+        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm,
+        clip_parameters=[p for p in model.parameters() if p.requires_grad], mixed_precision=mixed_precision,
+        cpu=cpu, callbacks=[watch], show_progress=show_progress, desc="training codebooks", postfix_every=None,
     )
-    logits_fn = logits_fn or (lambda out: out.logits if hasattr(out, "logits") else out[0])
-
-    result = CodebookTrainResult(replaced={n: 0 for n in layers})
-    last_used = {n: torch.zeros(cb.num_groups, cb.num_codes, dtype=torch.long, device=cb.codes.device)
-                 for n, cb in layers.items()}
-    window = {"loss": 0.0, "lm_loss": 0.0, "reconstruction_loss": 0.0, "n": 0, "replaced": 0}
-    window_used = {n: torch.zeros_like(u, dtype=torch.bool) for n, u in last_used.items()}
-    t0 = time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, disable=not show_progress, desc="training codebooks", dynamic_ncols=True)
-    step = 0
-    try:
-        with _Watch(layers) as watch:
-            while step < total:
-                for batch in loader:
-                    if step >= total:
-                        break
-                    b_ids = batch[0]
-                    b_mask = batch[1] if len(batch) > 1 else None
-                    watch.errors.clear()
-                    for u in watch.used.values():
-                        u.zero_()
-                    watch.mask = b_mask
-                    with accelerator.autocast():
-                        kwargs = {} if b_mask is None else {"attention_mask": b_mask}
-                        out = model(b_ids, **kwargs)
-                        lm = _lm_loss(logits_fn(out), b_ids, b_mask)
-                        rec = torch.stack(watch.errors).mean() if watch.errors else lm.new_zeros(())
-                        loss = lm + reconstruction_weight * rec
-                    optimizer.zero_grad(set_to_none=True)
-                    accelerator.backward(loss)
-                    if max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    for name, used in watch.used.items():
-                        last_used[name][used] = step
-                        window_used[name] |= used
-                    if dead_code_steps is not None:
-                        for name, cb in layers.items():
-                            dead = (step - last_used[name]) >= dead_code_steps
-                            if dead.any() and name in watch.inputs:
-                                n = _replace_dead(cb, dead, watch.inputs[name], optimizer, gen)
-                                last_used[name][dead] = step
-                                result.replaced[name] += n
-                                window["replaced"] += n
-                    window["loss"] += loss.item()
-                    window["lm_loss"] += lm.item()
-                    window["reconstruction_loss"] += rec.item()
-                    window["n"] += 1
-                    if step % log_every == 0 or step == total:
-                        n = window["n"]
-                        used_frac = (sum(int(u.sum()) for u in window_used.values())
-                                     / sum(u.numel() for u in window_used.values()))
-                        entry = {"step": step, "loss": window["loss"] / n, "lm_loss": window["lm_loss"] / n,
-                                 "reconstruction_loss": window["reconstruction_loss"] / n,
-                                 "codes_used": used_frac, "dead_codes_replaced": window["replaced"]}
-                        result.history.append(entry)
-                        bar.set_postfix(lm=f"{entry['lm_loss']:.3f}", rec=f"{entry['reconstruction_loss']:.3f}",
-                                        used=f"{used_frac:.2f}")
-                        window = {"loss": 0.0, "lm_loss": 0.0, "reconstruction_loss": 0.0, "n": 0, "replaced": 0}
-                        for u in window_used.values():
-                            u.zero_()
-                    bar.update(1)
-    finally:
-        bar.close()
-        model.eval()
-        for p, flag in was_trainable:  # the model's own settings, as found
-            p.requires_grad_(flag)
-        with contextlib.suppress(Exception):
-            accelerator.free_memory()
-    result.global_step = step
-    result.seconds = time.perf_counter() - t0
-    return result
+    watch.loop = loop
+    run = loop.run()
+    return CodebookTrainResult(history=watch.history, global_step=run.global_step, replaced=watch.replaced,
+                               seconds=run.seconds)

@@ -1,7 +1,8 @@
 """Train a sparse autoencoder on collected activations, for models with no published SAE.
 
-A plain trainer in the spirit of SAELens's, on ``accelerate`` (device placement, mixed
-precision) with a ``tqdm`` bar:
+A plain trainer in the spirit of SAELens's, on the library's training loop
+(:class:`~pyvene_like.training.loop.TrainLoop`: ``accelerate`` device placement and mixed
+precision, a ``tqdm`` bar):
 
 * architectures ``"topk"`` (loss: reconstruction only; sparsity is the k) and ``"relu"``
   (loss: reconstruction ``+ l1 * sum_j f_j ||W_dec[j]||``);
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from ..training.loop import Callback, TrainLoop
 from .sae import SAE
 
 ARCHITECTURES = ("topk", "relu")
@@ -75,6 +77,55 @@ def _as_matrix(activations, column: str) -> torch.Tensor:
     return activations.detach().float()
 
 
+class _UnitDecoder(Callback):
+    """train_sae's step and callbacks: the reconstruction (+ L1) loss; decoder rows kept on the
+    unit sphere (the gradient along each row removed before the step, the rows renormalised
+    after it); per epoch, the features that never fired."""
+
+    def __init__(self, d_sae: int, architecture: str, l1: float, total_var: float):
+        self.d_sae, self.architecture, self.l1, self.total_var = d_sae, architecture, l1, total_var
+        self.loop: TrainLoop | None = None  # set once the loop exists (its step function is ours)
+        self.fired: torch.Tensor | None = None
+
+    def step(self, batch):
+        (x,) = batch
+        inner = self.loop.unwrapped_model
+        with self.loop.autocast():
+            feats = inner.encode(x)
+            recon = feats @ inner.W_dec + inner.b_dec
+            sq = (recon.float() - x).pow(2).sum(-1)
+            loss = sq.mean()
+            if self.architecture == "relu" and self.l1:
+                loss = loss + self.l1 * (feats.float() * inner.W_dec.norm(dim=1)).sum(-1).mean()
+        with torch.no_grad():
+            active = feats > 0
+            self.fired |= active.any(0)
+            n = x.shape[0]
+            stats = {"loss": float(loss) * n, "sq": float(sq.sum()), "l0": float(active.sum()), "n": n}
+        return loss, stats
+
+    def on_epoch_begin(self, loop):
+        self.fired = torch.zeros(self.d_sae, dtype=torch.bool, device=loop.device)
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, loop):
+        w = loop.unwrapped_model.W_dec
+        if w.grad is not None:  # no gradient along a decoder row ...
+            w.grad -= (w.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def on_step_end(self, loop, loss, stats):
+        w = loop.unwrapped_model.W_dec  # ... and renormalise what the step left
+        w /= w.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    def on_epoch_end(self, loop, entry):
+        s, n = loop.epoch_sums, loop.epoch_sums["n"]
+        entry.update({"epoch": loop.epoch, "loss": s["loss"] / n, "mse": s["sq"] / n,
+                      "fvu": s["sq"] / self.total_var if self.total_var > 0 else float("nan"),
+                      "l0": s["l0"] / n, "dead": int((~self.fired).sum())})
+        loop.bar.set_postfix(loss=f"{entry['loss']:.4g}", fvu=f"{entry['fvu']:.3f}", dead=entry["dead"])
+
+
 def _positive(name, value, kind=int):
     ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) and value > 0
     if not ok:
@@ -89,10 +140,6 @@ def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | N
     ``[n_i, d_in]`` as :func:`~pyvene_like.sae.collect_activations` returns, or a
     ``datasets.Dataset`` with the vectors in ``column``). ``k`` (``"topk"``) or ``l1``
     (``"relu"``) sets the sparsity. ``hook_name`` is stored on the SAE for the record."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    from ..training.trainer import _allow_precision
 
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"train_sae: architecture {architecture!r} is not supported; accepted: "
@@ -121,51 +168,15 @@ def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | N
         sae.b_dec.copy_(x.mean(0))
     sae.requires_grad_(True)
 
-    _allow_precision(mixed_precision)
-    accelerator = Accelerator(mixed_precision=mixed_precision)
     loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-    model, optimizer, loader = accelerator.prepare(sae, optimizer, loader)
-    inner = accelerator.unwrap_model(model)
     total_var = float((x - x.mean(0)).pow(2).sum())
-    history = []
-    bar = tqdm(total=epochs * len(loader), disable=not show_progress, desc="train_sae")
-    for epoch in range(epochs):
-        fired = torch.zeros(d_sae, dtype=torch.bool, device=accelerator.device)
-        sums = {"loss": 0.0, "sq": 0.0, "l0": 0.0, "n": 0}
-        for (batch,) in loader:
-            with accelerator.autocast():
-                feats = inner.encode(batch)
-                recon = feats @ inner.W_dec + inner.b_dec
-                sq = (recon.float() - batch).pow(2).sum(-1)
-                loss = sq.mean()
-                if architecture == "relu" and l1:
-                    loss = loss + l1 * (feats.float() * inner.W_dec.norm(dim=1)).sum(-1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            with torch.no_grad():
-                # keep the decoder rows on the unit sphere: no gradient along a row ...
-                w, grad = inner.W_dec, inner.W_dec.grad
-                if grad is not None:
-                    grad -= (grad * w).sum(1, keepdim=True) * w
-            optimizer.step()
-            with torch.no_grad():  # ... and renormalise what the step left
-                inner.W_dec /= inner.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-                active = feats > 0
-                fired |= active.any(0)
-                n = batch.shape[0]
-                sums["loss"] += float(loss) * n
-                sums["sq"] += float(sq.sum())
-                sums["l0"] += float(active.sum())
-                sums["n"] += n
-            bar.update(1)
-        n = sums["n"]
-        record = {"epoch": epoch, "loss": sums["loss"] / n, "mse": sums["sq"] / n,
-                  "fvu": sums["sq"] / total_var if total_var > 0 else float("nan"),
-                  "l0": sums["l0"] / n, "dead": int((~fired).sum())}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", fvu=f"{record['fvu']:.3f}", dead=record["dead"])
-    bar.close()
-    out = accelerator.unwrap_model(model).cpu().requires_grad_(False)
-    return SAETrainResult(out, history)
+    unit = _UnitDecoder(d_sae, architecture, l1, total_var)
+    loop = TrainLoop(unit.step, model=sae, optimizer=optimizer, loader=loader, epochs=epochs,
+                     mixed_precision=mixed_precision, callbacks=[unit], show_progress=show_progress,
+                     desc="train_sae")
+    unit.loop = loop
+    run = loop.run()
+    out = loop.unwrapped_model.cpu().requires_grad_(False)
+    return SAETrainResult(out, run.history)

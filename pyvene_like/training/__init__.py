@@ -1,14 +1,25 @@
-"""Causal models, counterfactual data, and the loops that train and evaluate interventions."""
+"""Causal models, counterfactual data, the one training loop, and the DAS trainer and evaluator.
+
+:mod:`.loop` (``TrainLoop``, ``Callback``, ``EarlyStopping``, ``make_accelerator``,
+``make_scheduler``) and :mod:`.checkpoint` import only :mod:`pyvene_like.errors` of the library,
+so the feature packages (``sae``, ``codebook``, ``analysis``) train on the loop; this package
+imports none of them.
+"""
 
 from .causal_model import CausalModel, hierarchical_equality
 from .data import CounterfactualCollator, generate_counterfactual_dataset, generate_factual_dataset
 from .evaluate import EvalResult, default_logits, default_loss, default_metric, evaluate
+from .loop import Callback, EarlyStopping, LoopResult, TrainLoop, make_accelerator, make_scheduler
 from .trainer import Trainer, TrainResult, train_interventions
 
 __all__ = [
+    "Callback",
     "CausalModel",
     "CounterfactualCollator",
+    "EarlyStopping",
     "EvalResult",
+    "LoopResult",
+    "TrainLoop",
     "TrainResult",
     "Trainer",
     "default_logits",
@@ -18,5 +29,7 @@ __all__ = [
     "generate_counterfactual_dataset",
     "generate_factual_dataset",
     "hierarchical_equality",
+    "make_accelerator",
+    "make_scheduler",
     "train_interventions",
 ]

@@ -1,28 +1,23 @@
 """Training trainable interventions (DAS and friends) on counterfactual data.
 
-Built on ``accelerate`` (device placement, mixed precision, gradient accumulation, data
-parallel) and ``tqdm``. Sources are fixed inputs: when the wrapped model is frozen, their
-activations at the intervention sites are computed once before the first step and every step
-after that runs only the base pass.
+Runs on the library's one training loop (:class:`~pyvene_like.training.loop.TrainLoop`:
+``accelerate`` device placement, mixed precision, gradient accumulation, data parallel;
+transformers schedules; ``tqdm``), with this file's step function and callbacks: temperature
+annealing, IIA evaluation, early stopping with the best interventions restored. Sources are
+fixed inputs: when the wrapped model is frozen, their activations at the intervention sites
+are computed once before the first step and every step after that runs only the base pass.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from safetensors.torch import load_file, load_model, save_file, save_model
-from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from ..errors import ConfigError, LoadError, ShapeError
+from ..errors import ConfigError, ShapeError
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
@@ -34,6 +29,7 @@ from .evaluate import (
     default_metric,
     evaluate,
 )
+from .loop import Callback, EarlyStopping, TrainLoop
 
 
 @dataclass
@@ -69,20 +65,6 @@ def _identity(x):
     return x
 
 
-def _allow_precision(mixed_precision: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second Accelerator with another
-    precision. A notebook that trains in float32 and then in bf16 is ordinary use, so outside
-    a distributed launch the per-accelerator part of that state (not the process group) is
-    dropped when the precision changes."""
-    from accelerate.state import AcceleratorState, DistributedType, PartialState
-
-    state = AcceleratorState._shared_state
-    if not state or state.get("_mixed_precision", mixed_precision) == mixed_precision:
-        return
-    if PartialState().distributed_type == DistributedType.NO:
-        AcceleratorState._reset_state()
-
-
 class Trainer:
     """Optimises the trainable interventions of an :class:`~pyvene_like.IntervenableModel`.
 
@@ -112,6 +94,10 @@ class Trainer:
             included, as it was when that IIA was measured).
         checkpoint_dir: each epoch's intervention weights (safetensors), optimizer state and
             trainer state; ``resume_from_checkpoint`` continues from one.
+
+    The run is a :class:`~pyvene_like.training.loop.TrainLoop` (``trainer.loop``) driven by
+    this class's step function and callbacks; ``model``, ``optimizer``, ``loader``,
+    ``scheduler``, ``accelerator`` and ``state`` are the loop's.
     """
 
     def __init__(
@@ -216,35 +202,42 @@ class Trainer:
         self.seed = seed
         self.show_progress = show_progress
 
-        _allow_precision(mixed_precision)
-        self.accelerator = Accelerator(
-            mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps, cpu=cpu
-        )
         n = len(labels)
         g = self._shuffle_gen = torch.Generator()
         g.manual_seed(seed)
         loader = torch.utils.data.DataLoader(
             _Rows(n), batch_size=batch_size, shuffle=True, generator=g, collate_fn=_identity
         )
-        steps_per_epoch = math.ceil(len(loader) / gradient_accumulation_steps)
-        self.total_steps = steps_per_epoch * epochs
         if optimizer is None or isinstance(optimizer, type):
             cls = optimizer or torch.optim.AdamW
             optimizer = cls(params, lr=lr, weight_decay=weight_decay)
-        if isinstance(scheduler, str):
-            scheduler = get_scheduler(
-                scheduler, optimizer, num_warmup_steps=int(warmup_ratio * self.total_steps),
-                num_training_steps=self.total_steps,
-            )
-        # A model dispatched with device_map already sits where it should: accelerate must not
-        # move it to one device (its own hooks move activations between the parts).
-        place = not getattr(intervenable.model, "hf_device_map", None)
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            intervenable, optimizer, loader, scheduler, device_placement=[place, True, True, True]
-        )
-        self.device = self.accelerator.device
         self._source_cache = None
-        self.state = {"epoch": 0, "global_step": 0, "history": [], "best_eval_iia": None, "best_epoch": None}
+        callbacks = [_DASCallbacks(self), EarlyStopping("eval_iia", patience=early_stopping_patience,
+                                                          min_delta=early_stopping_min_delta,
+                                                          restore=intervenable.interventions if load_best_at_end else None)]
+        self.loop = TrainLoop(
+            self._step, model=intervenable, optimizer=optimizer, loader=loader, epochs=epochs, scheduler=scheduler,
+            warmup_ratio=warmup_ratio, gradient_accumulation_steps=gradient_accumulation_steps,
+            max_grad_norm=max_grad_norm, mixed_precision=mixed_precision, cpu=cpu,
+            place_model=not getattr(intervenable.model, "hf_device_map", None), callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir, checkpoint_module=intervenable.interventions,
+            state={"epoch": 0, "global_step": 0, "history": [], "best_eval_iia": None, "best_epoch": None},
+            show_progress=show_progress, desc="training interventions",
+        )
+        self.accelerator = self.loop.accelerator
+        self.model, self.optimizer, self.loader, self.scheduler = (
+            self.loop.model, self.loop.optimizer, self.loop.loader, self.loop.scheduler)
+        self.device = self.loop.device
+        self.total_steps = self.loop.total_steps
+
+    @property
+    def state(self) -> dict:
+        """The run's state: ``epoch``, ``global_step``, ``history``, ``best_eval_iia``, ``best_epoch``."""
+        return self.loop.state
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.loop.state = value
 
     # -- checks -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -290,17 +283,7 @@ class Trainer:
             im.train(was)
         return [None if chunk[0] is None else torch.cat(chunk) for chunk in zip(*parts)]
 
-    # -- the loop -----------------------------------------------------------------------------
-    def _set_temperature(self, step: int) -> None:
-        if self.temperature_schedule is None:
-            return
-        start, end = self.temperature_schedule
-        frac = step / max(1, self.total_steps - 1)
-        value = start + (end - start) * min(1.0, frac)
-        for iv in self.intervenable.interventions:
-            if hasattr(iv, "set_temperature"):
-                iv.set_temperature(value)
-
+    # -- the step and the run ---------------------------------------------------------------------
     def _step_batch(self, idx: torch.Tensor):
         b = _move(self.collator(_take(self.cols, idx)), self.device)
         if self._source_cache is not None:
@@ -312,85 +295,27 @@ class Trainer:
         logits = self.logits_fn(out)
         return self.loss_fn(logits, b["labels"]), logits, b["labels"]
 
+    def _step(self, idx: torch.Tensor):
+        """The loop's step function: one micro-batch of row indices -> loss and summed stats."""
+        idx = idx.cpu()
+        loss, logits, labels = self._step_batch(idx)
+        with torch.no_grad():
+            # float32 sums, as a float32 running total would keep them under mixed precision
+            stats = {"loss": (loss.detach() * len(idx)).float(), "seen": len(idx)}
+            if self.metric_fn is None and logits.dim() == 2 and labels.dim() == 1:
+                stats["correct"] = (logits.argmax(-1) == labels).sum()
+        return loss, stats
+
     def train(self, resume_from_checkpoint: str | Path | None = None) -> TrainResult:
         t0 = time.perf_counter()
-        acc = self.accelerator
-        im = self.intervenable
         if resume_from_checkpoint is not None:
             self.load_checkpoint(resume_from_checkpoint)
         if self.cache_sources and self._source_cache is None:
             self._source_cache = self._build_source_cache()
         result = TrainResult(sources_cached=self._source_cache is not None)
-        im.train()
-        if not self.train_model:
-            im.model.eval()  # a frozen model runs as in inference (no dropout)
-        best_state = None
-        bad_evals = 0
-        bar = tqdm(total=self.total_steps, initial=self.state["global_step"], disable=not self.show_progress,
-                   desc="training interventions", dynamic_ncols=True)
-        try:
-            for epoch in range(self.state["epoch"], self.epochs):
-                te = time.perf_counter()
-                # Each epoch's order depends only on (seed, epoch), so a resumed run repeats it.
-                self._shuffle_gen.manual_seed(self.seed * 100_003 + epoch)
-                loss_sum = torch.zeros((), device=self.device)
-                correct = torch.zeros((), device=self.device)
-                seen = 0
-                for idx in self.loader:
-                    idx = idx.cpu()
-                    with acc.accumulate(self.model):
-                        self._set_temperature(self.state["global_step"])
-                        loss, logits, labels = self._step_batch(idx)
-                        acc.backward(loss)
-                        if self.max_grad_norm is not None and acc.sync_gradients:
-                            acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                                self.max_grad_norm)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        loss_sum += loss.detach() * len(idx)
-                        if self.metric_fn is None and logits.dim() == 2 and labels.dim() == 1:
-                            correct += (logits.argmax(-1) == labels).sum()
-                        seen += len(idx)
-                    if acc.sync_gradients:
-                        self.state["global_step"] += 1
-                        bar.update(1)
-                        if self.state["global_step"] % 20 == 0:
-                            bar.set_postfix(loss=f"{loss.item():.4f}")
-                entry = {
-                    "epoch": epoch + 1,
-                    "step": self.state["global_step"],
-                    "train_loss": (loss_sum / max(seen, 1)).item(),
-                    "seconds": round(time.perf_counter() - te, 3),
-                }
-                if self.metric_fn is None:
-                    entry["train_iia"] = (correct / max(seen, 1)).item()
-                if self.eval_dataset is not None:
-                    ev = self.evaluate(factual=False)
-                    entry["eval_iia"] = ev.iia
-                    entry["eval_iia_per_id"] = ev.iia_per_id
-                    bar.set_postfix(loss=f"{entry['train_loss']:.4f}", iia=f"{ev.iia:.3f}")
-                    best = self.state["best_eval_iia"]
-                    if best is None or ev.iia > best + self.min_delta:
-                        self.state["best_eval_iia"], self.state["best_epoch"] = ev.iia, epoch + 1
-                        best_state = copy.deepcopy(im.interventions.state_dict())
-                        bad_evals = 0
-                    else:
-                        bad_evals += 1
-                self.state["history"].append(entry)
-                self.state["epoch"] = epoch + 1
-                if self.checkpoint_dir is not None:
-                    self.save_checkpoint(self.checkpoint_dir / f"epoch-{epoch + 1}")
-                if self.patience is not None and bad_evals >= self.patience:
-                    result.stopped_early = True
-                    break
-        finally:
-            bar.close()
-            im.eval()
-        if best_state is not None and self.load_best_at_end:
-            im.interventions.load_state_dict(best_state)
-        result.history = list(self.state["history"])
+        run = self.loop.run()
+        result.history = run.history
+        result.stopped_early = run.stopped_early
         result.global_step = self.state["global_step"]
         result.best_eval_iia = self.state["best_eval_iia"]
         result.best_epoch = self.state["best_epoch"]
@@ -411,53 +336,60 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, path) -> Path:
         """Intervention weights and optimizer tensors as safetensors, the rest as JSON."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        # save_model stores tensors shared by linked interventions once.
-        save_model(self.intervenable.interventions, str(path / "interventions.safetensors"))
-        opt = self.optimizer.state_dict()
-        tensors, plain = {}, {}
-        for pid, st in opt["state"].items():
-            for name, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"{pid}.{name}"] = v.detach().cpu().contiguous()
-                else:
-                    plain[f"{pid}.{name}"] = v
-        save_file(tensors, str(path / "optimizer.safetensors"))
-        meta = {
-            "trainer_state": self.state,
-            "optimizer_param_groups": opt["param_groups"],
-            "optimizer_plain_state": plain,
-            "scheduler": self.scheduler.state_dict() if hasattr(self.scheduler, "state_dict") else None,
-        }
-        (path / "trainer_state.json").write_text(json.dumps(meta, indent=1, default=float))
-        return path
+        return self.loop.save_checkpoint(path)
 
     def load_checkpoint(self, path) -> None:
-        path = Path(path)
-        files = [path / "interventions.safetensors", path / "optimizer.safetensors", path / "trainer_state.json"]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise LoadError(f"resume_from_checkpoint: {str(path)!r} lacks {missing}; expected a folder written by save_checkpoint")
-        try:
-            opt_tensors = load_file(str(files[1]))
-            meta = json.loads(files[2].read_text())
-        except Exception as e:  # a truncated or foreign file
-            raise LoadError(f"resume_from_checkpoint: cannot read {str(path)!r}: {type(e).__name__}: {e}") from None
-        try:
-            load_model(self.intervenable.interventions, str(files[0]), device=str(self.device))
-        except Exception as e:
-            raise LoadError(
-                f"resume_from_checkpoint: the saved interventions do not fit this model's: {e}"
-            ) from None
-        state: dict = {}
-        for key, v in list(opt_tensors.items()) + list(meta["optimizer_plain_state"].items()):
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
-        if meta.get("scheduler") is not None and hasattr(self.scheduler, "load_state_dict"):
-            self.scheduler.load_state_dict(meta["scheduler"])
-        self.state = meta["trainer_state"]
+        self.loop.load_checkpoint(path)
+
+
+class _DASCallbacks(Callback):
+    """The Trainer's part of the loop: train/eval modes, the per-epoch shuffle, temperature
+    annealing, and the epoch's history entry (train loss and IIA, eval IIA)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, loop):
+        tr = self.trainer
+        tr.intervenable.train()
+        if not tr.train_model:
+            tr.intervenable.model.eval()  # a frozen model runs as in inference (no dropout)
+
+    def on_epoch_begin(self, loop):
+        # Each epoch's order depends only on (seed, epoch), so a resumed run repeats it.
+        self.trainer._shuffle_gen.manual_seed(self.trainer.seed * 100_003 + loop.epoch)
+
+    def on_step_begin(self, loop, batch):
+        tr = self.trainer
+        if tr.temperature_schedule is None:
+            return
+        start, end = tr.temperature_schedule
+        frac = loop.global_step / max(1, loop.total_steps - 1)
+        value = start + (end - start) * min(1.0, frac)
+        for iv in tr.intervenable.interventions:
+            if hasattr(iv, "set_temperature"):
+                iv.set_temperature(value)
+
+    def on_epoch_end(self, loop, entry):
+        tr = self.trainer
+        sums = loop.epoch_sums
+        seen = max(sums.get("seen", 0), 1)
+        entry.update({
+            "epoch": loop.epoch + 1,
+            "step": loop.global_step,
+            "train_loss": (sums.get("loss", torch.zeros(())) / seen).item(),
+            "seconds": loop.epoch_seconds(),
+        })
+        if tr.metric_fn is None:
+            entry["train_iia"] = (torch.as_tensor(sums.get("correct", 0)).float() / seen).item()
+        if tr.eval_dataset is not None:
+            ev = tr.evaluate(factual=False)
+            entry["eval_iia"] = ev.iia
+            entry["eval_iia_per_id"] = ev.iia_per_id
+            loop.bar.set_postfix(loss=f"{entry['train_loss']:.4f}", iia=f"{ev.iia:.3f}")
+
+    def on_train_end(self, loop):
+        self.trainer.intervenable.eval()
 
 
 def train_interventions(intervenable, train_dataset, eval_dataset=None, **kwargs) -> TrainResult:
