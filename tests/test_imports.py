@@ -53,11 +53,6 @@ KNOWN_CYCLES = {
 KNOWN_UPWARD = {
     ("generation", "model"),  # generation.py
 }
-#: Private names imported from another part: (importer, imported, name).
-KNOWN_PRIVATE = {
-    ("sae", "training", "_allow_precision"),  # sae/train.py: the one-training-loop branch
-    ("codebook", "training", "_allow_precision"),  # codebook/train.py: same
-}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -177,8 +172,7 @@ def test_imports_point_down():
 def test_no_private_names_cross_parts():
     private = {(a, b, name) for a, b, name, _ in EDGES
                if a and name and name.startswith("_") and not name.startswith("__")}
-    assert private - KNOWN_PRIVATE == set(), f"private names imported across parts: {sorted(private - KNOWN_PRIVATE)}"
-    assert KNOWN_PRIVATE - private == set(), f"stale KNOWN_PRIVATE entries (fixed, remove them): {KNOWN_PRIVATE - private}"
+    assert private == set(), f"private names imported across parts: {sorted(private)}"
 
 
 def test_registry_imports_nothing_above_errors():

@@ -283,7 +283,7 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
     full = _model()
     res = _resumable(full, checkpoint_dir=tmp_path).run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-1", "epoch-2", "epoch-3"]
-    assert (tmp_path / "epoch-2" / "trainer_state.json").is_file()
+    assert (tmp_path / "epoch-2" / "checkpoint.json").is_file()
     resumed_model = _model(seed=7)  # other weights: the checkpoint overwrites them
     loop = _resumable(resumed_model)
     loop.load_checkpoint(tmp_path / "epoch-1")
@@ -292,7 +292,7 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
     assert again.global_step == res.global_step == 18
     assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in res.history], rel=1e-6)
     torch.testing.assert_close(resumed_model.weight, full.weight)
-    with pytest.raises(pv.LoadError, match=r"lacks \['interventions.safetensors'"):
+    with pytest.raises(pv.LoadError, match=r"lacks \['checkpoint.json'"):
         _resumable(_model()).load_checkpoint(tmp_path)
 
 

@@ -283,17 +283,19 @@ def test_checkpoint_resume_repeats_the_run(cm, tmp_path):
     kw = dict(subspaces=SUBSPACES, epochs=2, batch_size=64, lr=1e-2, show_progress=False)
     full = rotated(MLP())
     pv.Trainer(full, ds, checkpoint_dir=tmp_path, **kw).train()
-    assert (tmp_path / "epoch-1" / "interventions.safetensors").is_file()
+    # checkpoint files are named apart from save_pretrained's (interventions.safetensors)
+    assert (tmp_path / "epoch-1" / "checkpoint-interventions.safetensors").is_file()
+    assert not (tmp_path / "epoch-1" / "interventions.safetensors").exists()
     torch.manual_seed(123)
     resumed = rotated(MLP())  # another initial rotation: the checkpoint must overwrite it
     res = pv.Trainer(resumed, ds, **kw).train(resume_from_checkpoint=tmp_path / "epoch-1")
     assert res.global_step == 8 and len(res.history) == 2
     torch.testing.assert_close(resumed.interventions[0].rotate_layer.weight,
                                full.interventions[0].rotate_layer.weight, atol=1e-6, rtol=1e-5)
-    (tmp_path / "epoch-2" / "optimizer.safetensors").write_bytes(b"\x00\x01")
+    (tmp_path / "epoch-2" / "checkpoint-optimizer.safetensors").write_bytes(b"\x00\x01")
     with pytest.raises(pv.LoadError, match="cannot read"):
         pv.Trainer(rotated(MLP()), ds, **kw).train(resume_from_checkpoint=tmp_path / "epoch-2")
-    with pytest.raises(pv.LoadError, match=r"lacks \['interventions.safetensors'"):
+    with pytest.raises(pv.LoadError, match=r"lacks \['checkpoint.json'"):
         pv.Trainer(rotated(MLP()), ds, **kw).train(resume_from_checkpoint=tmp_path)
 
 
