@@ -245,10 +245,10 @@ def freeze(value):
     if value is None or t is int or t is str:
         return value
     if t is list or t is tuple:
-        out = tuple(freeze(v) for v in value)
+        out = tuple([v if type(v) is int else freeze(v) for v in value])
         return _UNHASHABLE if _UNHASHABLE in out else (t is list, out)
     if t is dict:
-        out = tuple((k, freeze(v)) for k, v in value.items())
+        out = tuple([(k, freeze(v)) for k, v in value.items()])
         return _UNHASHABLE if any(v is _UNHASHABLE or type(k) not in (int, str) for k, v in out) else ("d", out)
     return _UNHASHABLE
 

@@ -30,6 +30,10 @@ class Slot:
     group: int  # index into ``sources`` (pyvene's group order)
     heads: bool  # units split into heads
     units_cache: dict = field(default_factory=dict, repr=False)
+    plain: bool = field(init=False, repr=False)  # whole-width units: no heads, no column subset
+
+    def __post_init__(self):
+        self.plain = not self.heads and self.site.columns is None
 
     @property
     def label(self) -> str:

@@ -40,7 +40,7 @@ from .arguments import (
 )
 from .hooks import HookSet, StopForward, find_input, output_tensor, replace_input, replace_output
 from .plan import Plan
-from .units import gather, make_units, scatter
+from .units import as_3d, check_positions, gather, make_units, scatter
 
 
 def call_model(model, inputs):
@@ -107,7 +107,17 @@ class ForwardWindow:
         if units is None:  # not active in this pass (serial mode)
             return None
         self.fired[i] = True
-        vals = gather(x, units, slot.site, slot.heads)
+        span = units.span
+        if span is not None and slot.plain:
+            # Positions shared by the whole batch on a whole-width site: a view of x.
+            xs = x if x.dim() == 3 else as_3d(x, units.bsz)
+            seq = xs.shape[1]
+            if units.pos_hi >= seq or units.pos_lo < -seq:
+                check_positions(units, seq)  # raises
+            start = span[0] if span[0] >= 0 else seq + span[0]
+            vals = xs.narrow(1, start, (span[1] if span[1] is not None else seq) - start)
+        else:
+            vals = gather(x, units, slot.site, slot.heads)
         src = self.src[i]
         if slot.intervention.source_from == "module_input":
             src = gather(find_input(args, kwargs)[0], units, slot.site, slot.heads)
@@ -127,17 +137,14 @@ class ForwardWindow:
         # A result autograd records may have saved the gathered view (a rotation saves its
         # input): writing into x in place would change it under autograd's feet.
         ip = inplace and not (new.requires_grad and torch.is_grad_enabled())
-        if ip and units.span is not None and not slot.heads and slot.site.columns is None:
+        if ip and units.span is not None and slot.plain:
             vals.copy_(new)  # vals is a view of x at those positions
             return x, inplace
         return scatter(x, units, slot.site, slot.heads, new, ip), inplace
 
-    def missed(self, slots) -> list:
-        return [s for s in slots if self.units[s.index] is not None and not self.fired[s.index]]
-
     def collected_list(self) -> list:
         c = self.collected
-        return [c[i] for i in sorted(c)]
+        return [c[i] for i in sorted(c)] if c else []
 
 
 class _Reads:
@@ -258,9 +265,11 @@ class Executor:
         """Run ``inputs`` with the write hooks of the slots that have units in ``window``."""
         self.window = window
         with HookSet() as hooks:
-            self.install_writes(hooks)
+            for module, io, fn in self.write_hooks:
+                (hooks.post if io == "output" else hooks.pre)(module, fn)
             out = call_model(model, inputs)
-        missed = window.missed(only or self.slots)
+        units, fired = window.units, window.fired
+        missed = [s for s in (only or self.slots) if units[s.index] is not None and not fired[s.index]]
         if missed:
             raise ConfigError(
                 f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
@@ -340,7 +349,7 @@ class Executor:
     def call_args(self, unit_locations, subspaces, bsz: int) -> _CallArgs:
         """Validated, normalised locations and subspaces of a call (cached when both are made of
         ints, ``None``, lists, tuples and dicts)."""
-        key = (freeze(unit_locations), freeze(subspaces), bsz)
+        key = (freeze(unit_locations), None if subspaces is None else freeze(subspaces), bsz)
         cacheable = is_frozen(key[0]) and is_frozen(key[1])
         if cacheable:
             hit = self._args_cache.get(key)
