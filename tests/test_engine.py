@@ -92,11 +92,11 @@ def test_call_arguments_are_cached_without_aliasing_the_callers_lists(gpt2, ids)
     im = pv.IntervenableModel(pv.RepresentationConfig(2, "block_output"), gpt2)
     ex = im._executor
     locs = [[[3], [4], [5]]]
-    first = ex.call_args({"sources->base": (locs, 7)}, None, 3)
-    assert ex.call_args({"sources->base": ([[[3], [4], [5]]], 7)}, None, 3) is first
+    first = ex.call_args({"sources->base": (locs, 7)}, 3)
+    assert ex.call_args({"sources->base": ([[[3], [4], [5]]], 7)}, 3) is first
     locs[0][0][0] = 9  # the caller changes its list: a new key, and the cached entry is untouched
     assert first.src_locs[0][0] == [3]
-    assert ex.call_args({"sources->base": (locs, 7)}, None, 3) is not first
+    assert ex.call_args({"sources->base": (locs, 7)}, 3) is not first
     out1 = im({"input_ids": base}, [{"input_ids": src}], {"sources->base": ([[[1], [2], [3]]], 7)})[1].logits
     out2 = im({"input_ids": base}, [{"input_ids": src}], {"sources->base": ([[[1], [2], [3]]], 7)})[1].logits
     assert torch.equal(out1, out2)

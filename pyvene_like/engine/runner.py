@@ -163,20 +163,19 @@ class _Reads:
 
 
 class _CallArgs:
-    """A call's normalised locations (and subspaces), cached per recurring argument value."""
+    """A call's normalised locations and their units, cached per recurring argument value."""
 
-    __slots__ = ("src_locs", "base_locs", "subspaces", "base_units", "src_units")
+    __slots__ = ("src_locs", "base_locs", "base_units", "src_units")
 
-    def __init__(self, src_locs, base_locs, subspaces):
+    def __init__(self, src_locs, base_locs):
         self.src_locs = src_locs
         self.base_locs = base_locs
-        self.subspaces = subspaces
         self.base_units = None
         self.src_units: dict = {}
 
 
 def _thaw(value):
-    """A private copy of a location/subspace argument (so a cached entry never aliases a list
+    """A private copy of a location argument (so a cached entry never aliases a list
     the caller may change later)."""
     if isinstance(value, dict):
         return {k: _thaw(v) for k, v in value.items()}
@@ -323,15 +322,23 @@ class Executor:
             return out
         units_of = units_of or (lambda i: self.units_for(i, src_locs[i], "source", bsz))
         prev = self.reads
+        grad = model_needs_grad(model)
         try:
-            with torch.set_grad_enabled(model_needs_grad(model)):
-                for src, idxs in distinct:
-                    acts = self.source_pass(model, src, [(slots[i], units_of(i)) for i in idxs])
-                    for i in idxs:
-                        out[i] = acts[i]
+            if grad == torch.is_grad_enabled():
+                self._source_passes(model, distinct, units_of, out)
+            else:
+                with torch.set_grad_enabled(grad):
+                    self._source_passes(model, distinct, units_of, out)
         finally:
             self.reads = prev
         return out
+
+    def _source_passes(self, model, distinct, units_of, out) -> None:
+        slots = self.slots
+        for src, idxs in distinct:
+            acts = self.source_pass(model, src, [(slots[i], units_of(i)) for i in idxs])
+            for i in idxs:
+                out[i] = acts[i]
 
     def units_for(self, i: int, loc, side: str, bsz: int):
         """Slot ``i``'s :class:`~.units.Units` for a raw location on one side of a call."""
@@ -346,18 +353,18 @@ class Executor:
                 s.units_cache[key] = units
         return units
 
-    def call_args(self, unit_locations, subspaces, bsz: int) -> _CallArgs:
-        """Validated, normalised locations and subspaces of a call (cached when both are made of
-        ints, ``None``, lists, tuples and dicts)."""
-        key = (freeze(unit_locations), None if subspaces is None else freeze(subspaces), bsz)
-        cacheable = is_frozen(key[0]) and is_frozen(key[1])
+    def call_args(self, unit_locations, bsz: int) -> _CallArgs:
+        """Validated, normalised locations of a call, cached when they are made of ints,
+        ``None``, lists, tuples and dicts (the usual case: the same shape call after call)."""
+        key = freeze(unit_locations)
+        cacheable = is_frozen(key)
         if cacheable:
+            key = (key, bsz)
             hit = self._args_cache.get(key)
             if hit is not None:
                 return hit
-            unit_locations, subspaces = _thaw(unit_locations), _thaw(subspaces)
-        src_locs, base_locs = normalize_locations(unit_locations, self.slots, self.mode)
-        entry = _CallArgs(src_locs, base_locs, normalize_subspaces(subspaces, self.slots))
+            unit_locations = _thaw(unit_locations)
+        entry = _CallArgs(*normalize_locations(unit_locations, self.slots, self.mode))
         if cacheable:
             if len(self._args_cache) >= _CACHE_SIZE:
                 self._args_cache.clear()
@@ -380,13 +387,14 @@ class Executor:
         slots = self.slots
         n = len(slots)
         bsz = batch_size(base, "base")
-        args = self.call_args(unit_locations, subspaces, bsz)
+        args = self.call_args(unit_locations, bsz)
         reprs = normalize_source_representations(source_representations, slots)
+        sub_list = normalize_subspaces(subspaces, slots)
         base_units = args.base_units
         if base_units is None:
             base_units = args.base_units = [self.units_for(i, args.base_locs[i], "base", bsz) for i in range(n)]
         original = call_model(model, base) if output_original_output else None
-        win = ForwardWindow(n, args.subspaces)
+        win = ForwardWindow(n, sub_list)
 
         if self.mode == "serial":
             intervened = self._run_serial(model, base, sources, args, base_units, reprs, bsz, win)
