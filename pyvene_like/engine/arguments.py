@@ -18,7 +18,7 @@ from .plan import Slot
 def batch_size(inputs, label: str) -> int:
     if isinstance(inputs, torch.Tensor):
         return inputs.shape[0]
-    values = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (list, tuple)) else ()
+    values = inputs.values() if type(inputs) is dict or isinstance(inputs, Mapping) else inputs if isinstance(inputs, (list, tuple)) else ()
     for v in values:
         if isinstance(v, torch.Tensor) and v.dim() > 0:
             return v.shape[0]

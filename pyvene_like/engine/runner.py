@@ -44,7 +44,7 @@ from .units import as_3d, check_positions, gather, make_units, scatter
 
 
 def call_model(model, inputs):
-    if isinstance(inputs, Mapping):
+    if type(inputs) is dict or isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
