@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
 from .config import IntervenableConfig, RepresentationConfig
-from .engine import runner
-from .engine.plan import compile_plan
+from .engine import generate as _generation
+from .engine.outputs import IntervenableModelOutput, shape_outputs
+from .engine.plan import Plan, compile_plan
+from .engine.runner import Executor
 from .errors import ConfigError
 
-
-@dataclass
-class IntervenableModelOutput(ModelOutput):
-    """What ``IntervenableModel(..., return_dict=True)`` returns."""
-
-    original_outputs: Any = None
-    intervened_outputs: Any = None
-    collected_activations: Any = None
+__all__ = ["IntervenableModel", "IntervenableModelOutput"]
 
 
 def _as_config(config) -> IntervenableConfig:
@@ -71,11 +62,12 @@ class IntervenableModel(nn.Module):
         self.config = _as_config(config)
         self.model = model
         self.mode = self.config.mode
-        self._slots = compile_plan(self.config, model)
-        self._program = runner.Program(self._slots, self.mode)
+        #: The compiled config (:class:`~pyvene_like.engine.plan.Plan`): slots, (module, io) groups.
+        self.plan: Plan = compile_plan(self.config, model)
+        self._slots = self.plan.slots  # kept for callers of the old name; use ``plan.slots``
+        self._executor = Executor(self.plan)
         self.interventions = nn.ModuleList([s.intervention for s in self._slots])
         self.representations = {s.key: s.rep for s in self._slots}
-        self._has_collect = any(not s.intervention.modifies_output for s in self._slots)
         # Each intervention lives where its site computes: the hooked module's device, or the
         # execution device accelerate gives it when weights are offloaded (device_map with
         # "cpu"/"disk", cpu_offload), where parameters sit on the meta device.
@@ -176,7 +168,7 @@ class IntervenableModel(nn.Module):
         them gives the same outputs as with ``sources``, minus the source passes. Sources are
         fixed inputs, so a trainer computes these once and reuses them every epoch.
         """
-        return self._program.collect_sources(self.model, sources, unit_locations)
+        return self._executor.collect_sources(self.model, sources, unit_locations)
 
     def forward(
         self,
@@ -188,7 +180,7 @@ class IntervenableModel(nn.Module):
         output_original_output: bool = False,
         return_dict: bool = False,
     ):
-        original, intervened, collected = self._program.run(
+        original, intervened, collected = self._executor.forward(
             self.model,
             base,
             sources=sources,
@@ -197,15 +189,7 @@ class IntervenableModel(nn.Module):
             subspaces=subspaces,
             output_original_output=output_original_output,
         )
-        if return_dict:
-            return IntervenableModelOutput(
-                original_outputs=original,
-                intervened_outputs=intervened,
-                collected_activations=collected if self._has_collect else None,
-            )
-        if self._has_collect:
-            return (original, collected), intervened
-        return original, intervened
+        return shape_outputs(original, intervened, collected, self.plan.has_collect, return_dict)
 
     def generate(
         self,
@@ -230,12 +214,10 @@ class IntervenableModel(nn.Module):
         steered too. Sources run once before generating. Returns what ``forward`` returns, with
         ``generate``'s outputs in place of the model outputs; Collect activations come as
         ``[rows, entries, width]`` (prompt positions, then timesteps). Details:
-        :mod:`pyvene_like.generation`.
+        :mod:`pyvene_like.engine.generate`.
         """
-        from . import generation
-
-        return generation.generate(
-            self, base, sources=sources, unit_locations=unit_locations,
+        return _generation.generate(
+            self._executor, self.model, base, sources=sources, unit_locations=unit_locations,
             source_representations=source_representations, intervene_on_prompt=intervene_on_prompt,
             timesteps=timesteps, subspaces=subspaces, output_original_output=output_original_output,
             return_dict=return_dict, **generate_kwargs,

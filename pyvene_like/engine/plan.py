@@ -1,4 +1,9 @@
-"""Compile an IntervenableConfig against a model: resolve sites, build interventions."""
+"""Compile an IntervenableConfig against a model: resolve sites, build interventions.
+
+:func:`compile_plan` gives a :class:`Plan`: the compiled slots (one per representation, in
+config order) and their grouping by ``(module, io)``, the unit of hooking: every slot at the
+same module and side shares one hook, and runs in config order inside it.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ class Slot:
     group: int  # index into ``sources`` (pyvene's group order)
     heads: bool  # units split into heads
     units_cache: dict = field(default_factory=dict, repr=False)
+    plain: bool = field(init=False, repr=False)  # whole-width units: no heads, no column subset
+
+    def __post_init__(self):
+        self.plain = not self.heads and self.site.columns is None
 
     @property
     def label(self) -> str:
@@ -75,7 +84,8 @@ def build_intervention(rep: RepresentationConfig, site: Site, index: int) -> Int
     return intervention
 
 
-def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
+def compile_slots(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
+    """One :class:`Slot` per representation of ``config``, resolved on ``model``."""
     layout = ModelLayout(model)
     slots: list[Slot] = []
     groups: dict = {}
@@ -107,3 +117,45 @@ def compile_plan(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
     if config.mode == "serial" and any(r.group_key is not None for r in config.representations):
         raise ConfigError("group_key is not used in mode='serial': each intervention reads the stream before it")
     return slots
+
+
+class Plan:
+    """A config compiled against a model: what the executor (:mod:`.runner`) runs.
+
+    * ``slots``: one :class:`Slot` per representation, in config order;
+    * ``groups``: ``[(module, io, members)]``, the slots sharing one hooked module and side
+      (``io`` is ``"input"`` or ``"output"``), in order of first appearance;
+    * ``mode`` (``"parallel"`` or ``"serial"``), ``n_groups`` (source groups, pyvene's
+      ``sources`` order) and ``has_collect`` (some intervention only records).
+
+    The plan is static: nothing in it changes from call to call, except the per-slot caches
+    of normalised locations (``Slot.units_cache``).
+    """
+
+    __slots__ = ("slots", "mode", "groups", "n_groups", "has_collect")
+
+    def __init__(self, slots: list[Slot], mode: str):
+        self.slots = slots
+        self.mode = mode
+        self.n_groups = max(s.group for s in slots) + 1
+        self.has_collect = any(not s.intervention.modifies_output for s in slots)
+        groups: dict = {}
+        for slot in slots:
+            key = (id(slot.site.module), slot.site.io)
+            groups.setdefault(key, (slot.site.module, slot.site.io, []))[2].append(slot)
+        self.groups = [(module, io, tuple(members)) for module, io, members in groups.values()]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __iter__(self):
+        return iter(self.slots)
+
+    @property
+    def interventions(self) -> list[Intervention]:
+        return [s.intervention for s in self.slots]
+
+
+def compile_plan(config: IntervenableConfig, model: nn.Module) -> Plan:
+    """Resolve every representation's site on ``model``, build its intervention, group them."""
+    return Plan(compile_slots(config, model), config.mode)

@@ -1,9 +1,22 @@
-"""Running source and base passes with hooks.
+"""The executor: runs a :class:`~.plan.Plan`'s interventions inside the model's own passes.
 
-One call: locations are normalised into index tensors once; every *distinct* source input
-is run once with collect hooks that keep only the needed units and stop the pass right after
-its last needed site; the base is run once with write hooks (gather -> intervention ->
-scatter). All hooks are removed in ``finally`` (the HookSet context).
+One hook body serves ``forward`` and ``generate`` (:func:`apply_members`). For every slot of
+the hooked ``(module, io)`` group it asks the call's *window* for the slot's values, source
+and subspaces, runs the intervention, records a Collect result or checks the new values'
+shape, and hands them back to the window to write. A window is the strategy of one kind of
+call:
+
+* :class:`ForwardWindow` (``forward``): whole sequences; each slot's units are
+  :class:`~.units.Units` index tensors (int positions are a slice, written in place);
+* ``generate``'s step window (:mod:`.generate`): the positions one step of the decoding loop
+  computes, with the cache length and rows -> examples, selected from per-example tables.
+
+Flow of one ``forward`` call (:meth:`Executor.forward`): the arguments are validated and
+normalised (:mod:`.arguments`; recurring location arguments hit a cache), every *distinct*
+source input runs once with read hooks that keep only the needed units and stop the pass
+right after its last needed site (:class:`~.hooks.StopForward`), then the base runs once with
+the write hooks. Hooks are prebuilt once per plan and only registered for the duration of a
+pass (:class:`~.hooks.HookSet`); the model is never left modified.
 """
 
 from __future__ import annotations
@@ -12,304 +25,201 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError, LocationError, ShapeError
+from ..errors import ConfigError, ShapeError
+from .arguments import (
+    batch_size,
+    check_repr,
+    fit_source_repr,
+    freeze,
+    is_frozen,
+    normalize_locations,
+    normalize_source_representations,
+    normalize_sources,
+    normalize_subspaces,
+    same_inputs,
+)
 from .hooks import HookSet, StopForward, find_input, output_tensor, replace_input, replace_output
-from .plan import Slot
-from .units import gather, make_units, scatter
+from .plan import Plan
+from .units import as_3d, check_positions, gather, make_units, scatter
 
 
 def call_model(model, inputs):
-    if isinstance(inputs, Mapping):
+    if type(inputs) is dict or isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
 
 
-def batch_size(inputs, label: str) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.shape[0]
-    values = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (list, tuple)) else ()
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return v.shape[0]
-    raise ShapeError(
-        f"{label}: expected a tensor or a dict of tensors (e.g. a tokenizer's output), got "
-        f"{type(inputs).__name__}"
-    )
-
-
-def _same_inputs(a, b) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        if a.keys() != b.keys():
-            return False
-        return all(_same_inputs(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
-    return False
-
-
-# -- normalising the call's arguments ------------------------------------------------------
-def _per_slot(value, n: int, label: str):
-    """A per-intervention list of length n, or a single value broadcast to all."""
-    if isinstance(value, (list, tuple)) and len(value) == n and not all(isinstance(v, int) for v in value):
-        return list(value)
-    if value is None or isinstance(value, int):
-        return [value] * n
-    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
-        return list(value)
-    raise LocationError(
-        f"{label}: expected one entry per intervention ({n}), e.g. [n_interventions][batch][units], "
-        f"or a single int for all; got {value!r}"
-    )
-
-
-def _split_pair(value, n: int, label: str):
-    """The value of 'sources->base': an int, an (int, int) pair, or (source_locs, base_locs)."""
-    if value is None or isinstance(value, int):
-        return [value] * n, [value] * n
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        src, base = value
-        return _per_slot(src, n, label + "[0]"), _per_slot(base, n, label + "[1]")
-    raise LocationError(
-        f"{label}: expected an int, an (source, base) pair of ints, or a pair (source_locations, "
-        f"base_locations) each [n_interventions][batch][units]; got {value!r}"
-    )
-
-
-def normalize_locations(unit_locations, slots: list[Slot], mode: str):
-    """-> (source locations, base locations), each a list with one raw entry per slot."""
-    n = len(slots)
-    if unit_locations is None or isinstance(unit_locations, int):
-        return [unit_locations] * n, [unit_locations] * n
-    if not isinstance(unit_locations, Mapping):
-        raise LocationError(
-            f"unit_locations: expected None, an int, or a dict like {{'sources->base': (src, base)}} "
-            f"or {{'base': locs}}; got {type(unit_locations).__name__}"
-        )
-    src = [None] * n
-    base = [None] * n
-    seen_pair = False
-    for key, value in unit_locations.items():
-        label = f"unit_locations[{key!r}]"
-        if key == "sources->base":
-            src, base = _split_pair(value, n, label)
-            seen_pair = True
-        elif key == "base":
-            if seen_pair:
-                raise LocationError("unit_locations: give either 'sources->base' or 'base', not both")
-            base = _per_slot(value, n, label)
-            src = list(base)
-        elif isinstance(key, str) and key.startswith("source_") and "->" in key:
-            left, right = key.split("->", 1)
-            try:
-                i = int(left[len("source_"):])
-            except ValueError:
-                i = -1
-            expected_right = "base" if i == n - 1 else f"source_{i + 1}"
-            if mode != "serial" or not 0 <= i < n or right != expected_right:
-                raise LocationError(
-                    f"unit_locations: key {key!r} is not valid here; in mode='serial' intervention i "
-                    f"uses 'source_i->source_(i+1)' and the last 'source_{n - 1}->base'; in "
-                    f"parallel mode use 'sources->base'"
-                )
-            s, b = _split_pair(value, 1, label)
-            src[i], base[i] = s[0], b[0]
-        else:
-            raise LocationError(
-                f"unit_locations: key {key!r} is not accepted; accepted: 'sources->base', 'base'"
-                + (", 'source_i->source_j'" if mode == "serial" else "")
-            )
-    return src, base
-
-
-def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz: int) -> list:
-    """-> per slot the source input to run (or None)."""
-    needs = [s.intervention.source_from == "source" and not r for s, r in zip(slots, has_repr)]
-    if sources is None:
-        sources = []
-    elif not isinstance(sources, (list, tuple)):
-        sources = [sources]
-    if not sources:
-        missing = [s for s, need in zip(slots, needs) if need]
-        if missing:
-            raise ConfigError(
-                f"{missing[0].label} needs a source: pass sources=[...] or source_representations"
-            )
-        return [None] * len(slots)
-    n_groups = max(s.group for s in slots) + 1
-    if len(sources) == 1:
-        per_slot = [sources[0]] * len(slots)
-    elif len(sources) == n_groups:
-        per_slot = [sources[s.group] for s in slots]
-    else:
-        raise ConfigError(
-            f"sources: got {len(sources)} inputs for {n_groups} source group(s); give one source "
-            f"for all interventions, or one per intervention (interventions sharing a group_key share one)"
-        )
-    out = []
-    for slot, need, src in zip(slots, needs, per_slot):
-        if not need:
-            out.append(None)
-            continue
-        if src is None:
-            raise ConfigError(f"{slot.label} needs a source, but its entry in sources is None")
-        bsz = batch_size(src, f"sources[{slot.group}]")
-        if bsz != base_bsz:
-            raise ShapeError(
-                f"sources[{slot.group}] has batch size {bsz} but base has {base_bsz}; they must match"
-            )
-        out.append(src)
-    return out
-
-
-def normalize_source_representations(source_representations, slots: list[Slot]) -> list:
-    n = len(slots)
-    reps = [s.rep.source_representation for s in slots]
-    if source_representations is None:
-        return reps
-    if isinstance(source_representations, torch.Tensor):
-        takers = [i for i, s in enumerate(slots) if s.intervention.source_from == "source"]
-        if len(takers) != 1:
-            raise ShapeError(
-                f"source_representations: a single tensor is ambiguous with {len(takers)} interventions "
-                f"taking sources; pass a dict {{index or key: tensor}} or a list with one entry per intervention"
-            )
-        reps[takers[0]] = source_representations
-        return reps
-    if isinstance(source_representations, Mapping):
-        keys = {s.key: s.index for s in slots}
-        for k, v in source_representations.items():
-            i = k if isinstance(k, int) else keys.get(k)
-            if i is None or not 0 <= i < n:
-                raise ShapeError(
-                    f"source_representations: key {k!r} names no intervention; accepted: indices "
-                    f"0..{n - 1} or keys {sorted(keys)}"
-                )
-            reps[i] = v
-        return reps
-    if isinstance(source_representations, (list, tuple)):
-        if len(source_representations) != n:
-            raise ShapeError(
-                f"source_representations: got {len(source_representations)} entries for {n} interventions"
-            )
-        return [v if v is not None else r for v, r in zip(source_representations, reps)]
-    raise ShapeError(
-        f"source_representations: expected a tensor, a list or a dict of tensors, got "
-        f"{type(source_representations).__name__}"
-    )
-
-
-def _fit_source_repr(t, base_vals: torch.Tensor, slot) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    if t.device != base_vals.device or t.dtype != base_vals.dtype:
-        t = t.to(device=base_vals.device, dtype=base_vals.dtype)
-    try:
-        return t.expand_as(base_vals)
-    except RuntimeError:
-        raise ShapeError(
-            f"{slot.label}: source activations: shape {tuple(t.shape)} does not fit the units {tuple(base_vals.shape)} "
-            f"([batch, units, width]); accepted: [width], [units, width] or [batch, units, width]"
-        ) from None
-
-
-# -- passes --------------------------------------------------------------------------------
-class _CallState:
-    """What one call hands to the prebuilt hooks (indexed by slot)."""
-
-    __slots__ = ("units", "src", "subspaces", "collected", "fired", "reads", "pending", "acts")
-
-    def __init__(self, n: int):
-        self.units = [None] * n
-        self.src = [None] * n
-        self.subspaces = [None] * n
-        self.collected: dict = {}
-        self.fired = [False] * n
-        self.reads: dict = {}  # (module id, io) -> [(slot, units)] for a source pass
-        self.pending: set = set()
-        self.acts: dict = {}
-
-
-def _aliases_input(args, kwargs, x) -> bool:
+def aliases_input(args, kwargs, x) -> bool:
+    """Whether ``x`` (a module's output) shares storage with the module's main input."""
     inp = args[0] if args and type(args[0]) is torch.Tensor else find_input(args, kwargs)[0]
     return inp is not None and inp.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
 
 
-class Program:
-    """A compiled plan: hook functions built once, reading per-call state from ``self.state``.
+def model_needs_grad(model) -> bool:
+    return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
 
-    A call registers the prebuilt hooks, runs, and removes them in ``finally``; nothing is
-    rebuilt per call.
+
+# -- the hook body ------------------------------------------------------------------------------
+def apply_members(members, window, x, args, kwargs, inplace: bool):
+    """gather -> intervention -> record (Collect) or check shape -> scatter, for each slot of
+    one ``(module, io)`` group, in config order. Returns the tensor the module passes on."""
+    for slot in members:
+        sel = window.select(slot, x, args, kwargs)
+        if sel is None:  # nothing of this slot in the window
+            continue
+        vals, src, subs, where = sel
+        iv = slot.intervention
+        # Straight to forward() unless someone hooked the intervention module itself.
+        if iv._forward_hooks or iv._forward_pre_hooks:
+            new = iv(vals, src, subs)
+        else:
+            new = iv.forward(vals, src, subs)
+        if not iv.modifies_output:
+            window.record(slot, new, where)
+            continue
+        if new.shape != vals.shape:
+            raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
+        x, inplace = window.write(slot, x, vals, new, where, inplace)
+    return x
+
+
+class ForwardWindow:
+    """The window of a ``forward`` pass: every position of the sequences.
+
+    Per slot (indexed by ``slot.index``): its :class:`~.units.Units` (``None``: not active in
+    this pass), source values, subspaces; which slots fired; the Collect results.
     """
 
-    def __init__(self, slots: list[Slot], mode: str):
-        self.slots = slots
-        self.mode = mode
-        self.n_groups = max(s.group for s in slots) + 1
-        self.state: _CallState | None = None
-        groups: dict = {}
-        for slot in slots:
-            key = (id(slot.site.module), slot.site.io)
-            groups.setdefault(key, (slot.site.module, slot.site.io, []))[2].append(slot)
-        self.write_hooks = [
-            (module, io, self._write_hook(io, tuple(members))) for module, io, members in groups.values()
-        ]
+    __slots__ = ("units", "src", "subspaces", "fired", "collected")
+
+    def __init__(self, n: int, subspaces=None):
+        self.units = [None] * n
+        self.src = [None] * n
+        self.subspaces = subspaces if subspaces is not None else [None] * n
+        self.fired = [False] * n
+        self.collected: dict = {}
+
+    def select(self, slot, x, args, kwargs):
+        i = slot.index
+        units = self.units[i]
+        if units is None:  # not active in this pass (serial mode)
+            return None
+        self.fired[i] = True
+        span = units.span
+        if span is not None and slot.plain:
+            # Positions shared by the whole batch on a whole-width site: a view of x.
+            xs = x if x.dim() == 3 else as_3d(x, units.bsz)
+            seq = xs.shape[1]
+            if units.pos_hi >= seq or units.pos_lo < -seq:
+                check_positions(units, seq)  # raises
+            start = span[0] if span[0] >= 0 else seq + span[0]
+            vals = xs.narrow(1, start, (span[1] if span[1] is not None else seq) - start)
+        else:
+            vals = gather(x, units, slot.site, slot.heads)
+        src = self.src[i]
+        if slot.intervention.source_from == "module_input":
+            src = gather(find_input(args, kwargs)[0], units, slot.site, slot.heads)
+            if src.shape != vals.shape:
+                raise ShapeError(
+                    f"{slot.label}: the module's input {tuple(src.shape)} and output "
+                    f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
+                )
+        elif src is not None and (src.shape != vals.shape or src.device != vals.device):
+            src = fit_source_repr(src, vals, slot)
+        return vals, src, self.subspaces[i], units
+
+    def record(self, slot, new, units) -> None:
+        self.collected[slot.index] = new
+
+    def write(self, slot, x, vals, new, units, inplace: bool):
+        # A result autograd records may have saved the gathered view (a rotation saves its
+        # input): writing into x in place would change it under autograd's feet.
+        ip = inplace and not (new.requires_grad and torch.is_grad_enabled())
+        if ip and units.span is not None and slot.plain:
+            vals.copy_(new)  # vals is a view of x at those positions
+            return x, inplace
+        return scatter(x, units, slot.site, slot.heads, new, ip), inplace
+
+    def collected_list(self) -> list:
+        c = self.collected
+        return [c[i] for i in sorted(c)] if c else []
+
+
+class _Reads:
+    """What a source pass keeps: ``(module id, io) -> [(slot, units)]``, the groups still to
+    reach, and the gathered values by slot index."""
+
+    __slots__ = ("items", "pending", "acts")
+
+    def __init__(self, requests):
+        items: dict = {}
+        for slot, units in requests:
+            items.setdefault((id(slot.site.module), slot.site.io), []).append((slot, units))
+        self.items = items
+        self.pending = set(items)
+        self.acts: dict = {}
+
+
+class _CallArgs:
+    """A call's normalised locations and their units, cached per recurring argument value."""
+
+    __slots__ = ("src_locs", "base_locs", "base_units", "src_units")
+
+    def __init__(self, src_locs, base_locs):
+        self.src_locs = src_locs
+        self.base_locs = base_locs
+        self.base_units = None
+        self.src_units: dict = {}
+
+
+def _thaw(value):
+    """A private copy of a location argument (so a cached entry never aliases a list
+    the caller may change later)."""
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thaw(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_thaw(v) for v in value)
+    return value
+
+
+_CACHE_SIZE = 64
+
+
+class Executor:
+    """Drives a :class:`~.plan.Plan`: the prebuilt hooks, the window of the call under way,
+    source passes and base passes. ``forward`` and ``generate`` both run through it.
+
+    The hooks are built once, here, one per ``(module, io)`` group; they read the call's
+    window from ``self.window`` (and a source pass's requests from ``self.reads``), so a call
+    only registers them, runs, and removes them.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.slots = plan.slots
+        self.mode = plan.mode
+        self.window = None
+        self.reads: _Reads | None = None
+        self._args_cache: dict = {}
+        self.write_hooks = [(module, io, self._write_hook(io, members)) for module, io, members in plan.groups]
         self.read_hooks = {
-            key: (module, io, self._read_hook(io, key)) for key, (module, io, _) in groups.items()
+            (id(module), io): (module, io, self._read_hook(io, (id(module), io))) for module, io, _ in plan.groups
         }
 
-    # -- hook factories -----------------------------------------------------------------------
-    def _apply(self, members, x, args, kwargs, inplace):
-        st = self.state
-        for slot in members:
-            i = slot.index
-            if st.units[i] is None:  # not active in this pass (serial mode)
-                continue
-            st.fired[i] = True
-            units = st.units[i]
-            iv = slot.intervention
-            vals = gather(x, units, slot.site, slot.heads)
-            src = st.src[i]
-            if iv.source_from == "module_input":
-                src = gather(find_input(args, kwargs)[0], units, slot.site, slot.heads)
-                if src.shape != vals.shape:
-                    raise ShapeError(
-                        f"{slot.label}: the module's input {tuple(src.shape)} and output "
-                        f"{tuple(vals.shape)} differ in shape, so it cannot be skipped"
-                    )
-            elif src is not None and (src.shape != vals.shape or src.device != vals.device):
-                src = _fit_source_repr(src, vals, slot)
-            # Straight to forward() unless someone hooked the intervention module itself.
-            if iv._forward_hooks or iv._forward_pre_hooks:
-                new = iv(vals, src, st.subspaces[i])
-            else:
-                new = iv.forward(vals, src, st.subspaces[i])
-            if not iv.modifies_output:
-                st.collected[i] = new
-                continue
-            if new.shape != vals.shape:
-                raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
-            # A result autograd records may have saved the gathered view (a rotation saves its
-            # input): writing into x in place would change it under autograd's feet.
-            ip = inplace and not (new.requires_grad and torch.is_grad_enabled())
-            if ip and units.span is not None and not slot.heads and slot.site.columns is None:
-                vals.copy_(new)  # vals is a view of x at those positions
-                continue
-            x = scatter(x, units, slot.site, slot.heads, new, ip)
-        return x
-
+    # -- hooks ------------------------------------------------------------------------------------
     def _write_hook(self, io, members):
-        apply = self._apply
+        ex = self
         if io == "output":
 
             def post(m, args, kwargs, output):
                 x = output if type(output) is torch.Tensor else output_tensor(output)
                 # Write in place unless autograd records x, or x aliases the module's input.
-                inplace = not (x.requires_grad and torch.is_grad_enabled()) and not _aliases_input(args, kwargs, x)
-                new = apply(members, x, args, kwargs, inplace)
+                inplace = not (x.requires_grad and torch.is_grad_enabled()) and not aliases_input(args, kwargs, x)
+                new = apply_members(members, ex.window, x, args, kwargs, inplace)
                 return None if new is x else replace_output(output, new)
 
             return post
@@ -317,40 +227,48 @@ class Program:
         def pre(m, args, kwargs):
             # Inputs are written out of place: the tensor may live on elsewhere (a residual).
             x, where = find_input(args, kwargs)
-            new = apply(members, x, args, kwargs, False)
+            new = apply_members(members, ex.window, x, args, kwargs, False)
             return None if new is x else replace_input(args, kwargs, where, new)
 
         return pre
 
     def _read_hook(self, io, key):
+        ex = self
+
         def read(x):
-            st = self.state
-            items = st.reads.get(key)
-            if items is None or key not in st.pending:
+            rd = ex.reads
+            if rd is None or key not in rd.pending:
                 return
-            for slot, units in items:
+            for slot, units in rd.items[key]:
                 sel = gather(x, units, slot.site, slot.heads)
                 # A view of the activation is copied: the model may still change it in place
                 # later in the pass (Falcon adds attention into the MLP output).
                 if sel.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                     sel = sel.clone()
-                st.acts[slot.index] = sel
-            st.pending.discard(key)
-            if not st.pending:
+                rd.acts[slot.index] = sel
+            rd.pending.discard(key)
+            if not rd.pending:
                 raise StopForward
 
         if io == "output":
             return lambda m, a, k, o: read(o if type(o) is torch.Tensor else output_tensor(o))
         return lambda m, a, k: read(find_input(a, k)[0])
 
-    # -- passes ---------------------------------------------------------------------------------
-    def base_pass(self, model, inputs, st: _CallState, only=None):
-        """Run ``inputs`` with the write hooks of the slots that have units in ``st``."""
+    def install_writes(self, hooks: HookSet) -> None:
+        """Register the write hooks of every group in ``hooks`` (they act through ``self.window``)."""
+        for module, io, fn in self.write_hooks:
+            (hooks.post if io == "output" else hooks.pre)(module, fn)
+
+    # -- passes -------------------------------------------------------------------------------------
+    def base_pass(self, model, inputs, window: ForwardWindow, only=None):
+        """Run ``inputs`` with the write hooks of the slots that have units in ``window``."""
+        self.window = window
         with HookSet() as hooks:
             for module, io, fn in self.write_hooks:
                 (hooks.post if io == "output" else hooks.pre)(module, fn)
             out = call_model(model, inputs)
-        missed = [s for s in (only or self.slots) if st.units[s.index] is not None and not st.fired[s.index]]
+        units, fired = window.units, window.fired
+        missed = [s for s in (only or self.slots) if units[s.index] is not None and not fired[s.index]]
         if missed:
             raise ConfigError(
                 f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
@@ -358,106 +276,146 @@ class Program:
             )
         return out
 
-    def source_pass(self, model, inputs, st: _CallState, requests, writes: bool = False) -> dict:
+    def source_pass(self, model, inputs, requests, window: ForwardWindow | None = None) -> dict:
         """Run ``inputs`` keeping the gathered units of ``requests`` [(slot, units)].
 
-        The pass stops right after the last needed site. With ``writes``, the write hooks of
-        ``st`` are applied in the same pass (serial mode).
+        The pass stops right after the last needed site. With a ``window``, its write hooks are
+        applied in the same pass (serial mode).
         """
-        st.reads = {}
-        for slot, units in requests:
-            st.reads.setdefault((id(slot.site.module), slot.site.io), []).append((slot, units))
-        st.pending = set(st.reads)
-        st.acts = {}
+        rd = self.reads = _Reads(requests)
         with HookSet() as hooks:
-            if writes:
-                for module, io, fn in self.write_hooks:
-                    (hooks.post if io == "output" else hooks.pre)(module, fn)
-            for key in st.reads:
+            if window is not None:
+                self.window = window
+                self.install_writes(hooks)
+            for key in rd.items:
                 module, io, fn = self.read_hooks[key]
                 (hooks.post if io == "output" else hooks.pre)(module, fn)
             try:
                 call_model(model, inputs)
             except StopForward:
                 pass
-        missing = [slot for slot, _ in requests if slot.index not in st.acts]
+        acts = rd.acts
+        missing = [slot for slot, _ in requests if slot.index not in acts]
         if missing:
             raise ConfigError(
                 f"{missing[0].label}: the source pass never reached {missing[0].site.description}; is "
                 f"the module used in this model's forward for these inputs?"
             )
-        return st.acts
+        return acts
 
-    # -- a call -----------------------------------------------------------------------------------
-    def run(self, model, base, sources=None, unit_locations=None, source_representations=None,
-            subspaces=None, output_original_output=False):
-        prev = self.state
-        try:
-            return self._run(model, base, sources, unit_locations, source_representations,
-                             subspaces, output_original_output)
-        finally:
-            self.state = prev
-
-    def _run(self, model, base, sources, unit_locations, source_representations, subspaces,
-             output_original_output):
+    def run_sources(self, model, per_slot_src, src_locs, bsz: int, units_of=None) -> list:
+        """Source values per slot (``None`` where the slot has no source input), with one pass
+        per distinct source input (the same object, or equal contents)."""
         slots = self.slots
-        n = len(slots)
-        bsz = batch_size(base, "base")
-        src_locs, base_locs = normalize_locations(unit_locations, slots, self.mode)
-        reprs = normalize_source_representations(source_representations, slots)
-        if subspaces is not None:
-            if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
-                raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
-            sub_list = _per_slot(subspaces, n, "subspaces")
-            for slot, sub in zip(slots, sub_list):
-                if sub is not None and not slot.intervention.supports_subspaces:
-                    raise ConfigError(
-                        f"subspaces: {slot.label} does not take subspaces (it learns its own mask); "
-                        f"pass None for it"
-                    )
-        else:
-            sub_list = None
-
-        base_units = [self._units_for(i, base_locs[i], "base", bsz) for i in range(n)]
-        original = call_model(model, base) if output_original_output else None
-        st = self.state = _CallState(n)
-        if sub_list is not None:
-            st.subspaces = sub_list
-
-        if self.mode == "serial":
-            intervened = self._run_serial(model, base, sources, src_locs, base_units, reprs, bsz, st)
-        else:
-            has_repr = [r is not None for r in reprs]
-            per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
-            self._run_sources(model, per_slot_src, src_locs, bsz, st)
-            for i, slot in enumerate(slots):
-                if st.src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
-                    st.src[i] = _check_repr(reprs[i], slot)
-            st.units = base_units
-            intervened = self.base_pass(model, base, st)
-        return original, intervened, [st.collected[i] for i in sorted(st.collected)]
-
-    def _run_sources(self, model, per_slot_src, src_locs, bsz, st: _CallState) -> None:
-        """Fill ``st.src`` with one pass per distinct source input (by identity, then contents)."""
-        slots = self.slots
+        out = [None] * len(slots)
         distinct: list = []
         for i, src in enumerate(per_slot_src):
             if src is None:
                 continue
             for entry in distinct:
-                if _same_inputs(entry[0], src):
+                if same_inputs(entry[0], src):
                     entry[1].append(i)
                     break
             else:
                 distinct.append((src, [i]))
         if not distinct:
-            return
-        with torch.set_grad_enabled(_model_needs_grad(model)):
-            for src, idxs in distinct:
-                reqs = [(slots[i], self._units_for(i, src_locs[i], "source", bsz)) for i in idxs]
-                acts = self.source_pass(model, src, st, reqs)
-                for i in idxs:
-                    st.src[i] = acts[i]
+            return out
+        units_of = units_of or (lambda i: self.units_for(i, src_locs[i], "source", bsz))
+        prev = self.reads
+        grad = model_needs_grad(model)
+        try:
+            if grad == torch.is_grad_enabled():
+                self._source_passes(model, distinct, units_of, out)
+            else:
+                with torch.set_grad_enabled(grad):
+                    self._source_passes(model, distinct, units_of, out)
+        finally:
+            self.reads = prev
+        return out
+
+    def _source_passes(self, model, distinct, units_of, out) -> None:
+        slots = self.slots
+        for src, idxs in distinct:
+            acts = self.source_pass(model, src, [(slots[i], units_of(i)) for i in idxs])
+            for i in idxs:
+                out[i] = acts[i]
+
+    def units_for(self, i: int, loc, side: str, bsz: int):
+        """Slot ``i``'s :class:`~.units.Units` for a raw location on one side of a call."""
+        s = self.slots[i]
+        # int / None locations recur call after call: their index objects are cached.
+        key = (side, loc, bsz) if loc is None or type(loc) is int else None
+        units = s.units_cache.get(key) if key is not None else None
+        if units is None:
+            units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
+                               f"unit_locations ({side} of {s.label})")
+            if key is not None:
+                s.units_cache[key] = units
+        return units
+
+    def call_args(self, unit_locations, bsz: int) -> _CallArgs:
+        """Validated, normalised locations of a call, cached when they are made of ints,
+        ``None``, lists, tuples and dicts (the usual case: the same shape call after call)."""
+        key = freeze(unit_locations)
+        cacheable = is_frozen(key)
+        if cacheable:
+            key = (key, bsz)
+            hit = self._args_cache.get(key)
+            if hit is not None:
+                return hit
+            unit_locations = _thaw(unit_locations)
+        entry = _CallArgs(*normalize_locations(unit_locations, self.slots, self.mode))
+        if cacheable:
+            if len(self._args_cache) >= _CACHE_SIZE:
+                self._args_cache.clear()
+            self._args_cache[key] = entry
+        return entry
+
+    # -- calls ----------------------------------------------------------------------------------
+    def forward(self, model, base, sources=None, unit_locations=None, source_representations=None,
+                subspaces=None, output_original_output=False):
+        """One intervened forward: ``(original or None, intervened, collected list)``."""
+        prev_w, prev_r = self.window, self.reads
+        try:
+            return self._forward(model, base, sources, unit_locations, source_representations,
+                                 subspaces, output_original_output)
+        finally:
+            self.window, self.reads = prev_w, prev_r
+
+    def _forward(self, model, base, sources, unit_locations, source_representations, subspaces,
+                 output_original_output):
+        slots = self.slots
+        n = len(slots)
+        bsz = batch_size(base, "base")
+        args = self.call_args(unit_locations, bsz)
+        reprs = normalize_source_representations(source_representations, slots)
+        sub_list = normalize_subspaces(subspaces, slots)
+        base_units = args.base_units
+        if base_units is None:
+            base_units = args.base_units = [self.units_for(i, args.base_locs[i], "base", bsz) for i in range(n)]
+        original = call_model(model, base) if output_original_output else None
+        win = ForwardWindow(n, sub_list)
+
+        if self.mode == "serial":
+            intervened = self._run_serial(model, base, sources, args, base_units, reprs, bsz, win)
+        else:
+            per_slot_src = normalize_sources(sources, slots, [r is not None for r in reprs], bsz)
+            src = win.src
+            if any(s is not None for s in per_slot_src):
+                src[:] = self.run_sources(model, per_slot_src, args.src_locs, bsz,
+                                          lambda i: self._source_units(args, i, bsz))
+            for i, slot in enumerate(slots):
+                if src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
+                    src[i] = check_repr(reprs[i], slot)
+            win.units = base_units
+            intervened = self.base_pass(model, base, win)
+        return original, intervened, win.collected_list()
+
+    def _source_units(self, args: _CallArgs, i: int, bsz: int):
+        units = args.src_units.get(i)
+        if units is None:
+            units = args.src_units[i] = self.units_for(i, args.src_locs[i], "source", bsz)
+        return units
 
     def collect_sources(self, model, sources, unit_locations=None) -> list:
         """The source activations each intervention would read, ``[batch, units, width]`` per slot
@@ -475,27 +433,9 @@ class Program:
         bsz = batch_size(first, "sources[0]")
         src_locs, _ = normalize_locations(unit_locations, slots, self.mode)
         per_slot_src = normalize_sources(sources, slots, [False] * len(slots), bsz)
-        prev = self.state
-        try:
-            st = self.state = _CallState(len(slots))
-            self._run_sources(model, per_slot_src, src_locs, bsz, st)
-            return list(st.src)
-        finally:
-            self.state = prev
+        return self.run_sources(model, per_slot_src, src_locs, bsz)
 
-    def _units_for(self, i, loc, side, bsz):
-        s = self.slots[i]
-        # int / None locations recur call after call: their index objects are cached.
-        key = (side, loc, bsz) if loc is None or type(loc) is int else None
-        units = s.units_cache.get(key) if key is not None else None
-        if units is None:
-            units = make_units(loc, s.rep.unit, bsz, s.site.n_heads if s.heads else None,
-                               f"unit_locations ({side} of {s.label})")
-            if key is not None:
-                s.units_cache[key] = units
-        return units
-
-    def _run_serial(self, model, base, sources, src_locs, base_units, reprs, bsz, st):
+    def _run_serial(self, model, base, sources, args: _CallArgs, base_units, reprs, bsz, win):
         """Intervention i reads stream i and writes into stream i+1 (streams: sources..., base)."""
         slots = self.slots
         n = len(slots)
@@ -513,35 +453,20 @@ class Program:
             b = batch_size(s, f"sources[{j}]")
             if b != bsz:
                 raise ShapeError(f"sources[{j}] has batch size {b} but base has {bsz}; they must match")
-        grad = _model_needs_grad(model)
+        grad = model_needs_grad(model)
         acts: dict = {}
         for i in range(n + 1):
             # Only intervention i-1 writes into stream i.
-            st.units = [None] * n
+            win.units = [None] * n
             if i > 0:
-                st.units[i - 1] = base_units[i - 1]
+                win.units[i - 1] = base_units[i - 1]
                 prev = slots[i - 1]
-                st.src[i - 1] = acts.get(prev.index, reprs[i - 1])
+                win.src[i - 1] = acts.get(prev.index, reprs[i - 1])
             if i == n:
-                return self.base_pass(model, streams[i], st, only=slots[-1:])
+                return self.base_pass(model, streams[i], win, only=slots[-1:])
             with torch.set_grad_enabled(grad or (torch.is_grad_enabled() and i > 0)):
                 acts = dict(self.source_pass(
-                    model, streams[i], st, [(slots[i], self._units_for(i, src_locs[i], "source", bsz))], writes=i > 0
+                    model, streams[i], [(slots[i], self._source_units(args, i, bsz))],
+                    window=win if i > 0 else None,
                 ))
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _model_needs_grad(model) -> bool:
-    return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
-
-
-def _check_repr(t, slot: Slot):
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    width = slot.site.head_dim if slot.heads else slot.site.width
-    if width is not None and t.shape[-1] != width:
-        raise ShapeError(
-            f"source_representations for {slot.label}: last dimension is {t.shape[-1]} but the "
-            f"site's units have width {width}"
-        )
-    return t

@@ -1,5 +1,9 @@
 """``IntervenableModel.generate``: interventions during HuggingFace ``generate``, KV-cache correct.
 
+The executor (:mod:`.runner`) runs these interventions with the same hook body as
+``forward``; this module gives it a :class:`StepWindow` (the positions each decoding step
+computes) instead of whole sequences, and plans where each intervention acts.
+
 Positions
 ---------
 Every position is **absolute and per example**: position ``p`` of example ``b`` is its
@@ -74,10 +78,18 @@ from collections.abc import Mapping
 
 import torch
 
-from .engine import runner
-from .engine.hooks import HookSet, find_input, output_tensor, replace_input, replace_output
-from .engine.units import as_3d, make_units
-from .errors import ConfigError, LocationError, ShapeError
+from ..errors import ConfigError, LocationError, ShapeError
+from .arguments import (
+    check_repr,
+    normalize_locations,
+    normalize_source_representations,
+    normalize_sources,
+    normalize_subspaces,
+)
+from .hooks import HookSet, find_input
+from .outputs import shape_outputs
+from .runner import Executor
+from .units import as_3d, make_units
 
 _TIMESTEP_WORDS = ("all",)
 
@@ -381,40 +393,39 @@ def _bind_rows(sc: _Schedule, rows: int, x: torch.Tensor) -> None:
         sc.subs_rows = sc.subs
 
 
-class _Step:
-    """The window of the forward step under way: columns ``c0..c1-1``, first new column ``new``."""
+class StepWindow:
+    """The window of the ``generate`` step under way: columns ``c0..c1-1`` of the padded
+    sequence (``c0`` is the cache length), first never-computed column ``new``, ``rows`` the
+    step's batch rows (examples x return sequences / beams). ``schedules[i]`` holds slot
+    ``i``'s per-example tables (:class:`_Schedule`)."""
 
-    __slots__ = ("c0", "c1", "new", "seen", "rows", "n_cols")
+    __slots__ = ("c0", "c1", "new", "seen", "rows", "n_cols", "schedules")
 
-    def __init__(self, n_cols):
+    def __init__(self, n_cols, schedules):
         self.c0 = self.c1 = self.new = self.seen = self.rows = 0
         self.n_cols = n_cols
+        self.schedules = schedules
 
+    def _xs(self, slot, x):
+        xs = as_3d(x, self.rows)
+        n = self.c1 - self.c0
+        if xs.shape[1] != n:
+            raise ShapeError(
+                f"{slot.label}: the activation at {slot.site.description} has {xs.shape[1]} "
+                f"positions but this generation step computes {n}"
+            )
+        return xs
 
-def _call(iv, vals, src, subs):
-    if iv._forward_hooks or iv._forward_pre_hooks:
-        return iv(vals, src, subs)
-    return iv.forward(vals, src, subs)
-
-
-def _apply(members, step: _Step, x, args, kwargs, inplace: bool):
-    c0, c1 = step.c0, step.c1
-    n = c1 - c0
-    xs = None
-    for sc in members:
+    def select(self, slot, x, args, kwargs):
+        sc = self.schedules[slot.index]
+        c0, c1 = self.c0, self.c1
         if sc.any_pre[c1] == sc.any_pre[c0]:
-            continue  # nothing of this intervention in the window
+            return None  # nothing of this intervention in the window
         sc.fired = True
-        if xs is None:
-            xs = as_3d(x, step.rows)
-            if xs.shape[1] != n:
-                raise ShapeError(
-                    f"{sc.slot.label}: the activation at {sc.site.description} has {xs.shape[1]} "
-                    f"positions but this generation step computes {n}"
-                )
+        xs = self._xs(slot, x)
         if sc.rows != xs.shape[0]:
             _bind_rows(sc, xs.shape[0], xs)
-        iv = sc.iv
+        n = c1 - c0
         if sc.fast and sc.full_pre[c1] - sc.full_pre[c0] == n:
             # Every row at every position of the window, one source position: one block.
             src = None
@@ -422,20 +433,7 @@ def _apply(members, step: _Step, x, args, kwargs, inplace: bool):
                 src = sc.src_rows.expand(-1, n, -1)
             elif sc.from_input:
                 src = as_3d(find_input(args, kwargs)[0], xs.shape[0])
-            new = _call(iv, xs, src, sc.subs_rows)
-            if sc.collect:
-                _record(sc, step, new, None, None)
-                continue
-            if new.shape != xs.shape:
-                raise ShapeError(f"{sc.slot.label} returned shape {tuple(new.shape)}; expected {tuple(xs.shape)}")
-            if inplace:
-                xs.copy_(new)
-            else:
-                # A copy: the result may be a view of the source (an interchange returns it).
-                xs = new.to(xs.dtype, copy=True, memory_format=torch.contiguous_format)
-                x = xs.reshape(x.shape) if x.dim() != 3 else xs
-                inplace = True  # xs is now our own tensor
-            continue
+            return xs, src, sc.subs_rows, None
         # General path: the window's (row, position) pairs as a pseudo-batch [pairs, units, width].
         r, j = sc.sel_rows[:, c0:c1].nonzero(as_tuple=True)
         c = j + c0
@@ -459,25 +457,43 @@ def _apply(members, step: _Step, x, args, kwargs, inplace: bool):
         subs = sc.subs_rows
         if sc.subs_per_example:
             subs = [subs[i] for i in r.tolist()]
-        new = _call(iv, vals, src, subs)
-        if sc.collect:
-            _record(sc, step, new, r, c)
-            continue
-        if new.shape != vals.shape:
-            raise ShapeError(f"{sc.slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
+        return vals, src, subs, (r, j, c, ex)
+
+    def record(self, slot, new, where) -> None:
+        sc = self.schedules[slot.index]
+        if where is None:
+            _record(sc, self, new, None, None)
+        else:
+            _record(sc, self, new, where[0], where[2])
+
+    def write(self, slot, x, vals, new, where, inplace: bool):
+        xs = self._xs(slot, x)
+        if where is None:  # the block path: vals is the whole window
+            if inplace:
+                xs.copy_(new)
+                return x, inplace
+            # A copy: the result may be a view of the source (an interchange returns it).
+            xs = new.to(xs.dtype, copy=True, memory_format=torch.contiguous_format)
+            return (xs.reshape(x.shape) if x.dim() != 3 else xs), True  # xs is now our own tensor
+        r, j, _, ex = where
         if not inplace:
             xs = xs.clone()
             x = xs.reshape(x.shape) if x.dim() != 3 else xs
             inplace = True
+        sc = self.schedules[slot.index]
         new = new.to(xs.dtype).reshape(r.shape[0], -1)
-        if cols is None:
+        if sc.cols is None:
             xs[r, j] = new
         else:
-            xs[r.unsqueeze(1), j.unsqueeze(1), cols[ex]] = new
-    return x
+            xs[r.unsqueeze(1), j.unsqueeze(1), sc.cols[ex]] = new
+        return x, inplace
+
+    def missed(self, slots) -> list:
+        """Slots with positions among those computed that never ran."""
+        return [s for s in slots if not self.schedules[s.index].fired and self.schedules[s.index].any_pre[self.seen] > 0]
 
 
-def _record(sc: _Schedule, step: _Step, new, r, c):
+def _record(sc: _Schedule, step: StepWindow, new, r, c):
     """Keep the values of positions computed for the first time in this step."""
     rows = sc.rows
     if sc.buf is None:
@@ -509,15 +525,16 @@ def _collected(sc: _Schedule, bsz: int) -> torch.Tensor | None:
 
 
 # -- the call -----------------------------------------------------------------------------------
-def generate(im, base, sources=None, unit_locations=None, source_representations=None,
-             intervene_on_prompt: bool = True, timesteps=None, subspaces=None,
-             output_original_output: bool = False, return_dict: bool = False, **generate_kwargs):
-    """Run ``im.model.generate`` with ``im``'s interventions; see the module docstring."""
-    model = im.model
-    program = im._program
-    slots = program.slots
+def generate(executor: Executor, model, base, sources=None, unit_locations=None,
+             source_representations=None, intervene_on_prompt: bool = True, timesteps=None,
+             subspaces=None, output_original_output: bool = False, return_dict: bool = False,
+             **generate_kwargs):
+    """Run ``model.generate`` with the interventions of ``executor``'s plan; see the module
+    docstring."""
+    plan = executor.plan
+    slots = plan.slots
     n = len(slots)
-    if im.mode != "parallel":
+    if plan.mode != "parallel":
         raise ConfigError("generate: mode='serial' is not supported during generation; use mode='parallel'")
     if not callable(getattr(model, "generate", None)):
         raise ConfigError(f"generate: the wrapped {type(model).__name__} has no generate() method")
@@ -543,7 +560,7 @@ def generate(im, base, sources=None, unit_locations=None, source_representations
             "generate: intervene_on_prompt=False and timesteps=None leave nothing to intervene on; "
             "set timesteps ('all', an int or a list of generated-token indices) or intervene_on_prompt=True"
         )
-    has_collect = any(not s.intervention.modifies_output for s in slots)
+    has_collect = plan.has_collect
     if has_collect:
         beams = generate_kwargs.get("num_beams")
         gc = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
@@ -553,21 +570,14 @@ def generate(im, base, sources=None, unit_locations=None, source_representations
                 "beams swap hypotheses between steps, so a row's activations would mix sequences"
             )
 
-    src_locs, base_locs = runner.normalize_locations(unit_locations, slots, im.mode)
-    reprs = runner.normalize_source_representations(source_representations, slots)
-    sub_list = [None] * n
-    if subspaces is not None:
-        if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
-            raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
-        sub_list = runner._per_slot(subspaces, n, "subspaces")
-        for slot, sub in zip(slots, sub_list):
-            if sub is not None and not slot.intervention.supports_subspaces:
-                raise ConfigError(f"subspaces: {slot.label} does not take subspaces; pass None for it")
+    src_locs, base_locs = normalize_locations(unit_locations, slots, plan.mode)
+    reprs = normalize_source_representations(source_representations, slots)
+    sub_list = normalize_subspaces(subspaces, slots) or [None] * n
 
     # Sources: each distinct input runs once, now; every step then reads these tensors.
     has_repr = [r is not None for r in reprs]
-    per_slot_src = runner.normalize_sources(sources, slots, has_repr, bsz)
-    src_vals = [runner._check_repr(r, s) if r is not None and s.intervention.source_from == "source" else None
+    per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
+    src_vals = [check_repr(r, s) if r is not None and s.intervention.source_from == "source" else None
                 for r, s in zip(reprs, slots)]
     if any(s is not None for s in per_slot_src):
         shifted = list(src_locs)
@@ -577,14 +587,9 @@ def generate(im, base, sources=None, unit_locations=None, source_representations
                 s_pads = _left_pads(src.get("attention_mask"), s_ids.shape[0], s_ids.shape[1], f"sources[{slot.group}]")
                 shifted[i] = _shift_source_locations(src_locs[i], slot.rep.unit, s_pads,
                                                      f"unit_locations (source of {slot.label})")
-        prev = program.state
-        try:
-            st = program.state = runner._CallState(n)
-            with torch.no_grad():
-                program._run_sources(model, per_slot_src, shifted, bsz, st)
-        finally:
-            program.state = prev
-        for i, t in enumerate(st.src):
+        with torch.no_grad():
+            collected_src = executor.run_sources(model, per_slot_src, shifted, bsz)
+        for i, t in enumerate(collected_src):
             if t is not None:
                 src_vals[i] = t
 
@@ -596,13 +601,14 @@ def generate(im, base, sources=None, unit_locations=None, source_representations
     ]
 
     original = model.generate(**inputs, **generate_kwargs) if output_original_output else None
-    step = _Step(n_cols)
+    step = StepWindow(n_cols, schedules)
     try:
         from transformers.cache_utils import Cache
     except ImportError:  # pragma: no cover - transformers always has it
         Cache = ()
 
     def on_model(m, args, kwargs):
+        # Every forward step of the loop: which columns it computes, for how many rows.
         t = kwargs.get("input_ids")
         if t is None:
             t = kwargs.get("inputs_embeds")
@@ -622,59 +628,22 @@ def generate(im, base, sources=None, unit_locations=None, source_representations
         step.new = max(past, step.seen)
         step.seen = max(step.seen, c1)
 
-    groups: dict = {}
-    for sc in schedules:
-        key = (id(sc.site.module), sc.site.io)
-        groups.setdefault(key, (sc.site.module, sc.site.io, []))[2].append(sc)
-
-    with HookSet() as hooks:
-        hooks.pre(model, on_model)
-        for module, io, members in groups.values():
-            if io == "output":
-                hooks.post(module, _post(members, step))
-            else:
-                hooks.pre(module, _pre(members, step))
-        with torch.no_grad():
-            intervened = model.generate(**inputs, **generate_kwargs)
+    prev = executor.window
+    executor.window = step
+    try:
+        with HookSet() as hooks:
+            hooks.pre(model, on_model)
+            executor.install_writes(hooks)
+            with torch.no_grad():
+                intervened = model.generate(**inputs, **generate_kwargs)
+    finally:
+        executor.window = prev
     # An intervention with positions among those computed must have run.
-    missed = [sc for sc in schedules if not sc.fired and sc.any_pre[step.seen] > 0]
+    missed = step.missed(slots)
     if missed:
         raise ConfigError(
-            f"{missed[0].slot.label}: generation never reached {missed[0].site.description}; is the "
+            f"{missed[0].label}: generation never reached {missed[0].site.description}; is the "
             f"module used in this model's forward?"
         )
     collected = [_collected(sc, bsz) for sc in schedules if sc.collect]
-    if return_dict:
-        from .model import IntervenableModelOutput
-
-        return IntervenableModelOutput(
-            original_outputs=original, intervened_outputs=intervened,
-            collected_activations=collected if has_collect else None,
-        )
-    if has_collect:
-        return (original, collected), intervened
-    return original, intervened
-
-
-def _post(members, step):
-    members = tuple(members)
-
-    def post(m, args, kwargs, output):
-        x = output if type(output) is torch.Tensor else output_tensor(output)
-        inplace = not runner._aliases_input(args, kwargs, x)
-        new = _apply(members, step, x, args, kwargs, inplace)
-        return None if new is x else replace_output(output, new)
-
-    return post
-
-
-def _pre(members, step):
-    members = tuple(members)
-
-    def pre(m, args, kwargs):
-        # Inputs are written out of place: the tensor may live on (a residual stream).
-        x, where = find_input(args, kwargs)
-        new = _apply(members, step, x, args, kwargs, False)
-        return None if new is x else replace_input(args, kwargs, where, new)
-
-    return pre
+    return shape_outputs(original, intervened, collected, has_collect, return_dict)
