@@ -64,15 +64,14 @@ class IntervenableModel(nn.Module):
         self.mode = self.config.mode
         #: The compiled config (:class:`~pyvene_like.engine.plan.Plan`): slots, (module, io) groups.
         self.plan: Plan = compile_plan(self.config, model)
-        self._slots = self.plan.slots  # kept for callers of the old name; use ``plan.slots``
         self._executor = Executor(self.plan)
-        self.interventions = nn.ModuleList([s.intervention for s in self._slots])
-        self.representations = {s.key: s.rep for s in self._slots}
+        self.interventions = nn.ModuleList([s.intervention for s in self.plan.slots])
+        self.representations = {s.key: s.rep for s in self.plan.slots}
         # Each intervention lives where its site computes: the hooked module's device, or the
         # execution device accelerate gives it when weights are offloaded (device_map with
         # "cpu"/"disk", cpu_offload), where parameters sit on the meta device.
         parents = {id(child): parent for parent in model.modules() for child in parent.children()}
-        for slot in self._slots:
+        for slot in self.plan.slots:
             device = _site_device(model, slot.site.module, parents)
             if device is not None:
                 slot.intervention.to(device)
@@ -80,15 +79,15 @@ class IntervenableModel(nn.Module):
     # -- information ----------------------------------------------------------------------
     @property
     def intervention_keys(self) -> list[str]:
-        return [s.key for s in self._slots]
+        return [s.key for s in self.plan.slots]
 
     @property
     def sites(self):
         """Resolved sites, one per intervention, in config order."""
-        return [s.site for s in self._slots]
+        return [s.site for s in self.plan.slots]
 
     def __repr__(self) -> str:
-        lines = [f"  {s.key}: {type(s.intervention).__name__} on {s.site.description}" for s in self._slots]
+        lines = [f"  {s.key}: {type(s.intervention).__name__} on {s.site.description}" for s in self.plan.slots]
         return f"IntervenableModel(model={type(self.model).__name__}, mode={self.mode!r},\n" + "\n".join(lines) + "\n)"
 
     def count_parameters(self, include_model: bool = False) -> int:

@@ -19,7 +19,7 @@ def test_plan_groups_slots_by_module_and_side(gpt2):
     ]
     im = pv.IntervenableModel(cfg, gpt2)
     plan = im.plan
-    assert isinstance(plan, Plan) and len(plan) == 4 and plan.slots is im._slots
+    assert isinstance(plan, Plan) and len(plan) == 4 and list(im.interventions) == [s.intervention for s in plan.slots]
     assert plan.has_collect and plan.mode == "parallel"
     members = [tuple(s.index for s in m) for _, _, m in plan.groups]
     assert sorted(members) == [(0, 2), (1,), (3,)]

@@ -5,9 +5,6 @@ The graph is read from the source (``ast``), so imports inside functions (lazy i
 as well: a lazy import hides a cycle from Python, not from the design. A *part* is what sits
 directly under ``pyvene_like`` (``sae``, ``model``, ``errors``...); importing ``pyvene_like.x.y``
 also runs ``pyvene_like/x/__init__.py``, so parts, not single files, are what can form cycles.
-
-``KNOWN_*`` lists what is still being untangled elsewhere (issue 11); each entry names the
-files. A fix shows up as a failing "stale entry" check, so the lists only shrink.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ LAYERS = {
     "interventions": 2,  # the contract; configs check against it and the engine plans with it
     "config": 3,
     "engine": 4,
-    "generation": 4,  # to be folded into the engine (issue 11, item 1)
     "serialization": 5,
     "hub": 5,
     "model": 6,
@@ -45,14 +41,6 @@ LAYERS = {
 #: analysis.collect_activations.
 SAME_LAYER_ALLOWED = {("sae", "analysis")}
 
-#: Cycles between parts still present (sorted tuples of the parts).
-KNOWN_CYCLES = {
-    ("generation", "model"),  # model.py <-> generation.py: the engine branch folds generation in
-}
-#: Imports from a lower layer up to a higher one still present: (importer, imported).
-KNOWN_UPWARD = {
-    ("generation", "model"),  # generation.py
-}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -150,8 +138,7 @@ def _cycles() -> set[tuple[str, ...]]:
 
 def test_no_import_cycles_between_parts():
     cycles = _cycles()
-    assert cycles - KNOWN_CYCLES == set(), f"new import cycles: {sorted(cycles - KNOWN_CYCLES)}"
-    assert KNOWN_CYCLES - cycles == set(), f"stale KNOWN_CYCLES entries (fixed, remove them): {KNOWN_CYCLES - cycles}"
+    assert cycles == set(), f"import cycles between parts: {sorted(cycles)}"
 
 
 def test_imports_point_down():
@@ -165,8 +152,7 @@ def test_imports_point_down():
     features = LAYERS["sae"]
     upward = {(a, b) for a, b, _, _ in EDGES if a and (
         rank(b) > rank(a) or (rank(a) == rank(b) == features and (a, b) not in SAME_LAYER_ALLOWED))}
-    assert upward - KNOWN_UPWARD == set(), f"imports from a lower layer up: {sorted(upward - KNOWN_UPWARD)}"
-    assert KNOWN_UPWARD - upward == set(), f"stale KNOWN_UPWARD entries (fixed, remove them): {KNOWN_UPWARD - upward}"
+    assert upward == set(), f"imports from a lower layer up: {sorted(upward)}"
 
 
 def test_no_private_names_cross_parts():

@@ -247,7 +247,7 @@ class Trainer:
         tables = self.collator.subspace_tables
         if tables is None:
             return
-        for slot, t in zip(self.intervenable._slots, tables):
+        for slot, t in zip(self.intervenable.plan.slots, tables):
             if t is None:
                 continue
             iv = slot.intervention
