@@ -1,9 +1,12 @@
-"""pyvene_like: declarative interventions on the internals of any PyTorch / HuggingFace model."""
+"""pyvene_like: declarative interventions on the internals of any PyTorch / HuggingFace model.
 
-from . import analysis as analysis
-from . import codebook as codebook
-from . import interventions as interventions
-from . import sae as sae
+This file is the curated public API: the imports below are the one list of what ``pv.<name>``
+offers (``__all__`` is derived from them). Feature packages are reached as ``pv.sae``,
+``pv.codebook``, ``pv.analysis`` and ``pv.training``; see the README's "Architecture" section
+for the map of the packages.
+"""
+
+from . import analysis, codebook, interventions, sae, training
 from .codebook import CodebookIntervention
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
@@ -15,6 +18,7 @@ from .errors import (
     ShapeError,
     SiteError,
 )
+from .exports import public_names
 from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
@@ -44,75 +48,21 @@ from .sae import (
     load_sae,
 )
 from .sites import COMPONENTS
+from .training import (
+    CausalModel,
+    CounterfactualCollator,
+    EvalResult,
+    Trainer,
+    TrainResult,
+    evaluate,
+    generate_counterfactual_dataset,
+    generate_factual_dataset,
+    hierarchical_equality,
+    train_interventions,
+)
 from .version import __version__
 
-_TRAINING_NAMES = (
-    "CausalModel",
-    "CounterfactualCollator",
-    "EvalResult",
-    "TrainResult",
-    "Trainer",
-    "evaluate",
-    "generate_counterfactual_dataset",
-    "generate_factual_dataset",
-    "hierarchical_equality",
-    "train_interventions",
+__all__ = public_names(
+    globals(), __name__,
+    extra=("__version__", "COMPONENTS", "analysis", "codebook", "interventions", "sae", "training"),
 )
-
-__all__ = [
-    "__version__",
-    "IntervenableConfig",
-    "RepresentationConfig",
-    "IntervenableModel",
-    "IntervenableModelOutput",
-    "Intervention",
-    "VanillaIntervention",
-    "AdditionIntervention",
-    "SubtractionIntervention",
-    "ZeroIntervention",
-    "CollectIntervention",
-    "SkipIntervention",
-    "NoiseIntervention",
-    "LambdaIntervention",
-    "RotatedSpaceIntervention",
-    "LowRankRotatedSpaceIntervention",
-    "BoundlessRotatedSpaceIntervention",
-    "SigmoidMaskIntervention",
-    "SigmoidMaskRotatedSpaceIntervention",
-    "TrainableIntervention",
-    "CodebookIntervention",
-    "codebook",
-    "analysis",
-    "SAEIntervention",
-    "SAEInterchangeIntervention",
-    "SAESteerIntervention",
-    "SAEAblateIntervention",
-    "SAESwapIntervention",
-    "SAE",
-    "load_sae",
-    "sae",
-    "register_intervention",
-    "get_intervention_class",
-    "registered_interventions",
-    "COMPONENTS",
-    "PyveneLikeError",
-    "ConfigError",
-    "SiteError",
-    "LocationError",
-    "ShapeError",
-    "LoadError",
-    "PyveneLikeWarning",
-    "interventions",
-    "training",
-    *_TRAINING_NAMES,
-]
-
-
-def __getattr__(name):
-    # The training stack pulls in accelerate and datasets: imported on first use only.
-    if name == "training" or name in _TRAINING_NAMES:
-        import importlib
-
-        training = importlib.import_module(".training", __name__)
-        return training if name == "training" else getattr(training, name)
-    raise AttributeError(f"module 'pyvene_like' has no attribute {name!r}")

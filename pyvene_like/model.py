@@ -7,12 +7,13 @@ from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig
 from .engine import generate as _generation
-from .engine.outputs import IntervenableModelOutput, shape_outputs
+from .engine.outputs import (
+    IntervenableModelOutput as IntervenableModelOutput,  # what forward returns
+)
+from .engine.outputs import shape_outputs
 from .engine.plan import Plan, compile_plan
 from .engine.runner import Executor
 from .errors import ConfigError
-
-__all__ = ["IntervenableModel", "IntervenableModelOutput"]
 
 
 def _as_config(config) -> IntervenableConfig:

@@ -17,18 +17,6 @@ from collections.abc import Iterable
 
 from .errors import ConfigError, accepted, did_you_mean
 
-__all__ = [
-    "is_int",
-    "check_int",
-    "check_positive_int",
-    "check_non_negative_int",
-    "check_optional_positive_int",
-    "check_number",
-    "check_bool",
-    "check_choice",
-    "check_int_list",
-]
-
 
 def is_int(value) -> bool:
     """True for Python and numpy integers, False for ``bool`` (a flag is not a count)."""

@@ -115,7 +115,7 @@ def test_collect_every_token_in_memory_is_the_sae_collector():
                                positions="all", batch_size=2, skip_first=1)
     assert sorted(acts) == ["L1.block_output", "L1.head_attention_value_output.H1"]
     assert [a.shape[0] for a in acts["L1.block_output"]] == [2, 5, 1]
-    sae_acts = pv.sae.collect_activations(pv.IntervenableModel(pv.RepresentationConfig(0), model), prompts, 1,
+    sae_acts = pv.sae.prompt_activations(pv.IntervenableModel(pv.RepresentationConfig(0), model), prompts, 1,
                                           batch_size=2, skip_first=1)
     for a, b in zip(acts["L1.block_output"], sae_acts):
         torch.testing.assert_close(a, b, atol=0, rtol=0)

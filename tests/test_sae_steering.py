@@ -79,15 +79,15 @@ def test_coverage_and_reconstruction_error_against_direct_formulas():
     assert st.coverage(sae, ref) == res.coverage
 
 
-def test_collect_activations_excludes_padding_and_matches_hidden_states():
+def test_prompt_activations_excludes_padding_and_matches_hidden_states():
     model = make_gpt2()
     prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6], [9]]
-    acts = st.collect_activations(model, prompts, 1, batch_size=2, skip_first=0)
+    acts = st.prompt_activations(model, prompts, 1, batch_size=2, skip_first=0)
     assert [a.shape[0] for a in acts] == [3, 6, 1]
     for p, a in zip(prompts, acts):
         hs = model(torch.tensor([p]), output_hidden_states=True).hidden_states[2][0]
         torch.testing.assert_close(a, hs, rtol=1e-5, atol=1e-5)
-    dropped = st.collect_activations(model, prompts[:2], 1, skip_first=1)
+    dropped = st.prompt_activations(model, prompts[:2], 1, skip_first=1)
     torch.testing.assert_close(dropped[1], acts[1][1:])
 
 
@@ -162,9 +162,9 @@ def test_bad_inputs():
     with pytest.raises(pv.ConfigError, match="summary 'mean' is not supported"):
         st.score_features(sae, good, good, summary="mean")
     with pytest.raises(pv.ConfigError, match="prompts must be a non-empty list"):
-        st.collect_activations(make_gpt2(), [], 1)
+        st.prompt_activations(make_gpt2(), [], 1)
     with pytest.raises(pv.ConfigError, match="give the tokenizer"):
-        st.collect_activations(make_gpt2(), ["hello"], 1)
+        st.prompt_activations(make_gpt2(), ["hello"], 1)
     with pytest.raises(pv.ShapeError, match="site's width is 64 but the SAE.*d_in=32"):
         pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="sae_swap",
                              intervention_kwargs={"sae": pv.SAE(32, 8), "features": [1]}), make_gpt2())

@@ -178,7 +178,7 @@ def main() -> dict:
     # the SAE, trained on the middle layer's block output over held-out texts of both topics
     layer = RECIPE["layer"]
     sae_texts = [[0] + tok.encode(text(rng, SEA if i % 2 else FOREST)) for i in range(RECIPE["n_sae_texts"])]
-    acts = pv.sae.collect_activations(model, sae_texts, layer, "block_output", batch_size=64)
+    acts = pv.sae.prompt_activations(model, sae_texts, layer, "block_output", batch_size=64)
     fit = pv.sae.train_sae(acts, RECIPE["d_sae"], architecture="topk", k=RECIPE["k"], epochs=RECIPE["sae_epochs"],
                            batch_size=128, lr=3e-3, hook_name=f"blocks.{layer}.hook_resid_post", show_progress=False)
     sae = fit.sae
@@ -189,8 +189,8 @@ def main() -> dict:
     # scores: sea sentences (alignment) against forest sentences (reference); BOS skipped
     align = [[0] + tok.encode(sentence(rng, SEA)) for _ in range(RECIPE["n_align"])]
     ref = [[0] + tok.encode(sentence(rng, FOREST)) for _ in range(RECIPE["n_align"])]
-    a_acts = pv.sae.collect_activations(model, align, layer, skip_first=1)
-    r_acts = pv.sae.collect_activations(model, ref, layer, skip_first=1)
+    a_acts = pv.sae.prompt_activations(model, align, layer, skip_first=1)
+    r_acts = pv.sae.prompt_activations(model, ref, layer, skip_first=1)
     scores = pv.sae.score_features(sae, a_acts, r_acts)
     top = scores.top_features(RECIPE["add_top_k"])
     print(f"coverage on the reference prompts: {scores.coverage:.3f}; reconstruction error (FVU) on the "

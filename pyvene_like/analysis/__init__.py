@@ -1,5 +1,6 @@
 """Reading models: token positions, attention patterns and head finding, activation datasets, probes."""
 
+from ..exports import public_names
 from .attention import (
     AttentionHead,
     HeadScores,
@@ -13,25 +14,4 @@ from .collect import ActivationSite, activation_columns, activation_metadata, co
 from .probes import ProbeResult, evaluate_probe, make_probe, plot_sweep, probe_sweep, train_probe
 from .tokens import TokenFinder, TokenSpan, find_token_positions
 
-__all__ = [
-    "ActivationSite",
-    "ProbeResult",
-    "evaluate_probe",
-    "HeadScores",
-    "head_scores",
-    "make_probe",
-    "plot_sweep",
-    "probe_sweep",
-    "train_probe",
-    "AttentionHead",
-    "TokenFinder",
-    "TokenSpan",
-    "activation_columns",
-    "activation_metadata",
-    "attention_patterns",
-    "collect_activations",
-    "eager_attention",
-    "find_heads",
-    "find_token_positions",
-    "heads_above",
-]
+__all__ = public_names(globals(), __name__)

@@ -312,5 +312,3 @@ def find_heads(model, inputs, query_positions, key_positions, threshold: float =
     return per
 
 
-__all__ = ["AttentionHead", "HeadScores", "attention_patterns", "eager_attention", "find_heads", "head_scores",
-           "heads_above"]

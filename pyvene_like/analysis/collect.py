@@ -541,4 +541,3 @@ def _describe(x) -> str:
     return text if len(text) < 60 else f"{type(x).__name__} {text[:50]}..."
 
 
-__all__ = ["ActivationSite", "activation_columns", "activation_metadata", "collect_activations"]

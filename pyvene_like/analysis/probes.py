@@ -330,4 +330,3 @@ def plot_sweep(results: dict, target, *, title: str | None = None, chance: float
     return ax
 
 
-__all__ = ["ProbeResult", "evaluate_probe", "make_probe", "plot_sweep", "probe_sweep", "train_probe"]

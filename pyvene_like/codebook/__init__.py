@@ -16,6 +16,7 @@ and interventions that force codes on.
   codes whose firing matches a regular expression (precision and recall).
 """
 
+from ..exports import public_names
 from .analysis import CodeMatch, CodeRecords, code_search, positive_tokens, record_codes
 from .info import CodeInfo, code_intervention_config, parse_code_infos
 from .intervention import CodebookIntervention
@@ -24,27 +25,4 @@ from .saving import load_codebooks, save_codebooks
 from .train import CodebookTrainResult, train_codebook_model
 from .wrap import CodebookSet, CodebookSite, get_codebooks, unwrap_codebook, wrap_codebook
 
-__all__ = [
-    "CodebookLayer",
-    "ForcedCodes",
-    "SIMILARITIES",
-    "FORCE_MODES",
-    "CodebookSet",
-    "CodebookSite",
-    "wrap_codebook",
-    "unwrap_codebook",
-    "get_codebooks",
-    "CodeInfo",
-    "parse_code_infos",
-    "code_intervention_config",
-    "CodebookIntervention",
-    "train_codebook_model",
-    "CodebookTrainResult",
-    "save_codebooks",
-    "load_codebooks",
-    "record_codes",
-    "CodeRecords",
-    "code_search",
-    "CodeMatch",
-    "positive_tokens",
-]
+__all__ = public_names(globals(), __name__, extra=("FORCE_MODES", "SIMILARITIES"))

@@ -8,6 +8,7 @@ the registry's check for what may be registered (:func:`check_intervention_class
 
 import inspect
 
+from ..exports import public_names
 from ..registry import INTERVENTIONS
 from .base import Intervention
 from .basic import (
@@ -48,22 +49,4 @@ def check_intervention_class(name: str, cls) -> None:
 # Runs over the types registered above too, then at every registration.
 INTERVENTIONS.set_check(check_intervention_class)
 
-__all__ = [
-    "check_intervention_class",
-    "Intervention",
-    "VanillaIntervention",
-    "AdditionIntervention",
-    "SubtractionIntervention",
-    "ZeroIntervention",
-    "CollectIntervention",
-    "SkipIntervention",
-    "NoiseIntervention",
-    "LambdaIntervention",
-    "RotatedSpaceIntervention",
-    "LowRankRotatedSpaceIntervention",
-    "BoundlessRotatedSpaceIntervention",
-    "SigmoidMaskIntervention",
-    "SigmoidMaskRotatedSpaceIntervention",
-    "TrainableIntervention",
-    "RotateLayer",
-]
+__all__ = public_names(globals(), __name__)

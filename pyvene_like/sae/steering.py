@@ -48,7 +48,9 @@ from ..analysis.collect import ActivationSite
 from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
-from .interventions import SAESwapIntervention
+from .interventions import (
+    SAESwapIntervention as SAESwapIntervention,  # steering's intervention, also here
+)
 from .sae import SAE
 
 SUMMARIES = ("avg", "max", "counts")
@@ -57,13 +59,13 @@ STEER_METHODS = ("swap", "add")
 
 
 # -- collecting activations --------------------------------------------------------------------
-def collect_activations(model, prompts, layer: int, component: str = "block_output", *, tokenizer=None,
+def prompt_activations(model, prompts, layer: int, component: str = "block_output", *, tokenizer=None,
                         batch_size: int = 16, skip_first: int = 0, max_length: int | None = None
                         ) -> list[torch.Tensor]:
     """Activations at ``(layer, component)`` for each prompt: a list of ``[n_tokens_i, width]``.
 
-    :func:`pyvene_like.analysis.collect_activations` with ``positions="all"`` at one site (this
-    is its SAE-shaped call): ``prompts`` are strings (give ``tokenizer``) or lists of token ids,
+    A shorthand for the one collector, :func:`pyvene_like.analysis.collect_activations`, with
+    ``positions="all"`` at one site (the shape SAE summaries and training take): ``prompts`` are strings (give ``tokenizer``) or lists of token ids,
     run in right-padded batches; only real tokens are kept, so padding never enters a summary.
     ``skip_first`` drops each prompt's first tokens (the paper drops BOS). ``model`` may be an
     :class:`~pyvene_like.IntervenableModel` or a plain model.
@@ -215,7 +217,7 @@ def score_features(sae: SAE, align_acts, ref_acts, *, method: str = "difference"
     """Score every feature by how it fires on the alignment prompts (the target) compared with
     the reference prompts; see the module docstring for the two methods. ``align_acts`` and
     ``ref_acts`` are lists of ``[n_tokens, d_in]`` activations, one per prompt (from
-    :func:`collect_activations`)."""
+    :func:`prompt_activations`)."""
     if not isinstance(sae, SAE):
         raise ConfigError(f"score_features: sae must be a pyvene_like.sae.SAE, got {type(sae).__name__}")
     if method not in SCORE_METHODS:
@@ -248,7 +250,3 @@ def score_features(sae: SAE, align_acts, ref_acts, *, method: str = "difference"
                          target_means=feats.mean(0), sae=sae, method=method, summary=summary)
 
 
-__all__ = [
-    "SUMMARIES", "SCORE_METHODS", "STEER_METHODS", "FeatureScores", "SAESwapIntervention", "collect_activations",
-    "coverage", "min_distances", "prompt_summaries", "reconstruction_error", "score_features",
-]

@@ -137,7 +137,7 @@ def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | N
               column: str = "activations", hook_name: str | None = None, mixed_precision: str = "no",
               show_progress: bool = True) -> SAETrainResult:
     """Train an :class:`SAE` of ``d_sae`` features on ``activations`` (``[n, d_in]``, a list of
-    ``[n_i, d_in]`` as :func:`~pyvene_like.sae.collect_activations` returns, or a
+    ``[n_i, d_in]`` as :func:`~pyvene_like.sae.prompt_activations` returns, or a
     ``datasets.Dataset`` with the vectors in ``column``). ``k`` (``"topk"``) or ``l1``
     (``"relu"``) sets the sparsity. ``hook_name`` is stored on the SAE for the record."""
 

@@ -6,30 +6,11 @@ so the feature packages (``sae``, ``codebook``, ``analysis``) train on the loop;
 imports none of them.
 """
 
+from ..exports import public_names
 from .causal_model import CausalModel, hierarchical_equality
 from .data import CounterfactualCollator, generate_counterfactual_dataset, generate_factual_dataset
 from .evaluate import EvalResult, default_logits, default_loss, default_metric, evaluate
 from .loop import Callback, EarlyStopping, LoopResult, TrainLoop, make_accelerator, make_scheduler
 from .trainer import Trainer, TrainResult, train_interventions
 
-__all__ = [
-    "Callback",
-    "CausalModel",
-    "CounterfactualCollator",
-    "EarlyStopping",
-    "EvalResult",
-    "LoopResult",
-    "TrainLoop",
-    "TrainResult",
-    "Trainer",
-    "default_logits",
-    "default_loss",
-    "default_metric",
-    "evaluate",
-    "generate_counterfactual_dataset",
-    "generate_factual_dataset",
-    "hierarchical_equality",
-    "make_accelerator",
-    "make_scheduler",
-    "train_interventions",
-]
+__all__ = public_names(globals(), __name__)

@@ -430,4 +430,3 @@ class TrainLoop:
         return result
 
 
-__all__ = ["Callback", "EarlyStopping", "LoopResult", "TrainLoop", "make_accelerator", "make_scheduler"]
