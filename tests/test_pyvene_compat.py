@@ -391,3 +391,19 @@ def test_gru_classifier_cell_path_resolves_to_the_cell_stack():
     assert site.module is gru.gru.cells[1] and site.width == 8
     site = resolve_site(ModelLayout(MLPForClassification(MLPConfig(h_dim=3, n_layer=2))), 1, "block_input", "pos")
     assert site.path == "mlp.h.1" and site.width == 3
+
+
+def test_mlp_activation_by_name_with_subspace_partition(one_layer_mlp):
+    # pyvene's name for the output of mlp.h[i].act; the toy family registers that role.
+    mlp = one_layer_mlp
+    base, source = torch.randn(2, 1, 3), torch.randn(2, 1, 3)
+    w1, ws = mlp.mlp.h[0].ff1.weight, mlp.score.weight
+    act = mlp.mlp.h[0].act
+    pvm = pv.IntervenableModel(
+        {"layer": 0, "component": "mlp_activation", "subspace_partition": [[0, 1], [1, 3]]}, model=mlp
+    )
+    out = pvm({"inputs_embeds": base}, [{"inputs_embeds": source}],
+              unit_locations={"sources->base": 0}, subspaces=[[[1]] * 2])[1][0]
+    mixed = act(base @ w1.T)
+    mixed[..., 1:3] = act(source @ w1.T)[..., 1:3]
+    torch.testing.assert_close(out, mixed @ ws.T)
