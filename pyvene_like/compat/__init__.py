@@ -1,7 +1,7 @@
 """pyvene's public helpers and toy models, for code ported by changing the import.
 
-Everything here is re-exported from the top level by the package (``pv.create_gpt2``,
-``pv.MLPConfig``, ...); this package is their home.
+These are pyvene's top-level names (``pv.create_gpt2``, ``pv.MLPConfig``, ...); this package is
+their home, and the top-level ``pyvene_like`` re-exports them.
 """
 
 from .helpers import (
