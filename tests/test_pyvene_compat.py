@@ -1,0 +1,409 @@
+"""pyvene's public helpers and toy models (pyvene_like.compat), checked against direct math.
+
+Every check recomputes the expected value by hand (matrix products, softmax, a GRU
+recurrence compared with torch's own ``nn.GRUCell``), never by calling the code under test
+twice. No network: random models come from ``config=``, loading by name uses a local
+directory written by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, GPTNeoConfig, LlamaConfig
+
+import pyvene_like as pv
+from pyvene_like import compat
+from pyvene_like.compat import (
+    GRUConfig,
+    GRUForClassification,
+    GRULMHeadModel,
+    GRUModel,
+    MLPConfig,
+    MLPForClassification,
+)
+from pyvene_like.errors import ConfigError, LoadError, PyveneLikeWarning
+
+CORPUS = ["The capital of Spain is Madrid", "The capital of Italy is Rome", "hello world\nagain"] * 20
+
+
+def tiny_gpt2_config(**kw):
+    base = dict(n_embd=24, n_layer=2, n_head=4, n_positions=32, vocab_size=400,
+                attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
+    base.update(kw)
+    return GPT2Config(**base)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+class ListTokenizer:
+    """decode(id) -> a fixed string, to test formatting without a real vocabulary."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def decode(self, tok):
+        return self.words[int(tok)]
+
+
+# ------------------------------------------------------------------------ read-out helpers
+
+
+@pytest.mark.parametrize("cls", [GPT2Model, GPT2LMHeadModel])
+def test_embed_to_distrib_is_softmax_of_hidden_times_embedding(cls):
+    torch.manual_seed(0)
+    model = cls(tiny_gpt2_config()).eval()
+    wte = model.get_input_embeddings().weight
+    hidden = torch.randn(2, 3, 24)
+    scores = hidden @ wte.detach().T
+    torch.testing.assert_close(compat.embed_to_distrib(model, hidden, logits=True), scores)
+    torch.testing.assert_close(compat.embed_to_distrib(model, hidden), torch.softmax(scores, dim=2))
+    torch.testing.assert_close(compat.embed_to_distrib(model, hidden, log=True), torch.log_softmax(scores, dim=2))
+    out = compat.embed_to_distrib(model, hidden)
+    assert out.shape == (2, 3, 400) and not out.requires_grad
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3))
+
+
+def test_embed_to_distrib_names_the_model_without_embeddings():
+    with pytest.raises(ConfigError, match="Linear"):
+        compat.embed_to_distrib(nn.Linear(2, 2), torch.zeros(1, 1, 2))
+
+
+def test_format_token_marks_spaces_and_newlines():
+    tok = ListTokenizer([" Madrid", "a\nb", "plain"])
+    assert compat.format_token(tok, 0) == "_Madrid"
+    assert compat.format_token(tok, 1) == "a\\nb"
+    assert compat.format_token(tok, torch.tensor(2)) == "plain"
+
+
+def test_format_token_on_a_bpe_tokenizer(bpe):
+    ids = bpe(" Madrid")["input_ids"]
+    assert "".join(compat.format_token(bpe, i) for i in ids) == "_Madrid"
+
+
+def test_top_vals_orders_prints_and_returns(capsys):
+    tok = ListTokenizer(["zero", " one", "two", "three\n", "four"])
+    res = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])
+    got = compat.top_vals(tok, res, n=3, return_results=True)
+    assert [t for t, _ in got] == ["_one", "three\\n", "four"]
+    assert [v for _, v in got] == pytest.approx([0.4, 0.3, 0.15])
+    assert capsys.readouterr().out == ""
+    assert compat.top_vals(tok, res, n=2) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{'_one':<20} {res[1].item()}", f"{'three' + chr(92) + 'n':<20} {res[3].item()}"]
+
+
+def test_get_loc_nests_head_and_position():
+    assert compat.GET_LOC((3, 5)) == [[[[3]], [[5]]]]
+    assert compat.GET_LOC((3, 5), batch_size=2) == [[[[3], [3]], [[5], [5]]]]
+    with pytest.raises(ConfigError, match="'h.pos'"):
+        compat.GET_LOC((3, 5), unit="pos")
+
+
+def test_set_seed_and_count_parameters():
+    compat.set_seed(7)
+    a = torch.rand(3)
+    compat.set_seed(7)
+    assert torch.equal(a, torch.rand(3))
+    lin = nn.Linear(3, 4)
+    lin.bias.requires_grad_(False)
+    assert compat.count_parameters(lin) == 12
+
+
+# ------------------------------------------------------------------------------ MLP model
+
+
+def test_mlp_config_fields_and_standard_names():
+    cfg = MLPConfig()
+    assert (cfg.h_dim, cfg.n_layer, cfg.num_classes, cfg.pdrop, cfg.activation_function) == (512, 2, 2, 0.3, "gelu")
+    assert (cfg.include_emb, cfg.include_bias, cfg.squeeze_output) == (False, True, True)
+    assert cfg.problem_type == "single_label_classification" and cfg.model_type == "mlp"
+    small = MLPConfig(h_dim=3, n_layer=1)
+    assert (small.hidden_size, small.num_hidden_layers) == (3, 1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mlp_classifier_forward_matches_hand_math(bias):
+    torch.manual_seed(0)
+    cfg = MLPConfig(h_dim=3, n_layer=2, pdrop=0.0, num_classes=5, include_bias=bias, squeeze_output=False)
+    mlp = MLPForClassification(cfg).eval()
+    x = torch.randn(4, 1, 3)
+    h = x
+    for block in mlp.mlp.h:
+        h = torch.nn.functional.gelu(h @ block.ff1.weight.T + (block.ff1.bias if bias else 0))
+    want = h @ mlp.score.weight.T + (mlp.score.bias if bias else 0)
+    out = mlp(inputs_embeds=x)
+    assert isinstance(out, tuple) and len(out) == 1
+    torch.testing.assert_close(out[0], want)
+    assert out[0].shape == (4, 1, 5)
+    # the attribute paths pyvene code reaches into
+    assert mlp.mlp.h[0].ff1.weight.shape == (3, 3) and mlp.score.weight.shape == (5, 3)
+    assert isinstance(mlp.mlp.h[0].act, nn.Module)
+
+
+def test_mlp_squeeze_loss_hidden_states_and_return_dict():
+    torch.manual_seed(1)
+    mlp = MLPForClassification(MLPConfig(h_dim=4, n_layer=2, pdrop=0.0, num_classes=3)).eval()
+    x = torch.randn(5, 1, 4)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    loss, logits, hidden = mlp(inputs_embeds=x, labels=labels, output_hidden_states=True)
+    assert logits.shape == (5, 3)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
+    assert len(hidden) == 3 and torch.equal(hidden[0], x)
+    torch.testing.assert_close(mlp.mlp.h[1](hidden[1]), hidden[2])
+    out = mlp(inputs_embeds=x, return_dict=True)
+    torch.testing.assert_close(out.logits, logits)
+
+
+def test_mlp_with_embeddings_adds_positions():
+    torch.manual_seed(2)
+    cfg = MLPConfig(include_emb=True, vocab_size=10, max_position_embeddings=4, h_dim=6, n_layer=1, pdrop=0.0)
+    base = MLPForClassification(cfg).mlp.eval()
+    ids, pos = torch.tensor([[1, 2]]), torch.tensor([[0, 1]])
+    x = base.wte(ids) + base.wpe(pos)
+    want = base.h[0].act(x @ base.h[0].ff1.weight.T + base.h[0].ff1.bias)
+    torch.testing.assert_close(base(input_ids=ids, position_ids=pos)[0], want)
+
+
+# ------------------------------------------------------------------------------ GRU models
+
+
+def torch_gru_reference(model: GRUModel, x: torch.Tensor) -> torch.Tensor:
+    """The same recurrence run by torch's nn.GRUCell (gate order reset | update | new)."""
+    cells = []
+    for cell in model.cells:
+        ref = nn.GRUCell(model.h_dim, model.h_dim)
+        with torch.no_grad():
+            ref.weight_ih.copy_(cell.x2h.weight)
+            ref.weight_hh.copy_(cell.h2h.weight)
+            ref.bias_ih.copy_(cell.x2h.bias)
+            ref.bias_hh.copy_(cell.h2h.bias)
+        cells.append(ref)
+    states = [x.new_zeros(x.shape[0], model.h_dim) for _ in cells]
+    top = []
+    for t in range(x.shape[1]):
+        below = x[:, t]
+        for i, ref in enumerate(cells):
+            states[i] = ref(below, states[i])
+            below = states[i]
+        top.append(below)
+    return torch.stack(top, dim=1)
+
+
+def test_gru_config_fields():
+    cfg = GRUConfig()
+    assert (cfg.h_dim, cfg.n_layer, cfg.n_labels, cfg.pdrop, cfg.initializer_range) == (512, 2, 2, 0.3, 0.02)
+    assert cfg.model_type == "gru" and cfg.include_bias and not cfg.include_emb
+    assert (GRUConfig(h_dim=8, n_layer=3).hidden_size, GRUConfig(n_layer=3).num_hidden_layers) == (8, 3)
+
+
+def test_gru_model_matches_torch_gru_cells():
+    torch.manual_seed(0)
+    gru = GRUModel(GRUConfig(h_dim=6, n_layer=2))
+    x = torch.randn(3, 5, 6)
+    steps, last = gru(inputs_embeds=x)
+    want = torch_gru_reference(gru, x)
+    torch.testing.assert_close(steps, want)
+    torch.testing.assert_close(last, want[:, -1])
+    bound = 1 / 6**0.5
+    assert all(p.abs().max() <= bound for p in gru.parameters())
+
+
+def test_gru_position_embeddings_leave_the_input_alone():
+    torch.manual_seed(0)
+    gru = GRUModel(GRUConfig(h_dim=4, n_layer=1, include_emb=True, vocab_size=9, max_position_embeddings=5))
+    x = torch.randn(1, 3, 4)
+    before = x.clone()
+    pos = torch.tensor([[0, 1, 2]])
+    steps, _ = gru(inputs_embeds=x, position_ids=pos)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(steps, torch_gru_reference(gru, x + gru.wpe(pos)))
+
+
+def test_gru_classifier_pools_the_last_unmasked_step():
+    torch.manual_seed(0)
+    clf = GRUForClassification(GRUConfig(h_dim=5, n_layer=1, n_labels=3))
+    x = torch.randn(2, 4, 5)
+    steps = torch_gru_reference(clf.gru, x)
+    logits, last = clf(inputs_embeds=x)
+    torch.testing.assert_close(logits, steps[:, -1] @ clf.score.weight.T)
+    torch.testing.assert_close(last, steps[:, -1])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    masked = clf(inputs_embeds=x, attention_mask=mask)[0]
+    torch.testing.assert_close(masked, torch.stack([steps[0, 1], steps[1, 3]]) @ clf.score.weight.T)
+    labels = torch.tensor([2, 0])
+    loss = clf(inputs_embeds=x, labels=labels)[0]
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
+    assert clf.score.bias is None
+
+
+def test_gru_lm_head_logits_and_shifted_loss():
+    torch.manual_seed(0)
+    lm = GRULMHeadModel(GRUConfig(h_dim=4, n_layer=2, include_emb=True, vocab_size=11))
+    ids = torch.tensor([[1, 5, 2, 7]])
+    steps = torch_gru_reference(lm.gru, lm.gru.wte(ids))
+    loss, logits, _ = lm(input_ids=ids, labels=ids)
+    torch.testing.assert_close(logits, steps @ lm.lm_head.weight.T)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]))
+    assert lm.get_output_embeddings() is lm.lm_head
+
+
+# ------------------------------------------------------------------------------ factories
+
+
+def test_toy_factories_build_random_models():
+    cfg = MLPConfig(h_dim=3, n_layer=1, pdrop=0.0, num_classes=5)
+    got_cfg, tok, mlp = compat.create_mlp_classifier(cfg)
+    assert got_cfg is cfg and tok is None and isinstance(mlp, MLPForClassification)
+    gcfg = GRUConfig(h_dim=8)
+    for factory, cls in [(compat.create_gru, GRUModel), (compat.create_gru_lm, GRULMHeadModel),
+                         (compat.create_gru_classifier, GRUForClassification)]:
+        c, t, m = factory(gcfg)
+        assert c is gcfg and t is None and type(m) is cls
+    with pytest.raises(ConfigError, match="MLPConfig"):
+        compat.create_mlp_classifier(gcfg)
+
+
+@pytest.mark.parametrize(
+    "factory, config, cls_name, n_layers",
+    [
+        (compat.create_gpt2, tiny_gpt2_config(), "GPT2Model", 2),
+        (compat.create_gpt2_lm, tiny_gpt2_config(), "GPT2LMHeadModel", 2),
+        (compat.create_gpt_neo, GPTNeoConfig(hidden_size=16, num_layers=2, num_heads=2, vocab_size=50,
+                                             attention_types=[[["global", "local"], 1]], max_position_embeddings=32),
+         "GPTNeoForCausalLM", 2),
+        (compat.create_llama, LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                          num_attention_heads=4, vocab_size=50), "LlamaForCausalLM", 3),
+    ],
+)
+def test_hf_factories_with_config_are_random_and_offline(factory, config, cls_name, n_layers, tmp_path):
+    with pytest.warns(PyveneLikeWarning, match="tokenizer None"):
+        got_cfg, tok, model = factory(name=str(tmp_path / "absent"), config=config)
+    assert got_cfg is config and tok is None
+    assert type(model).__name__ == cls_name
+    assert model.config._attn_implementation == "eager"
+    assert next(model.parameters()).dtype == torch.float32
+    assert pv.IntervenableModel({"layer": n_layers - 1, "component": "block_output"}, model=model) is not None
+
+
+def test_hf_factory_rejects_a_config_of_another_family():
+    with pytest.raises(ConfigError, match="GPT2Config"):
+        compat.create_gpt2_lm(config=LlamaConfig())
+
+
+def test_create_gpt2_loads_by_name_with_from_pretrained(tmp_path, bpe):
+    torch.manual_seed(0)
+    saved = GPT2Model(tiny_gpt2_config())
+    saved.save_pretrained(tmp_path)
+    bpe.save_pretrained(tmp_path)
+    config, tok, model = compat.create_gpt2(name=str(tmp_path))
+    assert type(model) is GPT2Model and config.n_embd == 24
+    assert model.config._attn_implementation == "eager"
+    for (name, p), (_, q) in zip(saved.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert tok("The capital")["input_ids"] == bpe("The capital")["input_ids"]
+    # with config=, a cached/local tokenizer is still found and no warning is raised
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, tok2, lm = compat.create_gpt2_lm(name=str(tmp_path), config=tiny_gpt2_config())
+    assert tok2 is not None and isinstance(lm, GPT2LMHeadModel)
+
+
+def test_create_gpt2_names_what_it_could_not_load(tmp_path):
+    with pytest.raises(LoadError, match="config=") as info:
+        compat.create_gpt2(name=str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+    assert isinstance(info.value, OSError)
+
+
+# ------------------------------------------------------ interventions on the toy models
+
+
+@pytest.fixture
+def one_layer_mlp():
+    torch.manual_seed(0)
+    return MLPForClassification(
+        MLPConfig(h_dim=3, n_layer=1, pdrop=0.0, num_classes=5, include_bias=False, squeeze_output=False)
+    ).eval()
+
+
+def test_mlp_block_output_interchange_matches_hand_math(one_layer_mlp):
+    mlp = one_layer_mlp
+    base, source = torch.randn(2, 1, 3), torch.randn(2, 1, 3)
+    w1, ws = mlp.mlp.h[0].ff1.weight, mlp.score.weight
+    act = mlp.mlp.h[0].act
+    pvm = pv.IntervenableModel({"layer": 0, "component": "block_output", "subspace_partition": None}, model=mlp)
+    out = pvm({"inputs_embeds": base}, [{"inputs_embeds": source}], unit_locations={"sources->base": 0})[1]
+    torch.testing.assert_close(out[0], act(source @ w1.T) @ ws.T)
+
+
+def test_mlp_block_input_subspace_interchange(one_layer_mlp):
+    mlp = one_layer_mlp
+    base, source = torch.randn(2, 1, 3), torch.randn(2, 1, 3)
+    w1, ws = mlp.mlp.h[0].ff1.weight, mlp.score.weight
+    act = mlp.mlp.h[0].act
+    pvm = pv.IntervenableModel({"layer": 0, "component": "block_input"}, model=mlp)
+    out = pvm({"inputs_embeds": base}, [{"inputs_embeds": source}],
+              unit_locations={"sources->base": 0}, subspaces=[[[0, 2]] * 2])[1]
+    mixed = base.clone()
+    mixed[..., [0, 2]] = source[..., [0, 2]]
+    torch.testing.assert_close(out[0], act(mixed @ w1.T) @ ws.T)
+
+
+def test_mlp_activation_by_module_path_addition(one_layer_mlp):
+    # pyvene's "mlp_activation" is the output of mlp.h[i].act; addressed here by path.
+    mlp = one_layer_mlp
+    base = torch.randn(2, 1, 3)
+    delta = torch.tensor([0.5, -1.0, 2.0])
+    w1, ws = mlp.mlp.h[0].ff1.weight, mlp.score.weight
+    act = mlp.mlp.h[0].act
+    pvm = pv.IntervenableModel(
+        {"layer": 0, "component": "mlp.h[%s].act.output", "intervention_type": pv.AdditionIntervention,
+         "source_representation": delta},
+        model=mlp,
+    )
+    out = pvm({"inputs_embeds": base}, unit_locations={"base": 0})[1]
+    torch.testing.assert_close(out[0], (act(base @ w1.T) + delta) @ ws.T)
+
+
+def test_gru_classifier_cell_path_resolves_to_the_cell_stack():
+    # The stack gru.cells and its width are found from the config's standard names.
+    gru = GRUForClassification(GRUConfig(h_dim=8, n_layer=2))
+    from pyvene_like.sites import ModelLayout, resolve_site
+
+    layout = ModelLayout(gru)
+    site = resolve_site(layout, 1, "block_output", "pos")
+    assert site.module is gru.gru.cells[1] and site.width == 8
+    site = resolve_site(ModelLayout(MLPForClassification(MLPConfig(h_dim=3, n_layer=2))), 1, "block_input", "pos")
+    assert site.path == "mlp.h.1" and site.width == 3
+
+
+def test_mlp_activation_by_name_with_subspace_partition(one_layer_mlp):
+    # pyvene's name for the output of mlp.h[i].act; the toy family registers that role.
+    mlp = one_layer_mlp
+    base, source = torch.randn(2, 1, 3), torch.randn(2, 1, 3)
+    w1, ws = mlp.mlp.h[0].ff1.weight, mlp.score.weight
+    act = mlp.mlp.h[0].act
+    pvm = pv.IntervenableModel(
+        {"layer": 0, "component": "mlp_activation", "subspace_partition": [[0, 1], [1, 3]]}, model=mlp
+    )
+    out = pvm({"inputs_embeds": base}, [{"inputs_embeds": source}],
+              unit_locations={"sources->base": 0}, subspaces=[[[1]] * 2])[1][0]
+    mixed = act(base @ w1.T)
+    mixed[..., 1:3] = act(source @ w1.T)[..., 1:3]
+    torch.testing.assert_close(out, mixed @ ws.T)
