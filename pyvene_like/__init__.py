@@ -6,8 +6,31 @@ offers (``__all__`` is derived from them). Feature packages are reached as ``pv.
 for the map of the packages.
 """
 
-from . import analysis, codebook, interventions, sae, training
+from . import analysis, codebook, compat, interventions, sae, training
 from .codebook import CodebookIntervention
+from .compat import (  # pyvene's helpers and toy models, for code ported by changing the import
+    GET_LOC,
+    GRUConfig,
+    GRUForClassification,
+    GRULMHeadModel,
+    GRUModel,
+    MLPConfig,
+    MLPForClassification,
+    MLPModel,
+    count_parameters,
+    create_gpt2,
+    create_gpt2_lm,
+    create_gpt_neo,
+    create_gru,
+    create_gru_classifier,
+    create_gru_lm,
+    create_llama,
+    create_mlp_classifier,
+    embed_to_distrib,
+    format_token,
+    set_seed,
+    top_vals,
+)
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
     ConfigError,
@@ -64,5 +87,6 @@ from .version import __version__
 
 __all__ = public_names(
     globals(), __name__,
-    extra=("__version__", "COMPONENTS", "analysis", "codebook", "interventions", "sae", "training"),
+    extra=("__version__", "COMPONENTS", "GET_LOC", "analysis", "codebook", "compat", "interventions", "sae",
+           "training"),
 )

@@ -12,7 +12,7 @@ import pyvene_like as pv
 from pyvene_like.exports import public_names
 
 PACKAGES = ["pyvene_like", "pyvene_like.interventions", "pyvene_like.sae", "pyvene_like.codebook",
-            "pyvene_like.analysis", "pyvene_like.training"]
+            "pyvene_like.analysis", "pyvene_like.training", "pyvene_like.compat"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -35,6 +35,7 @@ LAYERS = {
     "sae": 8,
     "codebook": 8,
     "analysis": 8,
+    "compat": 8,
     "cli": 9,
     "app": 9,
 }

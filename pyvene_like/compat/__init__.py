@@ -4,6 +4,7 @@ These are pyvene's top-level names (``pv.create_gpt2``, ``pv.MLPConfig``, ...); 
 their home, and the top-level ``pyvene_like`` re-exports them.
 """
 
+from ..exports import public_names
 from .helpers import (
     GET_LOC,
     count_parameters,
@@ -34,30 +35,4 @@ from .toy_models import (
     MLPModelOutput,
 )
 
-__all__ = [
-    "GET_LOC",
-    "count_parameters",
-    "create_gpt2",
-    "create_gpt2_lm",
-    "create_gpt_neo",
-    "create_gru",
-    "create_gru_classifier",
-    "create_gru_lm",
-    "create_llama",
-    "create_mlp_classifier",
-    "embed_to_distrib",
-    "format_token",
-    "set_seed",
-    "top_vals",
-    "GRUCell",
-    "GRUConfig",
-    "GRUForClassification",
-    "GRULMHeadModel",
-    "GRUModel",
-    "GRUModelOutput",
-    "MLPBlock",
-    "MLPConfig",
-    "MLPForClassification",
-    "MLPModel",
-    "MLPModelOutput",
-]
+__all__ = public_names(globals(), __name__)

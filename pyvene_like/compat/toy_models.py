@@ -446,17 +446,3 @@ class GRULMHeadModel(GRUPreTrainedModel):
             return rest if loss is None else (loss,) + rest
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=out[0])
 
-
-def _register_site_roles() -> None:
-    """Tell the site resolver where pyvene's ``mlp_activation`` lives in an ``MLPBlock``.
-
-    The generic search looks for an MLP module or up/down projections inside a layer; an
-    ``MLPBlock`` is itself the MLP (``ff1`` then ``act``), so its activation role is named here,
-    keyed by ``MLPConfig.model_type`` like every other family's data.
-    """
-    from ..sites import families
-
-    families.FAMILY_OVERRIDES.setdefault(MLPConfig.model_type, {"roles": {"act": "act"}})
-
-
-_register_site_roles()

@@ -83,6 +83,8 @@ FAMILY_OVERRIDES: dict[str, dict] = {
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
+    # pyvene's toy MLP (pyvene_like.compat.MLPConfig): each block is itself the MLP (ff1, act).
+    "mlp": {"roles": {"act": "act"}},
 }
 
 # Config attribute names, tried in order.
