@@ -30,7 +30,7 @@ from pyvene_like.analysis import (
 )
 from pyvene_like.errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, SiteError
 from tests.conftest import make_gpt2
-from tests.tiny_models import FAMILIES, build_tiny_model, example_inputs
+from tests.tiny_models import FAMILIES, build_tiny_model, example_inputs, train_bpe_tokenizer
 
 CORPUS = [
     "I saw a cat, it was big.", "Look at that dog, I saw it yesterday too.",
@@ -42,17 +42,7 @@ CORPUS = [
 # -- tokenizers ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bpe():
-    """A tiny byte-level BPE tokenizer (GPT-2 style leading-space tokens), trained offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return train_bpe_tokenizer(CORPUS)
 
 
 def _minilm_dir():

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import train_bpe_tokenizer
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, GPTNeoConfig, LlamaConfig
 
@@ -39,16 +40,7 @@ def tiny_gpt2_config(**kw):
 
 @pytest.fixture(scope="module")
 def bpe():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    return train_bpe_tokenizer(CORPUS)
 
 
 class ListTokenizer:

@@ -217,3 +217,18 @@ def example_inputs(family: str, batch: int = 2, seq: int = 8, seed: int = 0) -> 
 
 
 __all__ = ["FAMILIES", "build_tiny_model", "example_inputs", "tiny_config"]
+
+
+def train_bpe_tokenizer(corpus, vocab_size: int = 400):
+    """A tiny byte-level BPE tokenizer (GPT-2 style leading-space tokens), trained offline on
+    ``corpus``; ``<|endoftext|>`` is its EOS and pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
