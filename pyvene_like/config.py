@@ -77,10 +77,17 @@ class RepresentationConfig:
                 )
         if self.intervention_type is not None:
             self.intervention_type = resolve_intervention_type(self.intervention_type)
-        if self.source_representation is not None and not isinstance(
-            self.source_representation, torch.Tensor
-        ):
-            self.source_representation = torch.as_tensor(self.source_representation)
+        for key in ("group_key", "intervention_link_key"):
+            value = getattr(self, key)
+            try:
+                hash(value)
+            except TypeError:
+                raise ConfigError(
+                    f"{key} must be hashable (a string, an int or a tuple of them), got "
+                    f"{value!r} ({type(value).__name__})"
+                ) from None
+        if self.source_representation is not None:
+            self.source_representation = _floating_tensor(self.source_representation, "source_representation")
 
     def to_dict(self) -> dict:
         out = {}
@@ -115,6 +122,30 @@ class RepresentationConfig:
                 f"{did_you_mean(unknown[0], names)}"
             )
         return cls(**data)
+
+
+def _floating_tensor(value, field: str) -> torch.Tensor:
+    """``value`` as a floating-point tensor; integer, bool or complex values are refused, not cast."""
+    from_list = isinstance(value, (list, tuple))
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(
+                f"{field} must be a floating-point tensor (or a nested list of floats), got "
+                f"{type(value).__name__}: {exc}"
+            ) from None
+    if from_list and value.dtype in (torch.int64, torch.int32):
+        # A plain list of numbers such as [1, 0, 0] (JSON drops the '.0'): read as floats.
+        value = value.to(torch.get_default_dtype())
+    if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+        raise ConfigError(f"{field} must hold finite numbers; it has NaN or infinite entries")
+    if not value.dtype.is_floating_point:
+        raise ConfigError(
+            f"{field} must be a floating-point tensor, got dtype {value.dtype}; accepted: float16, "
+            f"bfloat16, float32, float64 (cast it yourself, e.g. .float(), so nothing is lost silently)"
+        )
+    return value
 
 
 def resolve_intervention_type(value):

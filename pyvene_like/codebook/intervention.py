@@ -18,6 +18,7 @@ codes). A forced code is never counted twice. The codebook's recordings keep its
 from __future__ import annotations
 
 from ..errors import ConfigError, SiteError
+from ..validation import check_choice
 from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
@@ -75,8 +76,7 @@ class CodebookIntervention(Intervention):
 
     def __init__(self, codes, mode: str = "replace", embed_dim=None):
         super().__init__(embed_dim, None)
-        if mode not in MODES:
-            raise ConfigError(f"mode {mode!r} is not accepted; accepted: 'replace', 'append'")
+        check_choice(mode, "mode", MODES)
         self.codes = _normalize_codes(codes)
         self.mode = mode
         # The codebook is not a submodule: its parameters belong to the model, not to us.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..registry import register_intervention
+from ..validation import check_number
 from .rotated import (
     TrainableIntervention,
     _compute_dtype,
@@ -38,7 +39,7 @@ class SigmoidMaskIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.mask = nn.Parameter(torch.full((n,), float(mask_init)))
+        self.mask = nn.Parameter(torch.full((n,), check_number(mask_init, f"{name}: mask_init")))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     # get_config: the base's; temperature and mask_init start a buffer and a parameter (state).
@@ -78,7 +79,7 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
         self.rotate_layer = orthonormal_layer(n)
-        self.masks = nn.Parameter(torch.full((n,), float(mask_init)))
+        self.masks = nn.Parameter(torch.full((n,), check_number(mask_init, f"{name}: mask_init")))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     @classmethod

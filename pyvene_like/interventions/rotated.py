@@ -28,6 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
+from ..validation import check_number, check_positive_int
 from .base import Intervention, check_partition, rectangular_subspaces
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -40,9 +41,7 @@ def _need_width(embed_dim, cls_name: str) -> int:
             f"{cls_name}: embed_dim is None — the site's width could not be determined; pass "
             f"intervention_kwargs={{'embed_dim': <width>}} in the RepresentationConfig"
         )
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-        raise ConfigError(f"{cls_name}: embed_dim must be a positive int, got {embed_dim!r}")
-    return embed_dim
+    return check_positive_int(embed_dim, f"{cls_name}: embed_dim")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -109,10 +108,14 @@ def orthonormal_layer(n: int, k: int | None = None) -> RotateLayer:
 
 
 def _temperature_value(value, cls_name: str) -> float:
-    t = float(value.item() if isinstance(value, torch.Tensor) else value)
-    if not t > 0 or t == float("inf"):
-        raise ConfigError(f"{cls_name}: temperature must be a positive finite number, got {value!r}")
-    return t
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise ConfigError(
+                f"{cls_name}: temperature must be a positive finite number (or a one-element "
+                f"floating-point tensor), got {value!r}"
+            )
+        value = value.item()
+    return check_number(value, f"{cls_name}: temperature", positive=True)
 
 
 class TrainableIntervention(Intervention):
@@ -121,6 +124,8 @@ class TrainableIntervention(Intervention):
     ``module.to(torch.bfloat16)`` (or ``.half()``) moves the module but leaves its floating
     parameters and buffers in float32; the forward passes cast activations themselves.
     """
+
+    checks_width = True
 
     trainable = True
 
@@ -270,7 +275,9 @@ class RotatedSpaceIntervention(TrainableIntervention):
 
     def set_interchange_dim(self, interchange_dim: int) -> None:
         """Interchange the first ``interchange_dim`` rotated dims when no subspaces are given."""
-        if isinstance(interchange_dim, torch.Tensor):
+        if isinstance(interchange_dim, torch.Tensor) and interchange_dim.numel() == 1 and not (
+                interchange_dim.dtype.is_floating_point or interchange_dim.dtype.is_complex
+                or interchange_dim.dtype == torch.bool):
             interchange_dim = int(interchange_dim.item())
         if isinstance(interchange_dim, bool) or not isinstance(interchange_dim, int) or not (
             0 <= interchange_dim <= self.embed_dim
@@ -390,7 +397,8 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, None)
-        if not isinstance(init_boundary, (int, float)) or not 0.0 <= init_boundary <= 1.0:
+        if isinstance(init_boundary, bool) or not isinstance(init_boundary, (int, float)) or not (
+                0.0 <= init_boundary <= 1.0):
             raise ConfigError(f"{name}: init_boundary must be a fraction in [0, 1], got {init_boundary!r}")
         self.rotate_layer = orthonormal_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
