@@ -18,10 +18,10 @@ codes). A forced code is never counted twice. The codebook's recordings keep its
 from __future__ import annotations
 
 from ..errors import ConfigError, SiteError
-from ..validation import check_choice
 from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
+from ..validation import check_choice
 from .wrap import ATTRIBUTE, get_codebooks, module_key
 
 MODES = ("replace", "append")

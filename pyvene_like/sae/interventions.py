@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..validation import check_bool, check_number, check_optional_positive_int
 from ..interventions.base import Intervention, check_partition, rectangular_subspaces
 from ..registry import register_intervention
+from ..validation import check_bool, check_number, check_optional_positive_int
 from .sae import SAE
 
 
