@@ -258,7 +258,7 @@ def _load_saelens(src: SAESource, opts: LoadOptions) -> SAE:
         # Checked before building, so a wrong size in cfg.json is reported, not allocated.
         raise LoadError(
             f"{weights_path}: 'W_enc' has shape {list(w_enc.shape)}, expected {list(want)} "
-            f"(d_in={want[0]}, d_sae={want[1]}, from {cfg_path.name}); cfg.json and the weights "
+            f"(d_in={want[0]}, d_sae={want[1]}) by {cfg_path.name}; cfg.json and the weights "
             f"must agree"
         )
     try:
