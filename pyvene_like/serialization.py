@@ -724,6 +724,11 @@ def _from_saved_configs(path: Path, doc: dict, im) -> dict[int, Intervention]:
                         f"{accepted(sorted(built))}); it was saved by a different version"
                     )
                 wanted[name] = value
+        if (not getattr(iv, "checks_width", True) and "embed_dim" in wanted
+                and wanted.get("embed_dim") != built.get("embed_dim")):
+            # A type that holds nothing of the width's shape takes the width of the site it is
+            # loaded on (another base model was warned about above); the rest is as saved.
+            wanted = {**wanted, "embed_dim": built.get("embed_dim")}
         if wanted == built:
             continue
         try:

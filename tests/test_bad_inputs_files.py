@@ -20,13 +20,13 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import make_gpt2  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pyvene_like as pv  # noqa: E402
 from pyvene_like.errors import LoadError, PyveneLikeError  # noqa: E402
 from pyvene_like.sae import SAE, load_sae  # noqa: E402
-from tests.conftest import make_gpt2  # noqa: E402
 
 _SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                      deadline=None)
