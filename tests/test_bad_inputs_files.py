@@ -404,3 +404,21 @@ def test_sae_hand_picked_files(sae_folders, tmp_path):
     with pytest.raises(LoadError, match=r"W_enc. has dtype int64; accepted: a floating-point dtype"):
         load_sae(str(gemma))
     assert zipfile  # (npz files are zip archives)
+
+
+# -- codebook records -------------------------------------------------------------------------------
+def test_code_records_from_a_wrong_folder_is_a_load_error(tmp_path):
+    from pyvene_like.codebook import CodeRecords
+
+    with pytest.raises(LoadError, match=r"CodeRecords.load_from_disk: '.*nowhere' is not a folder; expected a "
+                                        r"folder written by CodeRecords.save_to_disk holding 'codes', 'tokens', "
+                                        r"'fires.safetensors'"):
+        CodeRecords.load_from_disk(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "fires.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(LoadError, match=r"'.*half' lacks 'codes', 'tokens'; .*\(it holds: fires.safetensors\)"):
+        CodeRecords.load_from_disk(tmp_path / "half")
+    (tmp_path / "half" / "codes").mkdir()
+    (tmp_path / "half" / "tokens").mkdir()
+    with pytest.raises(LoadError, match=r"fires.safetensors is not a readable safetensors file"):
+        CodeRecords.load_from_disk(tmp_path / "half")
