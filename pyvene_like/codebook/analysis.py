@@ -60,9 +60,8 @@ class CodeRecords:
         from pathlib import Path
 
         from datasets import load_from_disk
-        from safetensors.torch import load_file
-
         from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
         from ..errors import LoadError
 
