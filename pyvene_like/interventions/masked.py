@@ -23,6 +23,7 @@ from .rotated import (
     _rotated_interchange,
     _rotated_selection,
     _temperature_value,
+    allocating,
     orthonormal_layer,
 )
 
@@ -39,7 +40,9 @@ class SigmoidMaskIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.mask = nn.Parameter(torch.full((n,), check_number(mask_init, f"{name}: mask_init")))
+        init = check_number(mask_init, f"{name}: mask_init")
+        with allocating(name, n):
+            self.mask = nn.Parameter(torch.full((n,), init))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     # get_config: the base's; temperature and mask_init start a buffer and a parameter (state).
@@ -78,8 +81,10 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.rotate_layer = orthonormal_layer(n)
-        self.masks = nn.Parameter(torch.full((n,), check_number(mask_init, f"{name}: mask_init")))
+        init = check_number(mask_init, f"{name}: mask_init")
+        with allocating(name, n):
+            self.rotate_layer = orthonormal_layer(n)
+            self.masks = nn.Parameter(torch.full((n,), init))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     @classmethod

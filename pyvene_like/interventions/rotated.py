@@ -44,6 +44,20 @@ def _need_width(embed_dim, cls_name: str) -> int:
     return check_positive_int(embed_dim, f"{cls_name}: embed_dim")
 
 
+@contextlib.contextmanager
+def allocating(cls_name: str, embed_dim: int):
+    """Turn a failed allocation of an intervention's parameters (an ``embed_dim`` far too large)
+    into a ConfigError naming ``embed_dim``."""
+    try:
+        yield
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{cls_name}: embed_dim={embed_dim} is too large: its parameters cannot be allocated "
+            f"({first}); give the site's width"
+        ) from None
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -271,7 +285,8 @@ class RotatedSpaceIntervention(TrainableIntervention):
         self.interchange_dim = n
         if interchange_dim is not None:
             self.set_interchange_dim(interchange_dim)
-        self.rotate_layer = orthonormal_layer(n)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n)
 
     def set_interchange_dim(self, interchange_dim: int) -> None:
         """Interchange the first ``interchange_dim`` rotated dims when no subspaces are given."""
@@ -335,7 +350,8 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
             or not 1 <= low_rank_dimension <= n
         ):
             raise ConfigError(
-                f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r}"
+                f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r} "
+                f"(embed_dim={n})"
             )
         part = check_partition(subspace_partition, None)
         if part is not None and part[-1][1] > low_rank_dimension:
@@ -345,7 +361,8 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
             )
         super().__init__(n, part)
         self.low_rank_dimension = low_rank_dimension
-        self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 
     def get_config(self):
         return {**super().get_config(), "low_rank_dimension": self.low_rank_dimension}
@@ -400,7 +417,8 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         if isinstance(init_boundary, bool) or not isinstance(init_boundary, (int, float)) or not (
                 0.0 <= init_boundary <= 1.0):
             raise ConfigError(f"{name}: init_boundary must be a fraction in [0, 1], got {init_boundary!r}")
-        self.rotate_layer = orthonormal_layer(n)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 

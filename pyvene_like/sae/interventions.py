@@ -58,7 +58,7 @@ class SAEIntervention(Intervention):
             hook = f" (trained on {sae.hook_name!r})" if sae.hook_name else ""
             raise ShapeError(
                 f"{name}: the site's width is {embed_dim} but the SAE{hook} has d_in={sae.d_in}; "
-                f"attach it to a site of width {sae.d_in}"
+                f"attach it to a site of width {sae.d_in} (embed_dim={embed_dim})"
             )
         check_bool(use_error_term, f"{name}: use_error_term")
         self.sae = sae.requires_grad_(False)
