@@ -24,6 +24,7 @@ from .rotated import (
     _rotated_selection,
     _temperature_value,
     allocating,
+    float32_number,
     orthonormal_layer,
 )
 
@@ -40,7 +41,7 @@ class SigmoidMaskIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        init = check_number(mask_init, f"{name}: mask_init")
+        init = float32_number(check_number(mask_init, f"{name}: mask_init"), f"{name}: mask_init")
         with allocating(name, n):
             self.mask = nn.Parameter(torch.full((n,), init))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
@@ -81,7 +82,7 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        init = check_number(mask_init, f"{name}: mask_init")
+        init = float32_number(check_number(mask_init, f"{name}: mask_init"), f"{name}: mask_init")
         with allocating(name, n):
             self.rotate_layer = orthonormal_layer(n)
             self.masks = nn.Parameter(torch.full((n,), init))

@@ -129,7 +129,19 @@ def _temperature_value(value, cls_name: str) -> float:
                 f"floating-point tensor), got {value!r}"
             )
         value = value.item()
-    return check_number(value, f"{cls_name}: temperature", positive=True)
+    return float32_number(check_number(value, f"{cls_name}: temperature", positive=True),
+                          f"{cls_name}: temperature")
+
+
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def float32_number(value: float, field: str) -> float:
+    """A checked number that must also fit the float32 buffer or parameter it starts (no
+    silent overflow to inf)."""
+    if abs(value) > _F32_MAX:
+        raise ConfigError(f"{field} must fit in float32 (|value| <= {_F32_MAX:.4g}), got {value!r}")
+    return value
 
 
 class TrainableIntervention(Intervention):
