@@ -57,6 +57,7 @@ from .errors import (
 from .interventions.base import Intervention
 from .interventions.basic import LambdaIntervention
 from .registry import get_intervention_class
+from .validation import is_int
 from .version import __version__
 
 LIBRARY = "pyvene_like"
@@ -211,7 +212,7 @@ def check_versions(path: Path, doc: dict, *, format_version: int = FORMAT_VERSIO
             stacklevel=stacklevel,
         )
     fmt = doc.get("format_version")
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+    if not is_int(fmt) or fmt < 1:
         raise LoadError(f"{path}: format_version {fmt!r} is not valid; accepted: 1..{format_version}")
     if fmt > format_version:
         raise LoadError(

@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
-from ..validation import check_number, check_positive_int
+from ..validation import check_number, check_positive_int, is_int
 from .base import Intervention, check_partition, rectangular_subspaces
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -215,7 +215,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
     else:
         rows = rectangular_subspaces(subspaces, bsz)
         flat = [i for r in rows for i in r]
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
+        if any(not is_int(i) for i in flat):
             raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
         lo, hi = min(flat), max(flat)
         first = rows[0]
@@ -306,14 +306,14 @@ class RotatedSpaceIntervention(TrainableIntervention):
                 interchange_dim.dtype.is_floating_point or interchange_dim.dtype.is_complex
                 or interchange_dim.dtype == torch.bool):
             interchange_dim = int(interchange_dim.item())
-        if isinstance(interchange_dim, bool) or not isinstance(interchange_dim, int) or not (
+        if not is_int(interchange_dim) or not (
             0 <= interchange_dim <= self.embed_dim
         ):
             raise ConfigError(
                 f"{type(self).__name__}: interchange_dim must be an int in 0..{self.embed_dim} "
                 f"(the rotation width), got {interchange_dim!r}"
             )
-        self.interchange_dim = interchange_dim
+        self.interchange_dim = int(interchange_dim)
 
     def get_config(self):
         return {**super().get_config(), "interchange_dim": self.interchange_dim}
@@ -356,11 +356,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
                 f"{name} needs low_rank_dimension: set RepresentationConfig(..., "
                 f"low_rank_dimension=r) with 1 <= r <= {n} (the site's width)"
             )
-        if (
-            isinstance(low_rank_dimension, bool)
-            or not isinstance(low_rank_dimension, int)
-            or not 1 <= low_rank_dimension <= n
-        ):
+        if not is_int(low_rank_dimension) or not 1 <= low_rank_dimension <= n:
             raise ConfigError(
                 f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r} "
                 f"(embed_dim={n})"
@@ -372,7 +368,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
                 f"low-rank rotation has only low_rank_dimension={low_rank_dimension} rotated dims"
             )
         super().__init__(n, part)
-        self.low_rank_dimension = low_rank_dimension
+        self.low_rank_dimension = int(low_rank_dimension)
         with allocating(type(self).__name__, n):
             self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 

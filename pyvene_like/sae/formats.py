@@ -41,7 +41,7 @@ import torch
 
 from ..errors import ConfigError, LoadError, PyveneLikeWarning, accepted, did_you_mean
 from ..registry import Registry
-from ..validation import check_bool
+from ..validation import check_bool, check_positive_int
 from .sae import NORMALIZATIONS, SAE, dtype_from_name
 
 SAELENS_CONFIG = "cfg.json"
@@ -280,8 +280,7 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
         value = cfg.get(field)
         if field not in cfg:
             raise LoadError(f"{where}: field {field!r} is missing; a SAELens cfg.json gives d_in and d_sae")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LoadError(f"{where}: field {field!r} must be a positive int, got {value!r}")
+        check_positive_int(value, f"{where}: field {field!r}", error=LoadError)
     fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
     fn_kwargs = cfg.get("activation_fn_kwargs") or {}
     if not isinstance(fn_kwargs, dict):

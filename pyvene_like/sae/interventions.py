@@ -27,7 +27,7 @@ import torch
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
 from ..interventions.base import Intervention, check_partition, rectangular_subspaces
 from ..registry import register_intervention
-from ..validation import check_bool, check_number, check_optional_positive_int
+from ..validation import check_bool, check_number, check_optional_positive_int, is_int
 from .sae import SAE
 
 
@@ -91,7 +91,7 @@ class SAEIntervention(Intervention):
             features = features.tolist()
         name = type(self).registry_name
         if not isinstance(features, (list, tuple)) or not features or not all(
-            isinstance(f, int) and not isinstance(f, bool) for f in features
+            is_int(f) for f in features
         ):
             raise ConfigError(f"{name}: features must be a non-empty list of feature ids (ints), got {features!r}")
         bad = [f for f in features if not 0 <= f < self.sae.d_sae]
