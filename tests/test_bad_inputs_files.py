@@ -69,6 +69,9 @@ def saved(small, tmp_path_factory):
                                 intervention_kwargs={"noise_level": 0.5, "seed": 3}),
         pv.RepresentationConfig(0, "attention_output", intervention_type="low_rank_rotated_space",
                                 low_rank_dimension=4, subspace_partition=[[0, 2], [2, 4]]),
+        pv.RepresentationConfig(0, "mlp_output", intervention_type="sae_steer",
+                                intervention_kwargs={"sae_config": SAE(16, 32, "jumprelu").config(),
+                                                     "features": [3, 4], "mode": "set", "value": [2.0, -1.0]}),
     ]
     im = pv.IntervenableModel(pv.IntervenableConfig(reps), small)
     folder = tmp_path_factory.mktemp("saved")
