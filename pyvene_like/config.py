@@ -12,7 +12,12 @@ import torch
 
 from .errors import ConfigError, accepted, did_you_mean
 from .registry import get_intervention_class
-from .validation import check_non_negative_int, check_optional_positive_int, check_positive_int
+from .validation import (
+    check_floating_tensor,
+    check_non_negative_int,
+    check_optional_positive_int,
+    check_positive_int,
+)
 
 UNITS = ("pos", "h", "h.pos")
 MODES = ("parallel", "serial")
@@ -87,7 +92,7 @@ class RepresentationConfig:
                     f"{value!r} ({type(value).__name__})"
                 ) from None
         if self.source_representation is not None:
-            self.source_representation = _floating_tensor(self.source_representation, "source_representation")
+            self.source_representation = check_floating_tensor(self.source_representation, "source_representation")
 
     def to_dict(self) -> dict:
         out = {}
@@ -122,30 +127,6 @@ class RepresentationConfig:
                 f"{did_you_mean(unknown[0], names)}"
             )
         return cls(**data)
-
-
-def _floating_tensor(value, field: str) -> torch.Tensor:
-    """``value`` as a floating-point tensor; integer, bool or complex values are refused, not cast."""
-    from_list = isinstance(value, (list, tuple))
-    if not isinstance(value, torch.Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigError(
-                f"{field} must be a floating-point tensor (or a nested list of floats), got "
-                f"{type(value).__name__}: {exc}"
-            ) from None
-    if from_list and value.dtype in (torch.int64, torch.int32):
-        # A plain list of numbers such as [1, 0, 0] (JSON drops the '.0'): read as floats.
-        value = value.to(torch.get_default_dtype())
-    if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
-        raise ConfigError(f"{field} must hold finite numbers; it has NaN or infinite entries")
-    if not value.dtype.is_floating_point:
-        raise ConfigError(
-            f"{field} must be a floating-point tensor, got dtype {value.dtype}; accepted: float16, "
-            f"bfloat16, float32, float64 (cast it yourself, e.g. .float(), so nothing is lost silently)"
-        )
-    return value
 
 
 def resolve_intervention_type(value):
