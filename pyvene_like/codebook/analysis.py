@@ -60,12 +60,45 @@ class CodeRecords:
         from pathlib import Path
 
         from datasets import load_from_disk
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from ..errors import LoadError
+
         path = Path(path)
-        fires = load_file(str(path / "fires.safetensors"))
-        tokens = load_from_disk(str(path / "tokens"))
-        return cls(load_from_disk(str(path / "codes")), tokens, fires["fire_code"], fires["fire_token"],
+        expected = ("codes", "tokens", "fires.safetensors")
+        lacks = [name for name in expected if not (path / name).exists()]
+        if lacks:
+            holds = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else []
+            where = "is not a folder" if not path.is_dir() else f"lacks {', '.join(map(repr, lacks))}"
+            raise LoadError(
+                f"CodeRecords.load_from_disk: {str(path)!r} {where}; expected a folder written by "
+                f"CodeRecords.save_to_disk holding {', '.join(map(repr, expected))} (it holds: "
+                f"{', '.join(holds) or 'nothing'})"
+            )
+        fires_path = path / "fires.safetensors"
+        try:
+            fires = load_file(str(fires_path))
+        except (SafetensorError, OSError) as e:
+            raise LoadError(f"{fires_path} is not a readable safetensors file (truncated or corrupt: {e})") from None
+        for key in ("fire_code", "fire_token"):
+            t = fires.get(key)
+            if t is None or t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
+                raise LoadError(
+                    f"{fires_path}: tensor {key!r} must be a 1-D int64 tensor, got "
+                    f"{'nothing' if t is None else f'{t.dtype} of shape {list(t.shape)}'}"
+                )
+        if fires["fire_code"].shape != fires["fire_token"].shape:
+            raise LoadError(f"{fires_path}: 'fire_code' and 'fire_token' must have the same length")
+        try:
+            tokens = load_from_disk(str(path / "tokens"))
+            codes = load_from_disk(str(path / "codes"))
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise LoadError(f"CodeRecords.load_from_disk: cannot read the tables in {str(path)!r}: {e}") from None
+        if "input_ids" not in tokens.column_names:
+            raise LoadError(f"{path / 'tokens'}: column 'input_ids' is missing; accepted: a table written by "
+                            f"CodeRecords.save_to_disk")
+        return cls(codes, tokens, fires["fire_code"], fires["fire_token"],
                    sum(len(t) for t in tokens["input_ids"]))
 
 
