@@ -132,3 +132,15 @@ def test_executor_runs_a_plan_without_the_model_wrapper(gpt2, ids):
     assert torch.equal(out.logits, im({"input_ids": base}, [{"input_ids": src}], {"sources->base": 3})[1].logits)
     with pytest.raises(pv.LocationError, match="out of range"):
         ex.forward(gpt2, {"input_ids": base}, [{"input_ids": src}], {"sources->base": 99})
+
+
+def test_call_time_source_representations_must_be_floating_tensors(gpt2):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="addition"), gpt2)
+    x = torch.randint(0, 100, (2, 5))
+    for bad in (torch.ones(64, dtype=torch.long), torch.ones(64, dtype=torch.bool), torch.ones(64, dtype=torch.cfloat)):
+        with pytest.raises(pv.ShapeError, match=rf"source_representations\[0\] must be a floating-point tensor, got dtype {bad.dtype}"):
+            im(x, source_representations=bad, unit_locations={"base": 1})
+    with pytest.raises(pv.ShapeError, match=r"source_representations\[0\] is a 0-d tensor"):
+        im(x, source_representations=torch.tensor(1.0), unit_locations={"base": 1})
+    _, out = im(x, source_representations=torch.zeros(64, dtype=torch.float64), unit_locations={"base": 1})
+    assert torch.equal(out.logits, gpt2(x).logits)  # a float64 zero vector is cast to the site's dtype
