@@ -155,7 +155,7 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
 
 
 def normalize_source_representations(source_representations, slots: list[Slot]) -> list:
-    n = len(slots)
+    """Per slot, the representation to use: the call's (checked) or the config's, else None."""
     reps = [s.rep.source_representation for s in slots]
     if source_representations is None:
         return reps
