@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..modes import restore_flags, training_flags
 from ..validation import check_positive_int
 from .info import CodeInfo
 from .wrap import get_codebooks, module_key
@@ -196,7 +197,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     starts = torch.tensor([0] + [len(s) for s in seqs]).cumsum(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     codes_parts, token_parts, score_parts = [], [], []
-    was_training = model.training
+    flags = training_flags(model)
     model.eval()
     scores_seen: dict[int, list] = {}
     hooks = []
@@ -236,7 +237,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
+        restore_flags(flags)
     fire_code = torch.cat(codes_parts) if codes_parts else torch.zeros(0, dtype=torch.long)
     fire_token = torch.cat(token_parts) if token_parts else torch.zeros(0, dtype=torch.long)
     fire_score = torch.cat(score_parts) if score_parts else torch.zeros(0)
