@@ -144,3 +144,30 @@ def test_call_time_source_representations_must_be_floating_tensors(gpt2):
         im(x, source_representations=torch.tensor(1.0), unit_locations={"base": 1})
     _, out = im(x, source_representations=torch.zeros(64, dtype=torch.float64), unit_locations={"base": 1})
     assert torch.equal(out.logits, gpt2(x).logits)  # a float64 zero vector is cast to the site's dtype
+
+
+@pytest.mark.parametrize("pos", [-1, -2, -6, 0, 5])
+def test_every_negative_position_counts_from_the_end(gpt2, pos):
+    x = torch.randint(0, 100, (2, 6))
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    _, out = im(x, unit_locations={"base": pos})
+
+    def hook(m, a, o):
+        o[:, pos % 6] = 0
+
+    h = gpt2.transformer.h[1].register_forward_hook(hook)
+    try:
+        expected = gpt2(x).logits
+    finally:
+        h.remove()
+    assert torch.equal(out.logits, expected)
+    # the same position given per example (index tensors) agrees
+    _, out2 = im(x, unit_locations={"base": [[[pos], [pos]]]})
+    assert torch.equal(out2.logits, expected)
+
+
+@pytest.mark.parametrize("bad", [[[1.0], [2]], [[True], [1]], torch.tensor([[1.5], [2.0]]), torch.tensor([[True], [False]])])
+def test_float_and_bool_positions_are_refused_not_truncated(gpt2, bad):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    with pytest.raises(pv.LocationError, match="position indices must be"):
+        im(torch.randint(0, 100, (2, 6)), unit_locations={"base": [bad]})

@@ -115,7 +115,7 @@ class ForwardWindow:
             if units.pos_hi >= seq or units.pos_lo < -seq:
                 check_positions(units, seq)  # raises
             start = span[0] if span[0] >= 0 else seq + span[0]
-            vals = xs.narrow(1, start, (span[1] if span[1] is not None else seq) - start)
+            vals = xs.narrow(1, start, span[1])
         else:
             vals = gather(x, units, slot.site, slot.heads)
         src = self.src[i]
