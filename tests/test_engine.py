@@ -171,3 +171,26 @@ def test_float_and_bool_positions_are_refused_not_truncated(gpt2, bad):
     im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
     with pytest.raises(pv.LocationError, match="position indices must be"):
         im(torch.randint(0, 100, (2, 6)), unit_locations={"base": [bad]})
+
+
+def test_collect_returns_a_copy_of_the_units_not_a_view():
+    from tiny_models import build_tiny_model, example_inputs
+
+    # Falcon (parallel_attn) adds attention into the MLP's output tensor in place after the hook.
+    model = build_tiny_model("falcon")
+    inputs = example_inputs("falcon")
+    seen = {}
+
+    def keep(m, a, o):
+        seen["mlp"] = o.clone()  # returns None: the model's own output tensor goes on
+
+    h = model.transformer.h[0].mlp.register_forward_hook(keep)
+    try:
+        model(**inputs)
+    finally:
+        h.remove()
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "mlp_output", intervention_type="collect"), model)
+    (_, collected), _ = im(inputs, unit_locations={"base": -1})
+    assert torch.equal(collected[0], seen["mlp"][:, -1:])
+    # only the collected units are held, not the whole [batch, seq, width] activation
+    assert collected[0].untyped_storage().nbytes() == collected[0].numel() * collected[0].element_size()

@@ -77,6 +77,11 @@ def apply_members(members, window, x, args, kwargs, inplace: bool):
         else:
             new = iv.forward(vals, src, subs)
         if not iv.modifies_output:
+            if new.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                # A view of the activation (Collect returns its input): copy the units, so the
+                # whole activation is not kept alive and a later in-place change by the model
+                # (Falcon adds attention into the MLP output) does not reach the result.
+                new = new.clone()
             window.record(slot, new, where)
             continue
         if new.shape != vals.shape:
