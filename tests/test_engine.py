@@ -194,3 +194,21 @@ def test_collect_returns_a_copy_of_the_units_not_a_view():
     assert torch.equal(collected[0], seen["mlp"][:, -1:])
     # only the collected units are held, not the whole [batch, seq, width] activation
     assert collected[0].untyped_storage().nbytes() == collected[0].numel() * collected[0].element_size()
+
+
+def test_generate_refuses_attention_masks_other_than_zero_and_one(gpt2):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    ids = torch.randint(1, 100, (2, 5))
+    for mask in (torch.tensor([[0, 1, 1, 1, 2], [1, 1, 1, 1, 1]]), torch.full((2, 5), 0.5)):
+        with pytest.raises(pv.ShapeError, match=r"attention_mask holds \[(2|0\.5)\]; accepted: 0 \(padding\) and 1"):
+            im.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=2, do_sample=False)
+
+
+def test_generate_with_an_absurd_max_new_tokens_fails_fast_at_the_position_limit(gpt2):
+    # n_positions=64: planning 10**9 columns used to run out of time and memory before generating
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    ids = torch.randint(1, 100, (1, 5))
+    with pytest.raises(pv.ConfigError, match=r"max_new_tokens=1000000000 \(planned up to the model's 64 positions\)"):
+        im.generate({"input_ids": ids}, max_new_tokens=10**9, do_sample=False, eos_token_id=None)
+    with pytest.raises(pv.ConfigError, match="max_new_tokens must be a positive int"):
+        im.generate({"input_ids": ids}, max_new_tokens=True)
