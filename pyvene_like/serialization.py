@@ -539,8 +539,7 @@ def read_config(folder: Path) -> dict:
             raise LoadError(f"{path}: field '{where}.tensors' must be a list of tensor names, got "
                             f"{entry['tensors']!r}")
         if "shares_with" in entry and not (
-                isinstance(entry["shares_with"], int) and not isinstance(entry["shares_with"], bool)
-                and 0 <= entry["shares_with"] < i):
+                is_int(entry["shares_with"]) and 0 <= entry["shares_with"] < i):
             raise LoadError(f"{path}: field '{where}.shares_with' must be the index of an earlier "
                             f"intervention (0..{i - 1}), got {entry['shares_with']!r}")
     return doc

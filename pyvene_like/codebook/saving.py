@@ -35,6 +35,7 @@ from ..serialization import (
     write_json,
 )
 from ..sites import HEAD_COMPONENTS, ModelLayout, resolve_site
+from ..validation import is_int
 from ..version import __version__
 from .layer import CodebookLayer
 from .wrap import (
@@ -78,7 +79,7 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY or doc.get("kind") != "codebooks":
         raise LoadError(f"{path}: not a pyvene_like codebook save (written by save_codebooks)")
     fmt = doc.get("format_version")
-    if not isinstance(fmt, int) or not 1 <= fmt <= FORMAT_VERSION:
+    if not is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
         raise LoadError(f"{path}: format_version {fmt!r} is not one this pyvene_like reads (1..{FORMAT_VERSION})")
     if not isinstance(doc.get("codebooks"), list) or not doc["codebooks"]:
         raise LoadError(f"{path}: field 'codebooks' must be a non-empty list")

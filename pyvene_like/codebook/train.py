@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
 from ..training.loop import Callback, TrainLoop
+from ..validation import check_number, check_optional_positive_int, check_positive_int
 from .layer import CodebookLayer
 from .wrap import get_codebooks
 
@@ -281,19 +282,10 @@ def train_codebook_model(model, data, *, steps: int | None = None, epochs: int =
     layers = {name: cbs[name.replace(".", "-")] for name in cbs.names()}
     ids, mask = _token_tensor(data)
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"train_codebook_model: {name} must be a positive int, got {value!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"train_codebook_model: steps must be a positive int or None, got {steps!r}")
-    if dead_code_steps is not None and (isinstance(dead_code_steps, bool) or not isinstance(dead_code_steps, int)
-                                        or dead_code_steps < 1):
-        raise ConfigError(
-            f"train_codebook_model: dead_code_steps must be a positive int or None, got {dead_code_steps!r}"
-        )
-    if not isinstance(reconstruction_weight, (int, float)) or reconstruction_weight < 0:
-        raise ConfigError(
-            f"train_codebook_model: reconstruction_weight must be a number >= 0, got {reconstruction_weight!r}"
-        )
+        check_positive_int(value, f"train_codebook_model: {name}")
+    check_optional_positive_int(steps, "train_codebook_model: steps")
+    check_optional_positive_int(dead_code_steps, "train_codebook_model: dead_code_steps")
+    check_number(reconstruction_weight, "train_codebook_model: reconstruction_weight", non_negative=True)
     cb_params = [p for cb in layers.values() for p in cb.parameters()]
     cb_ids = {id(p) for p in cb_params}
     model_params = [p for p in model.parameters() if id(p) not in cb_ids]

@@ -48,6 +48,7 @@ from ..analysis.collect import ActivationSite
 from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from ..validation import is_int
 from .interventions import (
     SAESwapIntervention as SAESwapIntervention,  # steering's intervention, also here
 )
@@ -154,7 +155,7 @@ class FeatureScores:
     def top_features(self, top_k: int) -> list[int]:
         """The ``top_k`` best-scoring feature ids, best first."""
         d_sae = self.scores.numel()
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_sae:
+        if not is_int(top_k) or not 1 <= top_k <= d_sae:
             raise ConfigError(f"top_k must be an int in 1..d_sae={d_sae}, got {top_k!r}")
         return self.scores.topk(top_k).indices.tolist()
 

@@ -48,6 +48,7 @@ import torch
 from accelerate import Accelerator
 
 from ..errors import ConfigError, accepted
+from ..validation import is_int
 from .checkpoint import read_checkpoint, write_checkpoint
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -185,7 +186,7 @@ def _positive_or_none(name: str, value, allow_zero: bool = False) -> None:
     if value is None:
         return
     low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ConfigError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} int or None, "
                           f"got {value!r}")
 

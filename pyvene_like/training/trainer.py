@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..validation import is_int
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
@@ -146,7 +147,7 @@ class Trainer:
             check_columns(eval_dataset, "eval_dataset", need_ids)
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                             ("gradient_accumulation_steps", gradient_accumulation_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name}: expected a positive int, got {value!r}")
         if early_stopping_patience is not None and eval_dataset is None:
             raise ConfigError("early_stopping_patience: needs an eval_dataset to measure IIA on")
