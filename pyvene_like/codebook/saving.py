@@ -54,7 +54,7 @@ FORMAT_VERSION = 1
 _SETTINGS = ("dim", "num_codes", "k", "num_groups", "similarity", "layer_norm", "eps")
 
 
-def save_codebooks(model: nn.Module, save_directory) -> Path:
+def save_codebooks(model: nn.Module, save_directory: str | os.PathLike) -> Path:
     """Write ``codebooks.json`` and ``codebooks.safetensors`` for the codebooks of ``model``."""
     cbs = get_codebooks(model)
     folder = check_save_folder(save_directory, "save_codebooks", CODEBOOK_CONFIG)
@@ -202,8 +202,9 @@ def _check_tensors(weights: Path, tensors: dict, layers: dict[str, nn.Module]) -
             raise LoadError(f"{weights}: tensor {key!r} has dtype {t.dtype}; accepted: a floating-point dtype")
 
 
-def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_dir=None,
-                   local_files_only: bool = False, token=None) -> nn.Module:
+def load_codebooks(model: nn.Module, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                   token: str | bool | None = None) -> nn.Module:
     """Load codebooks saved by :func:`save_codebooks` into ``model`` (in place) and return it.
 
     A model without codebooks is wrapped at the saved sites first; a wrapped model must have

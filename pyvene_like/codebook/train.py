@@ -19,16 +19,22 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from ..training.loop import Callback, TrainLoop
 from ..validation import check_number, check_optional_positive_int, check_positive_int
 from .layer import CodebookLayer
 from .wrap import get_codebooks
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 @dataclass
@@ -256,13 +262,13 @@ class _CodebookWatch(Callback):
             loop.accelerator.free_memory()
 
 
-def train_codebook_model(model, data, *, steps: int | None = None, epochs: int = 1, batch_size: int = 16,
+def train_codebook_model(model: nn.Module, data: torch.Tensor | Mapping[str, torch.Tensor] | Dataset, *, steps: int | None = None, epochs: int = 1, batch_size: int = 16,
                          lr: float = 1e-3, codebook_lr: float | None = None, weight_decay: float = 0.0,
                          reconstruction_weight: float = 1.0, dead_code_steps: int | None = 100,
                          train_model: bool = True, max_grad_norm: float | None = 1.0,
                          warmup_steps: int = 0, log_every: int = 50, mixed_precision: str = "no",
                          cpu: bool = False, seed: int = 0, show_progress: bool = True,
-                         logits_fn=None) -> CodebookTrainResult:
+                         logits_fn: Callable[[Any], torch.Tensor] | None = None) -> CodebookTrainResult:
     """Train ``model`` (wrapped with codebooks) on token sequences ``data``; see the module docstring.
 
     Args:

@@ -10,6 +10,7 @@ as it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -190,7 +191,8 @@ def _make_hook(layer: CodebookLayer, site: Site):
     return pre
 
 
-def wrap_codebook(model: nn.Module, sites, num_codes: int, k: int = 1, *, layers=None,
+def wrap_codebook(model: nn.Module, sites: str | tuple[int, str] | Sequence[str | tuple[int, str]], num_codes: int, k: int = 1, *,
+                  layers: int | Sequence[int] | None = None,
                   similarity: str = "inner_product", layer_norm: bool = True,
                   num_codebooks: int = 1, seed: int | None = None) -> nn.Module:
     """Insert a :class:`CodebookLayer` at each site of ``model`` (in place) and return ``model``.

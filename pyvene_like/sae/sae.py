@@ -76,7 +76,7 @@ class SAE(nn.Module):
         norm_scaling_factor: float | None = None,
         layer_norm_eps: float = 1e-5,
         hook_name: str | None = None,
-        dtype="float32",
+        dtype: str | torch.dtype = "float32",
     ):
         super().__init__()
         d_in = check_positive_int(d_in, "SAE d_in")

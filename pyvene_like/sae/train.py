@@ -19,7 +19,9 @@ steering functions and every SAE intervention, and saved with them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -28,6 +30,9 @@ from ..errors import ConfigError, ShapeError, accepted, did_you_mean
 from ..training.loop import Callback, TrainLoop
 from ..validation import check_number, check_positive_int, is_int
 from .sae import SAE
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 ARCHITECTURES = ("topk", "relu")
 
@@ -127,7 +132,7 @@ class _UnitDecoder(Callback):
         loop.bar.set_postfix(loss=f"{entry['loss']:.4g}", fvu=f"{entry['fvu']:.3f}", dead=entry["dead"])
 
 
-def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | None = None, l1: float = 1e-3,
+def train_sae(activations: torch.Tensor | Sequence[torch.Tensor] | Dataset, d_sae: int, *, architecture: str = "topk", k: int | None = None, l1: float = 1e-3,
               epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
               column: str = "activations", hook_name: str | None = None, mixed_precision: str = "no",
               show_progress: bool = True) -> SAETrainResult:
