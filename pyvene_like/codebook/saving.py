@@ -35,7 +35,7 @@ from ..serialization import (
     write_json,
 )
 from ..sites import HEAD_COMPONENTS, ModelLayout, resolve_site
-from ..validation import is_int
+from ..validation import check_non_negative_int, check_number, check_positive_int, is_int
 from ..version import __version__
 from .layer import CodebookLayer
 from .wrap import (
@@ -91,21 +91,22 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return doc, tensors
 
 
-_REQUIRED = {"name": (str, "a string"), "layer": (int, "a non-negative int"), "component": (str, "a string"),
-             "num_codes": (int, "a positive int"), "k": (int, "a positive int"),
-             "num_groups": (int, "a positive int"), "similarity": (str, "a string"),
-             "layer_norm": (bool, "true or false")}
-_OPTIONAL = {"dim": (int, "a positive int"), "eps": ((int, float), "a positive number")}
+_REQUIRED = {"name": "a string", "layer": "a non-negative int", "component": "a string",
+             "num_codes": "a positive int", "k": "a positive int", "num_groups": "a positive int",
+             "similarity": "a string", "layer_norm": "true or false"}
+_OPTIONAL = {"dim": "a positive int", "eps": "a positive number"}
 
 
-def _field_ok(key: str, value, kind) -> bool:
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        return False
-    if key == "layer":
-        return value >= 0
-    if key == "eps":
-        return value > 0
-    return value >= 1 if kind is int else True
+def _check_field(where: str, what: str, value: object) -> None:
+    """``value`` is ``what`` (a kind from ``_REQUIRED`` / ``_OPTIONAL``), else a LoadError at ``where``."""
+    if what == "a positive int":
+        check_positive_int(value, where, error=LoadError)
+    elif what == "a non-negative int":
+        check_non_negative_int(value, where, error=LoadError)
+    elif what == "a positive number":
+        check_number(value, where, positive=True, error=LoadError)
+    elif not isinstance(value, str if what == "a string" else bool):
+        raise LoadError(f"{where} must be {what}, got {value!r}")
 
 
 def _check_entries(path: Path, entries: list) -> None:
@@ -115,12 +116,11 @@ def _check_entries(path: Path, entries: list) -> None:
         if not isinstance(e, dict):
             raise LoadError(f"{path}: codebooks[{i}] must be an object with the codebook's site and "
                             f"settings, got {e!r}")
-        for key, (kind, what) in _REQUIRED.items():
-            if not _field_ok(key, e.get(key), kind):
-                raise LoadError(f"{path}: codebooks[{i}] field {key!r} must be {what}, got {e.get(key)!r}")
-        for key, (kind, what) in _OPTIONAL.items():
-            if key in e and not _field_ok(key, e[key], kind):
-                raise LoadError(f"{path}: codebooks[{i}] field {key!r} must be {what}, got {e[key]!r}")
+        for key, what in _REQUIRED.items():
+            _check_field(f"{path}: codebooks[{i}] field {key!r}", what, e.get(key))
+        for key, what in _OPTIONAL.items():
+            if key in e:
+                _check_field(f"{path}: codebooks[{i}] field {key!r}", what, e[key])
         if e["name"] != site_name(e["layer"], e["component"]):
             raise LoadError(f"{path}: codebooks[{i}] is named {e['name']!r}, but its site (layer {e['layer']}, "
                             f"component {e['component']!r}) is named {site_name(e['layer'], e['component'])!r}")

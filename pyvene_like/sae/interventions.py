@@ -218,13 +218,9 @@ class SAESteerIntervention(SAEIntervention):
                     f"sae_steer: value has {len(value)} entries but the intervention has {n}; give "
                     f"one number, or one per entry of features"
                 )
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"sae_steer: value entries must be numbers, got {value!r}")
             value = [check_number(v, f"sae_steer: value[{i}]") for i, v in enumerate(value)]
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"sae_steer: value must be a number or a list of numbers, got {value!r}")
         else:
-            value = check_number(value, "sae_steer: value")
+            value = check_number(value, "sae_steer: value (a number or a list of numbers)")
         self.mode = mode
         self.value = value
         self._values: dict = {}
@@ -323,9 +319,7 @@ class SAESwapIntervention(SAEIntervention):
         else:
             if self.features is not None:
                 raise ConfigError("sae_swap: give features= or weights=, not both")
-            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
-            ):
+            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae:
                 raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
             weights = [check_number(w, f"sae_swap: weights[{i}]") for i, w in enumerate(weights)]
         self.weights = weights
