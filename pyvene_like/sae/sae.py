@@ -38,7 +38,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "float64": torch.float64}
 
 
-def dtype_from_name(name) -> torch.dtype:
+def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
     """``"float32"``, ``"torch.bfloat16"`` or a ``torch.dtype`` -> ``torch.dtype``."""
     if isinstance(name, torch.dtype):
         if name in _DTYPES.values():
