@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a user mistake (a bad path, a layer the model lacks) is one line on
     stderr (``pyvene-like: error: ...``, the library error's message) and exit status 1."""
     from .errors import PyveneLikeError

@@ -21,6 +21,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -42,9 +43,12 @@ from .serialization import (  # noqa: F401  (some re-exported: the names were pu
 )
 from .version import __version__
 
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo, HfApi, ModelCard
+
 
 # -- saving (the files, then the card) -----------------------------------------------------------
-def save_pretrained(im, save_directory, *, repo_id: str | None = None) -> Path:
+def save_pretrained(im: nn.Module, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
     """Write ``config.json``, ``interventions.safetensors`` and ``README.md`` into a folder.
 
     ``repo_id`` only goes into the model card's usage snippet. Returns the folder.
@@ -54,8 +58,10 @@ def save_pretrained(im, save_directory, *, repo_id: str | None = None) -> Path:
     return folder
 
 
-def load_pretrained(path_or_repo_id, model, *, cls, functions: dict | None = None, revision=None,
-                    cache_dir=None, local_files_only: bool = False, token=None):
+def load_pretrained(path_or_repo_id: str | os.PathLike, model: nn.Module, *, cls: type[nn.Module],
+                    functions: dict | None = None, revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                    token: str | bool | None = None) -> nn.Module:
     """Fetch a save (folder or Hub repo) and rebuild it on ``model`` as a ``cls`` (the
     IntervenableModel class, passed in so that this module does not import the model) with
     :func:`pyvene_like.serialization.load_interventions`."""
@@ -185,8 +191,9 @@ def unreachable(what: str, subject: str, cause: BaseException) -> LoadError:
     )
 
 
-def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
-                   token=None, allow_patterns=None, what: str = "from_pretrained",
+def resolve_folder(path_or_repo_id: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                   local_files_only: bool = False, token: str | bool | None = None,
+                   allow_patterns: str | list[str] | None = None, what: str = "from_pretrained",
                    holds: str | None = None) -> Path:
     """A local folder, or the snapshot folder of a Hub repo (downloaded, or from the cache).
 
@@ -211,8 +218,9 @@ def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_file
     return Path(folder)
 
 
-def resolve_file(repo_id: str, filename: str, *, subfolder: str | None = None, revision=None,
-                 cache_dir=None, local_files_only: bool = False, token=None, required: bool = True,
+def resolve_file(repo_id: str, filename: str, *, subfolder: str | None = None, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                 token: str | bool | None = None, required: bool = True,
                  what: str = "load_sae") -> Path | None:
     """One file of a Hub repo, downloaded or from the cache (``hf_hub_download``).
 
@@ -259,7 +267,7 @@ def _reachable_or_cached(repo_id, filename, *, subfolder, revision, cache_dir, l
 
 
 # -- the model card ----------------------------------------------------------------------------
-def model_card(doc: dict, repo_id: str | None = None):
+def model_card(doc: dict, repo_id: str | None = None) -> ModelCard:
     """A :class:`huggingface_hub.ModelCard` describing a saved document."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -323,8 +331,9 @@ im = pv.IntervenableModel.from_pretrained({where!r}, model=model{fn_arg})
 
 
 # -- sharing -------------------------------------------------------------------------------------
-def push_to_hub(im, repo_id: str, *, private: bool | None = None, token=None, revision: str | None = None,
-                commit_message: str | None = None, create_pr: bool = False, api=None):
+def push_to_hub(im: nn.Module, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
+                revision: str | None = None, commit_message: str | None = None, create_pr: bool = False,
+                api: HfApi | None = None) -> CommitInfo:
     """Save into a temporary folder and upload it to the Hub repo ``repo_id`` (created if needed).
 
     ``api`` is a :class:`huggingface_hub.HfApi` (one is made with ``token`` when not given).

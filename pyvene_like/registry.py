@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from .errors import ConfigError, accepted, did_you_mean
 
 T = TypeVar("T")
+_C = TypeVar("_C", bound=type)  # a class a decorator registers and hands back
 
 #: The default lookup error; ``{field}``, ``{value}``, ``{kind}``, ``{accepted}`` and ``{hint}``
 #: (a did-you-mean sentence or "") are filled in.
@@ -144,11 +145,11 @@ class Registry(Generic[T]):
 INTERVENTIONS: Registry[type] = Registry("intervention", "intervention_type")
 
 
-def register_intervention(name: str, *aliases: str):
+def register_intervention(name: str, *aliases: str) -> Callable[[_C], _C]:
     """Class decorator: register an :class:`~pyvene_like.interventions.Intervention` under
     ``name`` (and ``aliases``) so configs can name it; sets ``cls.registry_name``."""
 
-    def deco(cls):
+    def deco(cls: _C) -> _C:
         INTERVENTIONS.add(name, cls, *aliases)
         cls.registry_name = name
         return cls
@@ -156,7 +157,7 @@ def register_intervention(name: str, *aliases: str):
     return deco
 
 
-def get_intervention_class(name: str):
+def get_intervention_class(name: str) -> type:
     """Look up a registered class by name (case-sensitive, with did-you-mean)."""
     return INTERVENTIONS.get(name)
 

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def _stable(value):
     return value
 
 
-def check_base_model(path, saved, model: nn.Module, *, what: str = "interventions", verb: str = "saved",
+def check_base_model(path: str | os.PathLike, saved: object, model: nn.Module, *, what: str = "interventions", verb: str = "saved",
                      consequence: str = "layers, components and widths may not mean the same thing",
                      stacklevel: int = 4) -> None:
     """Warn when ``model`` is not the base model ``saved`` (a :func:`model_identity`) describes.
@@ -157,7 +158,7 @@ def check_base_model(path, saved, model: nn.Module, *, what: str = "intervention
 
 
 # -- JSON ----------------------------------------------------------------------------------------
-def check_json(value, label: str, caller: str = "save_pretrained") -> None:
+def check_json(value: object, label: str, caller: str = "save_pretrained") -> None:
     """A :class:`ConfigError` unless ``value`` survives a JSON round trip unchanged."""
     try:
         same = json.loads(json.dumps(value)) == value
@@ -171,7 +172,7 @@ def check_json(value, label: str, caller: str = "save_pretrained") -> None:
         )
 
 
-def write_json(path, doc) -> Path:
+def write_json(path: str | os.PathLike, doc: Any) -> Path:
     path = Path(path)
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return path
@@ -231,7 +232,7 @@ def _newer(saved, ours) -> bool:
 
 
 # -- safetensors ----------------------------------------------------------------------------------
-def sha256_file(path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -258,7 +259,7 @@ class TensorDict(dict):
         super().__setitem__(key, t)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path, *, metadata: dict | None = None) -> str:
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *, metadata: dict | None = None) -> str:
     """Write ``tensors`` to a safetensors file (shared memory copied); returns its sha256."""
     from safetensors.torch import save_file
 
@@ -267,7 +268,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path, *, metadata: dict | Non
     return sha256_file(path)
 
 
-def load_tensors(path, *, caller: str, sha256: str | None = None, recorded_in: str = CONFIG_NAME,
+def load_tensors(path: str | os.PathLike, *, caller: str, sha256: str | None = None, recorded_in: str = CONFIG_NAME,
                  fix: str = "copy or download it again, or save again") -> dict[str, torch.Tensor]:
     """Read a safetensors file; :class:`LoadError` when it is missing, truncated or altered
     (``sha256``: the digest recorded at save time in ``recorded_in``)."""
@@ -326,7 +327,7 @@ def intervention_config(iv: Intervention, label: str) -> dict:
     return config
 
 
-def describe(im) -> tuple[dict, dict[str, torch.Tensor]]:
+def describe(im: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     """The JSON document and the tensors that :func:`write_interventions` writes."""
     tensors = TensorDict()
     reps, entries, functions = [], [], []
@@ -474,7 +475,7 @@ def _as_json(value):
         return value
 
 
-def check_save_folder(folder, caller: str = "save_pretrained", config_name: str = CONFIG_NAME) -> Path:
+def check_save_folder(folder: str | os.PathLike, caller: str = "save_pretrained", config_name: str = CONFIG_NAME) -> Path:
     """``folder`` as a Path; a ConfigError when it is a file or holds another library's config."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -488,7 +489,7 @@ def check_save_folder(folder, caller: str = "save_pretrained", config_name: str 
     return folder
 
 
-def write_interventions(im, save_directory) -> tuple[Path, dict]:
+def write_interventions(im: nn.Module, save_directory: str | os.PathLike) -> tuple[Path, dict]:
     """Write ``config.json`` and ``interventions.safetensors``; returns the folder and the document."""
     folder = check_save_folder(save_directory)
     doc, tensors = describe(im)
@@ -539,8 +540,7 @@ def read_config(folder: Path) -> dict:
             raise LoadError(f"{path}: field '{where}.tensors' must be a list of tensor names, got "
                             f"{entry['tensors']!r}")
         if "shares_with" in entry and not (
-                isinstance(entry["shares_with"], int) and not isinstance(entry["shares_with"], bool)
-                and 0 <= entry["shares_with"] < i):
+                is_int(entry["shares_with"]) and 0 <= entry["shares_with"] < i):
             raise LoadError(f"{path}: field '{where}.shares_with' must be the index of an earlier "
                             f"intervention (0..{i - 1}), got {entry['shares_with']!r}")
     return doc
@@ -581,7 +581,8 @@ def read_weights(folder: Path, doc: dict) -> dict[str, torch.Tensor]:
                         fix="copy or download it again, or save again with save_pretrained")
 
 
-def load_interventions(folder, model: nn.Module, *, cls, functions: dict | None = None):
+def load_interventions(folder: str | os.PathLike, model: nn.Module, *, cls: type[nn.Module],
+                       functions: dict | None = None) -> nn.Module:
     """Rebuild an IntervenableModel (``cls``) on ``model`` from a folder written by
     :func:`write_interventions`: check the files and the base model, rebuild the config, build,
     and load every intervention's settings (``from_config``) and state."""
@@ -825,7 +826,7 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def write_checkpoint(folder, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
+def write_checkpoint(folder: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
     """Write a training checkpoint: ``checkpoint.json`` (``state``, JSON; 0-d tensors become
     numbers) and one ``checkpoint-<group>.safetensors`` per entry of ``tensors`` (e.g.
     ``{"interventions": im.interventions.state_dict(), "optimizer": {...}}``). A tensor that is
@@ -864,7 +865,7 @@ def write_checkpoint(folder, tensors: dict[str, dict[str, torch.Tensor]], state:
     return folder
 
 
-def read_checkpoint(folder, groups=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+def read_checkpoint(folder: str | os.PathLike, groups: Iterable[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Read what :func:`write_checkpoint` wrote: ``({group: {name: tensor}}, state)``.
 
     ``groups``: the tensor groups the caller needs (default: all there are). A folder that lacks

@@ -14,16 +14,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import ConfigError, accepted, did_you_mean
 
+if TYPE_CHECKING:
+    import torch
 
-def is_int(value) -> bool:
+_T = TypeVar("_T")
+
+
+def is_int(value: object) -> bool:
     """True for Python and numpy integers, False for ``bool`` (a flag is not a count)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_int(value, field: str, *, minimum: int | None = None, maximum: int | None = None,
+def check_int(value: object, field: str, *, minimum: int | None = None, maximum: int | None = None,
               error: type[Exception] = ConfigError) -> int:
     """``value`` as an ``int`` within ``[minimum, maximum]`` (bounds optional)."""
     if not is_int(value) or (minimum is not None and value < minimum) or (
@@ -32,17 +38,17 @@ def check_int(value, field: str, *, minimum: int | None = None, maximum: int | N
     return int(value)
 
 
-def check_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int:
+def check_positive_int(value: object, field: str, *, error: type[Exception] = ConfigError) -> int:
     """``value`` as an ``int`` >= 1."""
     return check_int(value, field, minimum=1, error=error)
 
 
-def check_non_negative_int(value, field: str, *, error: type[Exception] = ConfigError) -> int:
+def check_non_negative_int(value: object, field: str, *, error: type[Exception] = ConfigError) -> int:
     """``value`` as an ``int`` >= 0 (an index, a seed)."""
     return check_int(value, field, minimum=0, error=error)
 
 
-def check_optional_positive_int(value, field: str, *, error: type[Exception] = ConfigError) -> int | None:
+def check_optional_positive_int(value: object, field: str, *, error: type[Exception] = ConfigError) -> int | None:
     """``None``, or ``value`` as an ``int`` >= 1."""
     if value is None:
         return None
@@ -51,7 +57,7 @@ def check_optional_positive_int(value, field: str, *, error: type[Exception] = C
     return int(value)
 
 
-def check_number(value, field: str, *, positive: bool = False, non_negative: bool = False,
+def check_number(value: object, field: str, *, positive: bool = False, non_negative: bool = False,
                  error: type[Exception] = ConfigError) -> float:
     """A finite real number (int or float, not bool), optionally > 0 or >= 0."""
     kind = "a positive finite number" if positive else (
@@ -66,14 +72,14 @@ def check_number(value, field: str, *, positive: bool = False, non_negative: boo
     return float(value)
 
 
-def check_bool(value, field: str, *, error: type[Exception] = ConfigError) -> bool:
+def check_bool(value: object, field: str, *, error: type[Exception] = ConfigError) -> bool:
     """``True`` or ``False`` only (not 0/1, not strings)."""
     if not isinstance(value, bool):
         raise error(f"{field} must be True or False, got {value!r}")
     return value
 
 
-def check_choice(value, field: str, choices: Iterable, *, error: type[Exception] = ConfigError):
+def check_choice(value: _T, field: str, choices: Iterable, *, error: type[Exception] = ConfigError) -> _T:
     """One of ``choices`` (compared with ``==``; strings get a did-you-mean)."""
     choices = list(choices)
     try:
@@ -89,7 +95,7 @@ def check_choice(value, field: str, choices: Iterable, *, error: type[Exception]
     return value
 
 
-def check_int_list(value, field: str, *, minimum: int | None = None, maximum: int | None = None,
+def check_int_list(value: object, field: str, *, minimum: int | None = None, maximum: int | None = None,
                    allow_empty: bool = False, error: type[Exception] = ConfigError) -> list[int]:
     """A list/tuple of ints (each within the bounds) -> ``list[int]``."""
     if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
@@ -114,7 +120,7 @@ def _int_kind(minimum, maximum, plural: bool = False) -> str:
     return noun
 
 
-def check_floating_tensor(value, field: str, *, error: type[Exception] = ConfigError):
+def check_floating_tensor(value: object, field: str, *, error: type[Exception] = ConfigError) -> torch.Tensor:
     """``value`` as a floating-point tensor with finite entries (a steering vector, a source
     representation). Integer, bool or complex tensors are refused, not cast; a plain list of
     numbers is read as floats. Imports torch lazily."""

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from ..engine.runner import call_model
 from ..errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, accepted
+from ..validation import is_int
 
 _WARN = ("once", "always", "never")
 _WARNED: weakref.WeakSet = weakref.WeakSet()  # models already told about the eager switch
@@ -55,7 +57,7 @@ def _check_warn(warn: str, fn: str) -> None:
 
 
 @contextmanager
-def eager_attention(model, warn: str = "once"):
+def eager_attention(model: nn.Module, warn: str = "once") -> Iterator[str | None]:
     """Run the body with the model's eager attention; restore the implementation after.
 
     Yields the implementation that was replaced, or ``None`` when nothing changed. ``warn``:
@@ -116,7 +118,7 @@ def _pick_stack(out, stack: str | None):
     return getattr(out, "attentions", None)
 
 
-def attention_patterns(model, inputs, *, layers: Sequence[int] | None = None, stack: str | None = None,
+def attention_patterns(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Tensor, *, layers: Sequence[int] | None = None, stack: str | None = None,
                        warn: str = "once") -> torch.Tensor:
     """Attention weights ``[layers, batch, heads, query, key]`` of one forward pass.
 
@@ -142,7 +144,7 @@ def attention_patterns(model, inputs, *, layers: Sequence[int] | None = None, st
     if layers is None:
         layers = range(n)
     layers = list(layers)
-    bad = [x for x in layers if not isinstance(x, int) or not -n <= x < n]
+    bad = [x for x in layers if not is_int(x) or not -n <= x < n]
     if bad:
         raise LocationError(f"attention_patterns: layers {bad} out of range; the model has {n} layers (0 .. {n - 1})")
     return torch.stack([attns[x] for x in layers]).float()
@@ -258,7 +260,8 @@ def _scores(patterns: torch.Tensor, query_positions, key_positions, threshold: f
     return HeadScores(weight, float(threshold), layer_ids)
 
 
-def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshold: float = 0.5, *,
+def heads_above(patterns: torch.Tensor, query_positions: int | Sequence[int] | torch.Tensor,
+                key_positions: int | Sequence[int] | torch.Tensor, threshold: float = 0.5, *,
                 ignore_first: bool = False, layers: Sequence[int] | None = None) -> list[set[AttentionHead]]:
     """Per example, the heads whose query position gives the key position ``>= threshold``.
 
@@ -270,7 +273,9 @@ def heads_above(patterns: torch.Tensor, query_positions, key_positions, threshol
     return _scores(patterns, query_positions, key_positions, threshold, ignore_first, layers).per_example()
 
 
-def head_scores(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
+def head_scores(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+                query_positions: int | Sequence[int] | torch.Tensor,
+                key_positions: int | Sequence[int] | torch.Tensor, threshold: float = 0.5, *,
                 ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
                 warn: str = "once") -> HeadScores:
     """:class:`HeadScores` of one forward pass over the batch ``inputs``.
@@ -291,9 +296,11 @@ def head_scores(model, inputs, query_positions, key_positions, threshold: float 
                    _layer_ids(model, layers, stack))
 
 
-def find_heads(model, inputs, query_positions, key_positions, threshold: float = 0.5, *,
+def find_heads(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+               query_positions: int | Sequence[int] | torch.Tensor,
+               key_positions: int | Sequence[int] | torch.Tensor, threshold: float = 0.5, *,
                ignore_first: bool = False, layers: Sequence[int] | None = None, stack: str | None = None,
-               reduce: str | None = "all", warn: str = "once"):
+               reduce: str | None = "all", warn: str = "once") -> list[AttentionHead] | list[set[AttentionHead]]:
     """Heads where the query at ``query_positions`` attends to ``key_positions``.
 
     One forward pass over the batch ``inputs`` (see :func:`attention_patterns`; positions

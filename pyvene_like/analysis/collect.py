@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ..config import IntervenableConfig, RepresentationConfig
 from ..errors import ConfigError, LocationError, ShapeError, SiteError
 from ..sites import HEAD_COMPONENTS
+from ..validation import check_non_negative_int, check_positive_int, is_int
 from .tokens import find_token_positions
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 FORMAT = "pyvene_like.activations/1"
 _RESERVED = {"label", "example", "position", "text"}
@@ -77,7 +85,7 @@ def _as_site(spec) -> ActivationSite:
     return ActivationSite(layer, component, heads)
 
 
-def activation_metadata(dataset) -> dict:
+def activation_metadata(dataset: Dataset) -> dict:
     """The metadata :func:`collect_activations` stored with ``dataset`` (a dict)."""
     try:
         doc = json.loads(dataset.info.description or "")
@@ -88,7 +96,7 @@ def activation_metadata(dataset) -> dict:
     return doc
 
 
-def activation_columns(dataset) -> list[str]:
+def activation_columns(dataset: Dataset) -> list[str]:
     """The activation columns of a dataset written by :func:`collect_activations`, in order."""
     return list(activation_metadata(dataset)["columns"])
 
@@ -179,7 +187,7 @@ def _position_rows(per_example) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(p, torch.Tensor):
             p = p.tolist()
         row = [p] if isinstance(p, int) else list(p)
-        if not row or not all(isinstance(x, int) and not isinstance(x, bool) for x in row):
+        if not row or not all(is_int(x) for x in row):
             raise ConfigError(f"collect_activations: positions of example {i} must be an int or a non-empty "
                               f"list of ints, got {p!r}")
         rows.append(row)
@@ -305,11 +313,17 @@ def _check_sites(sites) -> list[ActivationSite]:
 
 
 # -- the main function ----------------------------------------------------------------------
-def collect_activations(model, inputs, sites, *, positions=-1, labels=None, class_names=None,
-                        tokenizer=None, batch_size: int = 32, columns: Mapping | None = None,
-                        metadata: Mapping | None = None, output_dir=None, overwrite: bool = False,
+def collect_activations(model: nn.Module, inputs: Sequence[str] | Sequence[Sequence[int]]
+                        | Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+                        sites: ActivationSite | tuple | Mapping | Sequence, *,
+                        positions: int | str | Sequence | torch.Tensor = -1,
+                        labels: Sequence[int | str] | torch.Tensor | None = None,
+                        class_names: Sequence[str] | None = None,
+                        tokenizer: PreTrainedTokenizerBase | None = None, batch_size: int = 32,
+                        columns: Mapping | None = None, metadata: Mapping | None = None,
+                        output_dir: str | os.PathLike | None = None, overwrite: bool = False,
                         project_heads: bool = False, progress: bool = False, skip_first: int = 0,
-                        max_length: int | None = None):
+                        max_length: int | None = None) -> Dataset | dict[str, list[torch.Tensor]]:
     """Collect activations at ``sites``, in one of two modes.
 
     **Positions, streamed to Arrow** (``positions`` an int, a word, or one entry per example): the
@@ -378,8 +392,7 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
 
     from ..serialization import model_identity
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"collect_activations: batch_size={batch_size!r}; accepted: an int >= 1")
+    check_positive_int(batch_size, "collect_activations: batch_size")
     if class_names is not None:
         class_names = [str(c) for c in class_names]
     elif labels is not None and len(labels) and all(isinstance(x, str) for x in labels):
@@ -488,10 +501,8 @@ def _collect_tokens(model, prompts, sites, *, tokenizer, batch_size, skip_first,
 
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise ConfigError(f"collect_activations: prompts must be a non-empty list, got {_describe(prompts)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"collect_activations: batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
-        raise ConfigError(f"collect_activations: skip_first must be an int >= 0, got {skip_first!r}")
+    check_positive_int(batch_size, "collect_activations: batch_size")
+    check_non_negative_int(skip_first, "collect_activations: skip_first")
     ids = _token_ids(prompts, tokenizer, max_length)
     for i, row in enumerate(ids):
         if len(row) <= skip_first:
@@ -528,7 +539,7 @@ def _token_ids(prompts, tokenizer, max_length):
     for i, p in enumerate(prompts):
         if isinstance(p, torch.Tensor):
             p = p.tolist()
-        if not isinstance(p, (list, tuple)) or not p or not all(isinstance(t, int) for t in p):
+        if not isinstance(p, (list, tuple)) or not p or not all(is_int(t) for t in p):
             raise ConfigError(
                 f"collect_activations: prompt {i} must be a string or a non-empty list of token ids, got {_describe(p)}"
             )

@@ -10,7 +10,10 @@ history records train/test accuracy and train loss after every epoch.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +21,10 @@ from torch import nn
 from ..errors import ConfigError
 from ..modes import evaluating
 from ..training.loop import Callback, TrainLoop
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from matplotlib.axes import Axes
 
 _KINDS = ("linear", "mlp")
 
@@ -111,10 +118,11 @@ def _group_split(dataset, split_by: str, test_groups, test_size: float, seed: in
     return train, test, test_groups
 
 
-def train_probe(dataset, column: str | None = None, *, label_column: str = "label", kind: str = "linear",
-                hidden: int = 64, test_size: float = 0.2, epochs: int = 50, lr: float = 1e-2,
-                batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device=None,
-                split_by: str | None = None, test_groups=None, test_dataset=None,
+def train_probe(dataset: Dataset, column: str | None = None, *, label_column: str = "label",
+                kind: str = "linear", hidden: int = 64, test_size: float = 0.2, epochs: int = 50,
+                lr: float = 1e-2, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
+                device: str | torch.device | None = None, split_by: str | None = None,
+                test_groups: Sequence | None = None, test_dataset: Dataset | None = None,
                 shuffle_labels: bool = False) -> ProbeResult:
     """Train a probe on ``dataset[column]`` → ``dataset[label_column]``.
 
@@ -248,7 +256,7 @@ def _check_same_classes(dataset, other, label_column: str, fn: str) -> None:
                           "collect both with the same class_names=")
 
 
-def evaluate_probe(result, dataset, column: str | None = None, *, label_column: str = "label") -> float:
+def evaluate_probe(result: ProbeResult | nn.Module, dataset: Dataset, column: str | None = None, *, label_column: str = "label") -> float:
     """Accuracy of a trained probe (a :class:`ProbeResult` or an ``nn.Module``) on ``dataset``.
 
     ``column`` defaults to the result's column; it is needed for a bare module.
@@ -273,7 +281,8 @@ def evaluate_probe(result, dataset, column: str | None = None, *, label_column: 
         return _accuracy(probe, x, y)
 
 
-def probe_sweep(dataset, columns=None, *, plot=None, title: str | None = None, **probe_kwargs) -> dict:
+def probe_sweep(dataset: Dataset, columns: Sequence[str] | None = None, *, plot: str | os.PathLike | Axes | None = None,
+                title: str | None = None, **probe_kwargs: Any) -> dict[str, ProbeResult]:
     """Train one probe per activation column; ``{column: ProbeResult}`` in column order.
 
     ``probe_kwargs`` go to :func:`train_probe` (``split_by=``, ``test_dataset=``,
@@ -298,7 +307,8 @@ def _chance(dataset, label_column: str) -> float | None:
     return 1.0 / n if n else None
 
 
-def plot_sweep(results: dict, target, *, title: str | None = None, chance: float | None = None):
+def plot_sweep(results: dict[str, ProbeResult], target: str | os.PathLike | Axes, *, title: str | None = None,
+               chance: float | None = None) -> Axes:
     """Plot per-site accuracies of :func:`probe_sweep`; ``target`` is a path or an ``Axes``."""
     import matplotlib.pyplot as plt
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, LocationError, did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class TokenFinder:
     :class:`~pyvene_like.LocationError`.
     """
 
-    def __init__(self, text: str, tokenizer, add_special_tokens: bool = True):
+    def __init__(self, text: str, tokenizer: PreTrainedTokenizerBase, add_special_tokens: bool = True):
         if not isinstance(text, str):
             raise ConfigError(f"TokenFinder: text must be a str, got {type(text).__name__}")
         if not getattr(tokenizer, "is_fast", False):
@@ -69,7 +73,8 @@ class TokenFinder:
         self.offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
 
     @classmethod
-    def create_from_tokenizer(cls, text: str, tokenizer, add_special_tokens: bool = True) -> TokenFinder:
+    def create_from_tokenizer(cls, text: str, tokenizer: PreTrainedTokenizerBase,
+                              add_special_tokens: bool = True) -> TokenFinder:
         return cls(text, tokenizer, add_special_tokens=add_special_tokens)
 
     def __len__(self) -> int:
@@ -125,9 +130,10 @@ class TokenFinder:
         return self.find(substring, 0, whole_word, case_sensitive)
 
 
-def find_token_positions(texts: str | Sequence[str], substring: str | Sequence[str], tokenizer, *,
-                         occurrence: int = 0, which: str = "last", whole_word: bool = True,
-                         case_sensitive: bool = True, add_special_tokens: bool = True):
+def find_token_positions(texts: str | Sequence[str], substring: str | Sequence[str],
+                         tokenizer: PreTrainedTokenizerBase, *, occurrence: int = 0, which: str = "last",
+                         whole_word: bool = True, case_sensitive: bool = True,
+                         add_special_tokens: bool = True) -> int | list[int]:
     """Token position of ``substring`` in each text (one int per text, or one int for a str).
 
     ``substring`` may be one string for all texts or one per text. ``which`` picks the

@@ -14,16 +14,24 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from ..modes import restore_flags, training_flags
 from ..validation import check_positive_int
 from .info import CodeInfo
 from .wrap import get_codebooks, module_key
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -44,7 +52,7 @@ class CodeRecords:
     fire_token: torch.Tensor
     num_tokens: int
 
-    def save_to_disk(self, path) -> None:
+    def save_to_disk(self, path: str | os.PathLike) -> None:
         """Both tables and the firing table under ``path`` (``datasets`` format + safetensors)."""
         from pathlib import Path
 
@@ -57,7 +65,7 @@ class CodeRecords:
                   str(path / "fires.safetensors"))
 
     @classmethod
-    def load_from_disk(cls, path) -> CodeRecords:
+    def load_from_disk(cls, path: str | os.PathLike) -> CodeRecords:
         from pathlib import Path
 
         from datasets import load_from_disk
@@ -165,7 +173,10 @@ def _batches(data, tokenizer, batch_size, max_length):
 
 
 @torch.no_grad()
-def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int = 16, top_n: int = 10,
+def record_codes(model: nn.Module,
+                 data: Sequence[str] | Sequence[Sequence[int]] | torch.Tensor | Dataset | Mapping,
+                 tokenizer: PreTrainedTokenizerBase | None = None, *, codebooks: Iterable[str] | None = None,
+                 batch_size: int = 16, top_n: int = 10,
                  context: tuple[int, int] = (8, 2), max_length: int | None = None, pad_token_id: int = 0,
                  show_progress: bool = False) -> CodeRecords:
     """Run ``data`` through ``model`` and record every code's firing (see the module docstring).
@@ -299,7 +310,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     return CodeRecords(codes_ds, tokens_ds, fire_code, fire_token, num_tokens)
 
 
-def positive_tokens(records: CodeRecords, pattern) -> torch.Tensor:
+def positive_tokens(records: CodeRecords, pattern: str | re.Pattern) -> torch.Tensor:
     """``[num_tokens]`` bool: the tokens a match of ``pattern`` overlaps (see :func:`code_search`)."""
     try:
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
@@ -318,7 +329,7 @@ def positive_tokens(records: CodeRecords, pattern) -> torch.Tensor:
     return out
 
 
-def code_search(records: CodeRecords, pattern, *, top: int | None = 10, min_precision: float = 0.0,
+def code_search(records: CodeRecords, pattern: str | re.Pattern, *, top: int | None = 10, min_precision: float = 0.0,
                 min_recall: float = 0.0, min_fires: int = 1, sort_by: str = "f1") -> list[CodeMatch]:
     """Codes whose firing best matches the regular expression ``pattern`` over the text.
 

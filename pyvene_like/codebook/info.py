@@ -9,10 +9,15 @@ features webapp and tutorial write them so). :func:`parse_code_infos` reads them
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, accepted, did_you_mean
 from ..validation import check_non_negative_int
+
+if TYPE_CHECKING:
+    from ..config import RepresentationConfig
 
 _FIELDS = ("code", "layer", "head", "site")
 _INT_FIELDS = ("code", "layer", "head")
@@ -116,7 +121,8 @@ def parse_code_infos(text: str, site: str | None = None) -> list[CodeInfo]:
     return infos
 
 
-def code_intervention_config(code_infos, site: str | None = None, mode: str = "replace"):
+def code_intervention_config(code_infos: CodeInfo | Iterable[CodeInfo], site: str | None = None,
+                             mode: str = "replace") -> list[RepresentationConfig]:
     """RepresentationConfigs forcing ``code_infos``: one ``"codebook"`` intervention per
     (layer, site), its codes as ``[[head, code], ...]``.
 

@@ -17,12 +17,22 @@ codes). A forced code is never counted twice. The codebook's recordings keep its
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
 from ..errors import ConfigError, SiteError
 from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
 from ..validation import check_choice, is_int
 from .wrap import ATTRIBUTE, get_codebooks, module_key
+
+if TYPE_CHECKING:
+    from ..config import RepresentationConfig
+    from .layer import CodebookLayer
 
 MODES = ("replace", "append")
 
@@ -74,7 +84,8 @@ class CodebookIntervention(Intervention):
     source_from = "module_input"
     supports_subspaces = False
 
-    def __init__(self, codes, mode: str = "replace", embed_dim=None):
+    def __init__(self, codes: Sequence[int] | Sequence[Sequence[int | None]] | Mapping[int | str, int | Sequence[int]],
+                 mode: str = "replace", embed_dim: int | None = None):
         super().__init__(embed_dim, None)
         check_choice(mode, "mode", MODES)
         self.codes = _normalize_codes(codes)
@@ -83,15 +94,15 @@ class CodebookIntervention(Intervention):
         self.__dict__["_codebook"] = None
         self.__dict__["_forced"] = None
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"codes": self.codes, "mode": self.mode, "embed_dim": self.embed_dim}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"codes": [1, 2], "mode": "append"}}
 
     @classmethod
-    def example_model(cls, model, layer, component):
+    def example_model(cls, model: nn.Module, layer: int, component: str) -> nn.Module:
         """A copy of ``model`` with a one-group codebook (16 codes, k=2) at ``(layer, component)``."""
         import copy
 
@@ -99,7 +110,7 @@ class CodebookIntervention(Intervention):
 
         return wrap_codebook(copy.deepcopy(model), [(layer, component)], num_codes=16, k=2, seed=0)
 
-    def bind_site(self, model, site: Site, rep) -> Site:
+    def bind_site(self, model: nn.Module, site: Site, rep: RepresentationConfig) -> Site:
         """Called when an IntervenableModel is built: find the codebook at ``site`` and return
         the site to hook instead (the codebook module's output)."""
         if rep.unit in HEAD_UNITS:
@@ -133,11 +144,12 @@ class CodebookIntervention(Intervention):
                     description=f"the codebook at {cs.name} (output)")
 
     @property
-    def codebook(self):
+    def codebook(self) -> CodebookLayer | None:
         """The bound :class:`~pyvene_like.codebook.CodebookLayer` (``None`` before binding)."""
         return self._codebook
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         if self._forced is None:
             raise ConfigError(
                 "CodebookIntervention is not bound to a codebook: use it through an IntervenableModel "

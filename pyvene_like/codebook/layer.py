@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,8 @@ class ForcedCodes:
         self.table = table
         self._on: dict = {}
 
-    def on(self, device, dtype):
+    def on(self, device: torch.device | str, dtype: torch.dtype
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(mask, table, weights) on ``device``; weights in ``dtype``."""
         key = (device, dtype)
         got = self._on.get(key)
@@ -131,7 +132,8 @@ class CodebookLayer(nn.Module):
 
     def __init__(self, dim: int, num_codes: int, k: int = 1, num_groups: int = 1,
                  similarity: str = "inner_product", layer_norm: bool = True, eps: float = 1e-5,
-                 name: str | None = None, device=None, dtype=None, generator=None):
+                 name: str | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None):
         super().__init__()
         dim = _positive_int("dim", dim)
         self.num_codes = _positive_int("num_codes", num_codes)
@@ -196,7 +198,8 @@ class CodebookLayer(nn.Module):
         dist = torch.cdist(flat, codes)  # [G, M, N]
         return -dist.transpose(0, 1).reshape(*lead, self.num_groups, self.num_codes)
 
-    def select(self, x: torch.Tensor, forced: ForcedCodes | None = None):
+    def select(self, x: torch.Tensor, forced: ForcedCodes | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> (normed input ``[..., G, d]``, code ids ``[..., G, S]``, slot weights ``[G, S]`` or
         ``None`` for a plain mean). Ids are ordered best first; forced ids take their slots."""
         xg = self.normalize(x)
@@ -231,7 +234,7 @@ class CodebookLayer(nn.Module):
         """``[..., dim]`` -> the mean of the selected (and forced) codes, ``[..., dim]``."""
         return self.quantize(x, forced)
 
-    def quantize(self, x: torch.Tensor, forced: ForcedCodes | None = None, record: bool = True):
+    def quantize(self, x: torch.Tensor, forced: ForcedCodes | None = None, record: bool = True) -> torch.Tensor:
         """``forward`` without module hooks; ``record=False`` leaves active recordings alone."""
         xg, ids, weights = self.select(x, forced)
         if record:
@@ -243,7 +246,7 @@ class CodebookLayer(nn.Module):
             out = out + (xg - xg.detach()).reshape(out.shape)
         return out.to(x.dtype)
 
-    def force(self, codes, mode: str = "replace") -> ForcedCodes:
+    def force(self, codes: Mapping[int, Sequence[int]] | Sequence[int], mode: str = "replace") -> ForcedCodes:
         """Prepare forced codes: ``{head: [code, ...]}`` or a list of codes for a 1-group codebook."""
         if not isinstance(codes, Mapping):
             if self.num_groups != 1:
@@ -255,7 +258,7 @@ class CodebookLayer(nn.Module):
         return ForcedCodes(self, codes, mode)
 
     @contextlib.contextmanager
-    def recording(self):
+    def recording(self) -> Iterator[list[torch.Tensor]]:
         """``with layer.recording() as ids:`` -- ``ids`` gets the ``[..., G, S]`` code ids of every
         forward inside the block (one entry per call: each generate step adds one)."""
         rec: list = []

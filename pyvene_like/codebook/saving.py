@@ -35,6 +35,7 @@ from ..serialization import (
     write_json,
 )
 from ..sites import HEAD_COMPONENTS, ModelLayout, resolve_site
+from ..validation import check_non_negative_int, check_number, check_positive_int, is_int
 from ..version import __version__
 from .layer import CodebookLayer
 from .wrap import (
@@ -53,7 +54,7 @@ FORMAT_VERSION = 1
 _SETTINGS = ("dim", "num_codes", "k", "num_groups", "similarity", "layer_norm", "eps")
 
 
-def save_codebooks(model: nn.Module, save_directory) -> Path:
+def save_codebooks(model: nn.Module, save_directory: str | os.PathLike) -> Path:
     """Write ``codebooks.json`` and ``codebooks.safetensors`` for the codebooks of ``model``."""
     cbs = get_codebooks(model)
     folder = check_save_folder(save_directory, "save_codebooks", CODEBOOK_CONFIG)
@@ -78,7 +79,7 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(doc, dict) or doc.get("library") != LIBRARY or doc.get("kind") != "codebooks":
         raise LoadError(f"{path}: not a pyvene_like codebook save (written by save_codebooks)")
     fmt = doc.get("format_version")
-    if not isinstance(fmt, int) or not 1 <= fmt <= FORMAT_VERSION:
+    if not is_int(fmt) or not 1 <= fmt <= FORMAT_VERSION:
         raise LoadError(f"{path}: format_version {fmt!r} is not one this pyvene_like reads (1..{FORMAT_VERSION})")
     if not isinstance(doc.get("codebooks"), list) or not doc["codebooks"]:
         raise LoadError(f"{path}: field 'codebooks' must be a non-empty list")
@@ -90,21 +91,22 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return doc, tensors
 
 
-_REQUIRED = {"name": (str, "a string"), "layer": (int, "a non-negative int"), "component": (str, "a string"),
-             "num_codes": (int, "a positive int"), "k": (int, "a positive int"),
-             "num_groups": (int, "a positive int"), "similarity": (str, "a string"),
-             "layer_norm": (bool, "true or false")}
-_OPTIONAL = {"dim": (int, "a positive int"), "eps": ((int, float), "a positive number")}
+_REQUIRED = {"name": "a string", "layer": "a non-negative int", "component": "a string",
+             "num_codes": "a positive int", "k": "a positive int", "num_groups": "a positive int",
+             "similarity": "a string", "layer_norm": "true or false"}
+_OPTIONAL = {"dim": "a positive int", "eps": "a positive number"}
 
 
-def _field_ok(key: str, value, kind) -> bool:
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        return False
-    if key == "layer":
-        return value >= 0
-    if key == "eps":
-        return value > 0
-    return value >= 1 if kind is int else True
+def _check_field(where: str, what: str, value: object) -> None:
+    """``value`` is ``what`` (a kind from ``_REQUIRED`` / ``_OPTIONAL``), else a LoadError at ``where``."""
+    if what == "a positive int":
+        check_positive_int(value, where, error=LoadError)
+    elif what == "a non-negative int":
+        check_non_negative_int(value, where, error=LoadError)
+    elif what == "a positive number":
+        check_number(value, where, positive=True, error=LoadError)
+    elif not isinstance(value, str if what == "a string" else bool):
+        raise LoadError(f"{where} must be {what}, got {value!r}")
 
 
 def _check_entries(path: Path, entries: list) -> None:
@@ -114,12 +116,11 @@ def _check_entries(path: Path, entries: list) -> None:
         if not isinstance(e, dict):
             raise LoadError(f"{path}: codebooks[{i}] must be an object with the codebook's site and "
                             f"settings, got {e!r}")
-        for key, (kind, what) in _REQUIRED.items():
-            if not _field_ok(key, e.get(key), kind):
-                raise LoadError(f"{path}: codebooks[{i}] field {key!r} must be {what}, got {e.get(key)!r}")
-        for key, (kind, what) in _OPTIONAL.items():
-            if key in e and not _field_ok(key, e[key], kind):
-                raise LoadError(f"{path}: codebooks[{i}] field {key!r} must be {what}, got {e[key]!r}")
+        for key, what in _REQUIRED.items():
+            _check_field(f"{path}: codebooks[{i}] field {key!r}", what, e.get(key))
+        for key, what in _OPTIONAL.items():
+            if key in e:
+                _check_field(f"{path}: codebooks[{i}] field {key!r}", what, e[key])
         if e["name"] != site_name(e["layer"], e["component"]):
             raise LoadError(f"{path}: codebooks[{i}] is named {e['name']!r}, but its site (layer {e['layer']}, "
                             f"component {e['component']!r}) is named {site_name(e['layer'], e['component'])!r}")
@@ -201,8 +202,9 @@ def _check_tensors(weights: Path, tensors: dict, layers: dict[str, nn.Module]) -
             raise LoadError(f"{weights}: tensor {key!r} has dtype {t.dtype}; accepted: a floating-point dtype")
 
 
-def load_codebooks(model: nn.Module, path_or_repo_id, *, revision=None, cache_dir=None,
-                   local_files_only: bool = False, token=None) -> nn.Module:
+def load_codebooks(model: nn.Module, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                   token: str | bool | None = None) -> nn.Module:
     """Load codebooks saved by :func:`save_codebooks` into ``model`` (in place) and return it.
 
     A model without codebooks is wrapped at the saved sites first; a wrapped model must have

@@ -19,15 +19,22 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from ..training.loop import Callback, TrainLoop
+from ..validation import check_number, check_optional_positive_int, check_positive_int
 from .layer import CodebookLayer
 from .wrap import get_codebooks
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 @dataclass
@@ -255,13 +262,13 @@ class _CodebookWatch(Callback):
             loop.accelerator.free_memory()
 
 
-def train_codebook_model(model, data, *, steps: int | None = None, epochs: int = 1, batch_size: int = 16,
+def train_codebook_model(model: nn.Module, data: torch.Tensor | Mapping[str, torch.Tensor] | Dataset, *, steps: int | None = None, epochs: int = 1, batch_size: int = 16,
                          lr: float = 1e-3, codebook_lr: float | None = None, weight_decay: float = 0.0,
                          reconstruction_weight: float = 1.0, dead_code_steps: int | None = 100,
                          train_model: bool = True, max_grad_norm: float | None = 1.0,
                          warmup_steps: int = 0, log_every: int = 50, mixed_precision: str = "no",
                          cpu: bool = False, seed: int = 0, show_progress: bool = True,
-                         logits_fn=None) -> CodebookTrainResult:
+                         logits_fn: Callable[[Any], torch.Tensor] | None = None) -> CodebookTrainResult:
     """Train ``model`` (wrapped with codebooks) on token sequences ``data``; see the module docstring.
 
     Args:
@@ -281,19 +288,10 @@ def train_codebook_model(model, data, *, steps: int | None = None, epochs: int =
     layers = {name: cbs[name.replace(".", "-")] for name in cbs.names()}
     ids, mask = _token_tensor(data)
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"train_codebook_model: {name} must be a positive int, got {value!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"train_codebook_model: steps must be a positive int or None, got {steps!r}")
-    if dead_code_steps is not None and (isinstance(dead_code_steps, bool) or not isinstance(dead_code_steps, int)
-                                        or dead_code_steps < 1):
-        raise ConfigError(
-            f"train_codebook_model: dead_code_steps must be a positive int or None, got {dead_code_steps!r}"
-        )
-    if not isinstance(reconstruction_weight, (int, float)) or reconstruction_weight < 0:
-        raise ConfigError(
-            f"train_codebook_model: reconstruction_weight must be a number >= 0, got {reconstruction_weight!r}"
-        )
+        check_positive_int(value, f"train_codebook_model: {name}")
+    check_optional_positive_int(steps, "train_codebook_model: steps")
+    check_optional_positive_int(dead_code_steps, "train_codebook_model: dead_code_steps")
+    check_number(reconstruction_weight, "train_codebook_model: reconstruction_weight", non_negative=True)
     cb_params = [p for cb in layers.values() for p in cb.parameters()]
     cb_ids = {id(p) for p in cb_params}
     model_params = [p for p in model.parameters() if id(p) not in cb_ids]

@@ -10,6 +10,7 @@ as it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from ..engine.hooks import find_input, output_tensor, replace_input, replace_output
 from ..errors import ConfigError, SiteError, accepted
 from ..sites import BASE_COMPONENTS, COMPONENTS, HEAD_COMPONENTS, ModelLayout, Site, resolve_site
+from ..validation import check_positive_int, is_int
 from .layer import CodebookLayer
 
 ATTRIBUTE = "codebooks"
@@ -123,9 +125,9 @@ def _expand_sites(layout: ModelLayout, sites, layers) -> list[tuple[int, str]]:
             f"got {sites!r}"
         )
     if layers is not None:
-        if isinstance(layers, int):
+        if is_int(layers):
             layers = [layers]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+        if not all(is_int(i) and i >= 0 for i in layers):
             raise ConfigError(f"layers must be a non-negative int or a list of them, got {layers!r}")
     out: list[tuple[int, str]] = []
     for entry in sites:
@@ -143,8 +145,8 @@ def _expand_sites(layout: ModelLayout, sites, layers) -> list[tuple[int, str]]:
                 out.append((0, entry))
                 continue
             out.extend((i, entry) for i in (range(n) if layers is None else layers))
-        elif (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], int)
-              and not isinstance(entry[0], bool) and isinstance(entry[1], str)):
+        elif (isinstance(entry, (tuple, list)) and len(entry) == 2 and is_int(entry[0])
+              and isinstance(entry[1], str)):
             out.append((entry[0], entry[1]))
         else:
             raise ConfigError(
@@ -189,7 +191,8 @@ def _make_hook(layer: CodebookLayer, site: Site):
     return pre
 
 
-def wrap_codebook(model: nn.Module, sites, num_codes: int, k: int = 1, *, layers=None,
+def wrap_codebook(model: nn.Module, sites: str | tuple[int, str] | Sequence[str | tuple[int, str]], num_codes: int, k: int = 1, *,
+                  layers: int | Sequence[int] | None = None,
                   similarity: str = "inner_product", layer_norm: bool = True,
                   num_codebooks: int = 1, seed: int | None = None) -> nn.Module:
     """Insert a :class:`CodebookLayer` at each site of ``model`` (in place) and return ``model``.
@@ -203,9 +206,9 @@ def wrap_codebook(model: nn.Module, sites, num_codes: int, k: int = 1, *, layers
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _positive_int_arg("num_codes", num_codes)
-    _positive_int_arg("k", k)
-    _positive_int_arg("num_codebooks", num_codebooks)
+    check_positive_int(num_codes, "num_codes")
+    check_positive_int(k, "k")
+    check_positive_int(num_codebooks, "num_codebooks")
     layout = ModelLayout(model)
     pairs = _expand_sites(layout, sites, layers)
     existing = getattr(model, ATTRIBUTE, None)
@@ -275,7 +278,3 @@ def unwrap_codebook(model: nn.Module) -> nn.Module:
     delattr(model, ATTRIBUTE)
     return model
 
-
-def _positive_int_arg(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")

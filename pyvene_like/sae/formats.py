@@ -85,7 +85,8 @@ FORMATS = SAE_FORMATS
 
 
 def register_sae_format(name: str, *, detect: Callable[[SAESource, LoadOptions], bool] | None = None,
-                        clue: str | None = None, priority: int = 50):
+                        clue: str | None = None, priority: int = 50
+                        ) -> Callable[[Callable[[SAESource, LoadOptions], SAE]], Callable[[SAESource, LoadOptions], SAE]]:
     """Decorator: register ``load(source: SAESource, options: LoadOptions) -> SAE`` as the loader of
     format ``name``. A new format is one decorated function::
 
@@ -105,9 +106,11 @@ def register_sae_format(name: str, *, detect: Callable[[SAESource, LoadOptions],
     return deco
 
 
-def load_sae(path_or_repo_id, format: str | None = None, *, subfolder: str | None = None,
-             filename: str | None = None, revision: str | None = None, cache_dir=None,
-             local_files_only: bool = False, token=None, dtype=None, device=None,
+def load_sae(path_or_repo_id: str | os.PathLike, format: str | None = None, *, subfolder: str | None = None,
+             filename: str | None = None, revision: str | None = None,
+             cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+             token: str | bool | None = None, dtype: str | torch.dtype | None = None,
+             device: str | torch.device | None = None,
              norm_scaling_factor: float | None = None, hook_name: str | None = None) -> SAE:
     """Load an SAE from a local folder/file or a Hub repo, in any registered format.
 
@@ -149,7 +152,8 @@ class SAESource:
     Loaders read files with :meth:`fetch` (a local path, downloaded when from the Hub) and test
     for them with :meth:`has`."""
 
-    def __init__(self, path_or_repo_id, subfolder, revision, cache_dir, local_files_only, token):
+    def __init__(self, path_or_repo_id: str | os.PathLike, subfolder: str | None, revision: str | None,
+                 cache_dir: str | os.PathLike | None, local_files_only: bool, token: str | bool | None):
         if not isinstance(path_or_repo_id, (str, os.PathLike)):
             raise ConfigError(
                 f"load_sae: expected a local path or a Hub repo id ('owner/name'), got "
@@ -413,7 +417,7 @@ def _load_openai(src: SAESource, opts: LoadOptions) -> SAE:
     return sae_from_openai_state_dict(state, str(path), dtype)
 
 
-def sae_from_openai_state_dict(state: dict, where: str = "state dict", dtype=None) -> SAE:
+def sae_from_openai_state_dict(state: dict, where: str = "state dict", dtype: str | torch.dtype | None = None) -> SAE:
     """An :class:`SAE` equal to OpenAI's ``Autoencoder.from_state_dict(state)``."""
     missing = [k for k in _OPENAI_KEYS if k not in state]
     if missing:

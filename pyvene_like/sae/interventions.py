@@ -22,6 +22,9 @@ steering method of :mod:`pyvene_like.sae.steering`, which scores the features it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
@@ -37,7 +40,8 @@ class SAEIntervention(Intervention):
     supports_subspaces = True
 
     def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
-                 subspace_partition=None, features=None, use_error_term: bool = True):
+                 subspace_partition: Sequence[Sequence[int]] | None = None,
+                 features: int | Sequence[int] | torch.Tensor | None = None, use_error_term: bool = True):
         super().__init__(None, None)
         name = type(self).registry_name or type(self).__name__
         if sae is None:
@@ -72,14 +76,14 @@ class SAEIntervention(Intervention):
     def sae_config(self) -> dict:
         return self.sae.config()
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The SAE by its settings (``sae_config``; its weights are in the state dict)."""
         return {"sae_config": self.sae.config(), "embed_dim": self.embed_dim,
                 "subspace_partition": self.subspace_partition, "features": self.features,
                 "use_error_term": self.use_error_term}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config()}}
 
     def _check_features(self, features):
@@ -103,7 +107,7 @@ class SAEIntervention(Intervention):
         return list(features)
 
     # -- which features ------------------------------------------------------------------------
-    def feature_mask(self, subspaces, feats: torch.Tensor) -> torch.Tensor | None:
+    def feature_mask(self, subspaces: Sequence[Sequence[int]] | None, feats: torch.Tensor) -> torch.Tensor | None:
         """Boolean mask over features, broadcastable to ``feats [batch, units, d_sae]``; None: all."""
         d_sae, device = feats.shape[-1], feats.device
         if subspaces is None:
@@ -137,10 +141,11 @@ class SAEIntervention(Intervention):
 
     # -- the computation ------------------------------------------------------------------------
     def edit(self, feats: torch.Tensor, mask: torch.Tensor | None, source: torch.Tensor | None,
-             subspaces) -> torch.Tensor:  # pragma: no cover - abstract
+             subspaces: Sequence[Sequence[int]] | None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         sae = self.sae
         if base.shape[-1] != sae.d_in:
             raise ShapeError(
@@ -166,14 +171,15 @@ class SAEInterchangeIntervention(SAEIntervention):
     gives ``decode(f_src) + (x - decode(f))``.
     """
 
-    def edit(self, feats, mask, source, subspaces):
+    def edit(self, feats: torch.Tensor, mask: torch.Tensor | None, source: torch.Tensor | None,
+             subspaces: Sequence[Sequence[int]] | None) -> torch.Tensor:
         if source is None:
             raise ShapeError("sae_interchange needs a source (sources= or source_representations=)")
         src = self.sae.encode(source)
         return src if mask is None else torch.where(mask, src, feats)
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return cls.example_kwargs(embed_dim)  # with the source equal to the base
 
 
@@ -189,8 +195,9 @@ class SAESteerIntervention(SAEIntervention):
     source_from = None
 
     def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
-                 subspace_partition=None, features=None, use_error_term: bool = True, mode: str = "add",
-                 value=1.0):
+                 subspace_partition: Sequence[Sequence[int]] | None = None,
+                 features: int | Sequence[int] | torch.Tensor | None = None, use_error_term: bool = True,
+                 mode: str = "add", value: float | Sequence[float] | torch.Tensor = 1.0):
         super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
         if mode not in _MODES:
             raise ConfigError(
@@ -211,27 +218,23 @@ class SAESteerIntervention(SAEIntervention):
                     f"sae_steer: value has {len(value)} entries but the intervention has {n}; give "
                     f"one number, or one per entry of features"
                 )
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"sae_steer: value entries must be numbers, got {value!r}")
             value = [check_number(v, f"sae_steer: value[{i}]") for i, v in enumerate(value)]
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"sae_steer: value must be a number or a list of numbers, got {value!r}")
         else:
-            value = check_number(value, "sae_steer: value")
+            value = check_number(value, "sae_steer: value (a number or a list of numbers)")
         self.mode = mode
         self.value = value
         self._values: dict = {}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mode": self.mode, "value": self.value}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "jumprelu").config(),
                                         "features": [3, 4], "mode": "set", "value": [2.0, -1.0]}}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim).config(),
                                         "mode": "add", "value": 0.0}}
 
@@ -246,7 +249,8 @@ class SAESteerIntervention(SAEIntervention):
             self._values[key] = vec
         return vec
 
-    def edit(self, feats, mask, source, subspaces):
+    def edit(self, feats: torch.Tensor, mask: torch.Tensor | None, source: torch.Tensor | None,
+             subspaces: Sequence[Sequence[int]] | None) -> torch.Tensor:
         if subspaces is not None and isinstance(self.value, list):
             raise LocationError(
                 "sae_steer: per-call subspaces cannot be used with a per-feature value list (the "
@@ -272,12 +276,13 @@ class SAEAblateIntervention(SAEIntervention):
     source_from = None
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim,
                                                           normalize_activations="layer_norm").config(),
                                         "use_error_term": False}}
 
-    def edit(self, feats, mask, source, subspaces):
+    def edit(self, feats: torch.Tensor, mask: torch.Tensor | None, source: torch.Tensor | None,
+             subspaces: Sequence[Sequence[int]] | None) -> torch.Tensor:
         if mask is None:
             return torch.zeros_like(feats)
         return feats.masked_fill(mask, 0)
@@ -297,7 +302,9 @@ class SAESwapIntervention(SAEIntervention):
     supports_subspaces = False
 
     def __init__(self, sae: SAE | None = None, sae_config: dict | None = None, embed_dim: int | None = None,
-                 subspace_partition=None, features=None, use_error_term: bool = True, weights=None):
+                 subspace_partition: Sequence[Sequence[int]] | None = None,
+                 features: int | Sequence[int] | torch.Tensor | None = None, use_error_term: bool = True,
+                 weights: Sequence[float] | torch.Tensor | None = None):
         super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
         if isinstance(weights, torch.Tensor):
             if not weights.dtype.is_floating_point:
@@ -312,24 +319,22 @@ class SAESwapIntervention(SAEIntervention):
         else:
             if self.features is not None:
                 raise ConfigError("sae_swap: give features= or weights=, not both")
-            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
-            ):
+            if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae:
                 raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
             weights = [check_number(w, f"sae_swap: weights[{i}]") for i, w in enumerate(weights)]
         self.weights = weights
         self._weight_vecs: dict = {}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "weights": self.weights}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
                                         "features": [2, 7, 9], "use_error_term": False}}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         # every feature weighted 1: what fires is what the SAE picks itself, so nothing changes
         return {"intervention_kwargs": {"sae_config": SAE(embed_dim, 2 * embed_dim, "topk", k=4).config(),
                                         "weights": [1.0] * (2 * embed_dim)}}
@@ -346,7 +351,8 @@ class SAESwapIntervention(SAEIntervention):
             self._weight_vecs[key] = w
         return w
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         sae = self.sae
         if base.shape[-1] != sae.d_in:
             raise ShapeError(f"sae_swap: the units have width {base.shape[-1]} but the SAE has d_in={sae.d_in}")

@@ -38,7 +38,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "float64": torch.float64}
 
 
-def dtype_from_name(name) -> torch.dtype:
+def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
     """``"float32"``, ``"torch.bfloat16"`` or a ``torch.dtype`` -> ``torch.dtype``."""
     if isinstance(name, torch.dtype):
         if name in _DTYPES.values():
@@ -76,7 +76,7 @@ class SAE(nn.Module):
         norm_scaling_factor: float | None = None,
         layer_norm_eps: float = 1e-5,
         hook_name: str | None = None,
-        dtype="float32",
+        dtype: str | torch.dtype = "float32",
     ):
         super().__init__()
         d_in = check_positive_int(d_in, "SAE d_in")

@@ -40,18 +40,25 @@ Autoencoders" (IBM, ``IBM/sae-steering``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ..analysis.collect import ActivationSite
 from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
+from ..validation import is_int
 from .interventions import (
     SAESwapIntervention as SAESwapIntervention,  # steering's intervention, also here
 )
 from .sae import SAE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SUMMARIES = ("avg", "max", "counts")
 SCORE_METHODS = ("difference", "distance")
@@ -59,7 +66,8 @@ STEER_METHODS = ("swap", "add")
 
 
 # -- collecting activations --------------------------------------------------------------------
-def prompt_activations(model, prompts, layer: int, component: str = "block_output", *, tokenizer=None,
+def prompt_activations(model: nn.Module, prompts: Sequence[str] | Sequence[Sequence[int]], layer: int,
+                       component: str = "block_output", *, tokenizer: PreTrainedTokenizerBase | None = None,
                         batch_size: int = 16, skip_first: int = 0, max_length: int | None = None
                         ) -> list[torch.Tensor]:
     """Activations at ``(layer, component)`` for each prompt: a list of ``[n_tokens_i, width]``.
@@ -102,7 +110,7 @@ def _encode(sae: SAE, a: torch.Tensor) -> torch.Tensor:
         return sae.encode(a.to(p.device, p.dtype)).float().cpu()
 
 
-def prompt_summaries(sae: SAE, acts, summary: str = "avg") -> torch.Tensor:
+def prompt_summaries(sae: SAE, acts: torch.Tensor | Sequence[torch.Tensor], summary: str = "avg") -> torch.Tensor:
     """``[n_prompts, d_sae]``: each prompt's features summed (``"avg"``), maxed (``"max"``) or
     counted (``"counts"``) over its tokens, divided by the total over features (a prompt on which
     no feature fires gives zeros)."""
@@ -154,7 +162,7 @@ class FeatureScores:
     def top_features(self, top_k: int) -> list[int]:
         """The ``top_k`` best-scoring feature ids, best first."""
         d_sae = self.scores.numel()
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_sae:
+        if not is_int(top_k) or not 1 <= top_k <= d_sae:
             raise ConfigError(f"top_k must be an int in 1..d_sae={d_sae}, got {top_k!r}")
         return self.scores.topk(top_k).indices.tolist()
 
@@ -191,7 +199,7 @@ class FeatureScores:
         return out
 
 
-def coverage(sae: SAE, acts) -> float:
+def coverage(sae: SAE, acts: torch.Tensor | Sequence[torch.Tensor]) -> float:
     """Fraction of the SAE's features that fire (> 0) on at least one token of ``acts``."""
     acts = _check_acts("coverage", acts, sae)
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
@@ -200,7 +208,7 @@ def coverage(sae: SAE, acts) -> float:
     return float(fired.float().mean())
 
 
-def reconstruction_error(sae: SAE, acts) -> float:
+def reconstruction_error(sae: SAE, acts: torch.Tensor | Sequence[torch.Tensor]) -> float:
     """Fraction of variance unexplained by the SAE over all tokens of ``acts``:
     ``sum ||x - sae(x)||^2 / sum ||x - mean(x)||^2`` (0: perfect; 1: as good as the mean)."""
     acts = _check_acts("reconstruction_error", acts, sae)
@@ -212,8 +220,10 @@ def reconstruction_error(sae: SAE, acts) -> float:
     return float((x - x_hat).pow(2).sum() / total) if total > 0 else float("nan")
 
 
-def score_features(sae: SAE, align_acts, ref_acts, *, method: str = "difference", summary: str = "avg",
-                   ref_distances=None) -> FeatureScores:
+def score_features(sae: SAE, align_acts: torch.Tensor | Sequence[torch.Tensor],
+                   ref_acts: torch.Tensor | Sequence[torch.Tensor], *, method: str = "difference",
+                   summary: str = "avg", ref_distances: Sequence[float] | torch.Tensor | None = None
+                   ) -> FeatureScores:
     """Score every feature by how it fires on the alignment prompts (the target) compared with
     the reference prompts; see the module docstring for the two methods. ``align_acts`` and
     ``ref_acts`` are lists of ``[n_tokens, d_in]`` activations, one per prompt (from

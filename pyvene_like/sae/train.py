@@ -19,14 +19,20 @@ steering functions and every SAE intervention, and saved with them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
 from ..training.loop import Callback, TrainLoop
+from ..validation import check_number, check_positive_int, is_int
 from .sae import SAE
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 ARCHITECTURES = ("topk", "relu")
 
@@ -126,13 +132,7 @@ class _UnitDecoder(Callback):
         loop.bar.set_postfix(loss=f"{entry['loss']:.4g}", fvu=f"{entry['fvu']:.3f}", dead=entry["dead"])
 
 
-def _positive(name, value, kind=int):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) and value > 0
-    if not ok:
-        raise ConfigError(f"train_sae: {name} must be a positive {kind.__name__}, got {value!r}")
-
-
-def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | None = None, l1: float = 1e-3,
+def train_sae(activations: torch.Tensor | Sequence[torch.Tensor] | Dataset, d_sae: int, *, architecture: str = "topk", k: int | None = None, l1: float = 1e-3,
               epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
               column: str = "activations", hook_name: str | None = None, mixed_precision: str = "no",
               show_progress: bool = True) -> SAETrainResult:
@@ -144,18 +144,17 @@ def train_sae(activations, d_sae: int, *, architecture: str = "topk", k: int | N
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"train_sae: architecture {architecture!r} is not supported; accepted: "
                           f"{accepted(ARCHITECTURES)}.{did_you_mean(str(architecture), ARCHITECTURES)}")
-    _positive("d_sae", d_sae)
-    _positive("epochs", epochs)
-    _positive("batch_size", batch_size)
-    _positive("lr", lr, float)
+    check_positive_int(d_sae, "train_sae: d_sae")
+    check_positive_int(epochs, "train_sae: epochs")
+    check_positive_int(batch_size, "train_sae: batch_size")
+    check_number(lr, "train_sae: lr", positive=True)
     if architecture == "topk":
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+        if not is_int(k) or not 1 <= k <= d_sae:
             raise ConfigError(f"train_sae: architecture 'topk' needs k, an int in 1..d_sae={d_sae}, got k={k!r}")
     else:
         if k is not None:
             raise ConfigError(f"train_sae: k={k!r} is only used by architecture 'topk'")
-        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or l1 < 0:
-            raise ConfigError(f"train_sae: l1 must be a number >= 0, got {l1!r}")
+        check_number(l1, "train_sae: l1", non_negative=True)
     x = _as_matrix(activations, column)
     d_in = x.shape[1]
 

@@ -1,9 +1,9 @@
 """Causal models, counterfactual data, the one training loop, and the DAS trainer and evaluator.
 
 :mod:`.loop` (``TrainLoop``, ``Callback``, ``EarlyStopping``, ``make_accelerator``,
-``make_scheduler``) and :mod:`.checkpoint` import only :mod:`pyvene_like.errors` of the library,
-so the feature packages (``sae``, ``codebook``, ``analysis``) train on the loop; this package
-imports none of them.
+``make_scheduler``) and :mod:`.checkpoint` (through :mod:`pyvene_like.serialization`) sit below
+the feature packages (``sae``, ``codebook``, ``analysis``), which train on the loop; this
+package imports none of them.
 """
 
 from ..exports import public_names

@@ -11,9 +11,11 @@ never mistaken for a saved intervention.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import LoadError
 from ..serialization import read_checkpoint as read_folder
@@ -22,7 +24,8 @@ from ..serialization import write_checkpoint as write_folder
 _GROUPS = ("interventions", "optimizer")
 
 
-def write_checkpoint(path, module: torch.nn.Module, optimizer, scheduler, state: dict) -> Path:
+def write_checkpoint(path: str | os.PathLike, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: LRScheduler | None, state: dict) -> Path:
     """Write ``module``'s weights, the optimizer and schedule, and ``state`` to folder ``path``."""
     opt = optimizer.state_dict()
     tensors, plain = {}, {}
@@ -42,7 +45,8 @@ def write_checkpoint(path, module: torch.nn.Module, optimizer, scheduler, state:
     return write_folder(path, {"interventions": weights, "optimizer": tensors}, meta)
 
 
-def read_checkpoint(path, module: torch.nn.Module, optimizer, scheduler, device) -> dict:
+def read_checkpoint(path: str | os.PathLike, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: LRScheduler | None, device: torch.device | str | None) -> dict:
     """Load a folder written by :func:`write_checkpoint` into ``module``, ``optimizer`` and
     ``scheduler``; return the saved loop state. Errors name the folder and what is wrong."""
     tensors, meta = read_folder(path, list(_GROUPS))

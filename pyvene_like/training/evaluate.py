@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,13 @@ from ..errors import ShapeError
 from ..modes import evaluating
 from .data import CounterfactualCollator, check_columns
 
+if TYPE_CHECKING:
+    from datasets import Dataset
 
-def default_logits(outputs) -> torch.Tensor:
+    from ..model import IntervenableModel
+
+
+def default_logits(outputs: Any) -> torch.Tensor:
     """Class scores from a model's outputs: ``.logits`` (HF) or the tensor itself; for
     sequence outputs ``[batch, seq, classes]`` the last position's."""
     logits = getattr(outputs, "logits", None)
@@ -98,12 +104,12 @@ def _device_of(intervenable) -> torch.device:
 
 @torch.no_grad()
 def evaluate(
-    intervenable,
-    dataset,
-    subspaces=None,
+    intervenable: IntervenableModel,
+    dataset: Dataset | Mapping[str, Any],
+    subspaces: Mapping[int, Any] | None = None,
     batch_size: int = 1024,
     input_key: str | None = None,
-    unit_locations=0,
+    unit_locations: Any = 0,
     logits_fn: Callable | None = None,
     metric_fn: Callable | None = None,
     id_names: Mapping | None = None,

@@ -39,15 +39,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import ConfigError, accepted
+from ..validation import is_int
 from .checkpoint import read_checkpoint, write_checkpoint
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -76,8 +80,8 @@ def make_accelerator(mixed_precision: str = "no", *, gradient_accumulation_steps
                        cpu=cpu)
 
 
-def make_scheduler(scheduler, optimizer, *, total_steps: int, warmup_steps: int | None = None,
-                   warmup_ratio: float = 0.0):
+def make_scheduler(scheduler: str | LRScheduler | None, optimizer: torch.optim.Optimizer, *, total_steps: int,
+                   warmup_steps: int | None = None, warmup_ratio: float = 0.0) -> LRScheduler | None:
     """A learning-rate schedule: a ``transformers`` schedule name (``"linear"``, ``"cosine"``,
     ``"constant"``, ``"constant_with_warmup"``, ...) with ``warmup_steps`` (or ``warmup_ratio``
     of ``total_steps``) of linear warm-up from 0; a ready ``LRScheduler`` as it is; ``None``
@@ -105,7 +109,7 @@ class Callback:
     def on_epoch_begin(self, loop: TrainLoop) -> None:
         """Before the epoch's loader is iterated (reseed a sampler here)."""
 
-    def on_step_begin(self, loop: TrainLoop, batch) -> None:
+    def on_step_begin(self, loop: TrainLoop, batch: Any) -> None:
         """Before each micro-batch's step function."""
 
     def on_before_optimizer_step(self, loop: TrainLoop) -> None:
@@ -142,11 +146,11 @@ class EarlyStopping(Callback):
         self.bad = 0
         self.best_state = None
 
-    def on_train_begin(self, loop):
+    def on_train_begin(self, loop: TrainLoop) -> None:
         self.bad = 0
         self.best_state = None
 
-    def on_epoch_end(self, loop, entry):
+    def on_epoch_end(self, loop: TrainLoop, entry: dict) -> None:
         value = entry.get(self.metric)
         if value is None:
             return
@@ -163,10 +167,10 @@ class EarlyStopping(Callback):
         else:
             self.bad += 1
 
-    def should_stop(self, loop):
+    def should_stop(self, loop: TrainLoop) -> bool:
         return self.patience is not None and self.bad >= self.patience
 
-    def on_train_end(self, loop):
+    def on_train_end(self, loop: TrainLoop) -> None:
         if loop.finished and self.best_state is not None and self.restore is not None:
             self.restore.load_state_dict(self.best_state)
 
@@ -185,7 +189,7 @@ def _positive_or_none(name: str, value, allow_zero: bool = False) -> None:
     if value is None:
         return
     low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ConfigError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} int or None, "
                           f"got {value!r}")
 
@@ -217,11 +221,12 @@ class TrainLoop:
             ``postfix_every`` steps; ``None``: never).
     """
 
-    def __init__(self, step_fn: Callable, *, model: torch.nn.Module, optimizer, loader: Iterable,
-                 epochs: int | None = 1, max_steps: int | None = None, scheduler=None,
+    def __init__(self, step_fn: Callable, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 loader: Iterable, epochs: int | None = 1, max_steps: int | None = None,
+                 scheduler: str | LRScheduler | None = None,
                  warmup_steps: int | None = None, warmup_ratio: float = 0.0,
                  gradient_accumulation_steps: int = 1, max_grad_norm: float | None = None,
-                 clip_parameters=None, mixed_precision: str = "no", cpu: bool = False,
+                 clip_parameters: Iterable[torch.nn.Parameter] | None = None, mixed_precision: str = "no", cpu: bool = False,
                  use_accelerate: bool = True, place_model: bool | None = None, callbacks: Iterable[Callback] = (),
                  checkpoint_dir: str | Path | None = None, checkpoint_module: torch.nn.Module | None = None,
                  state: dict | None = None, show_progress: bool = True, desc: str = "training",
@@ -310,7 +315,7 @@ class TrainLoop:
     def is_main_process(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context for a step function's forward (a no-op without accelerate)."""
         return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
 
@@ -322,10 +327,10 @@ class TrainLoop:
         self.state["history"].append(entry)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save_checkpoint(self, path) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
         return write_checkpoint(path, self.checkpoint_module, self.optimizer, self.scheduler, self.state)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
         module = self.checkpoint_module
         self.state = read_checkpoint(path, module, self.optimizer, self.scheduler, self.device)
         self.epoch = self.state["epoch"]

@@ -10,15 +10,19 @@ are computed once before the first step and every step after that runs only the 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import ConfigError, ShapeError
 from ..modes import evaluating, restore_flags, training_flags
+from ..validation import is_int
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
@@ -31,6 +35,11 @@ from .evaluate import (
     evaluate,
 )
 from .loop import Callback, EarlyStopping, TrainLoop
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..model import IntervenableModel
 
 
 @dataclass
@@ -103,20 +112,20 @@ class Trainer:
 
     def __init__(
         self,
-        intervenable,
-        train_dataset,
-        eval_dataset=None,
+        intervenable: IntervenableModel,
+        train_dataset: Dataset | Mapping[str, Any],
+        eval_dataset: Dataset | Mapping[str, Any] | None = None,
         *,
-        subspaces=None,
+        subspaces: Mapping[int, Any] | None = None,
         input_key: str | None = None,
-        unit_locations=0,
+        unit_locations: Any = 0,
         epochs: int = 1,
         batch_size: int = 64,
         eval_batch_size: int = 1024,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        optimizer=None,
-        scheduler="linear",
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: str | LRScheduler | None = "linear",
         warmup_ratio: float = 0.0,
         gradient_accumulation_steps: int = 1,
         max_grad_norm: float | None = None,
@@ -124,7 +133,7 @@ class Trainer:
         loss_fn: Callable | None = None,
         metric_fn: Callable | None = None,
         logits_fn: Callable | None = None,
-        cache_sources="auto",
+        cache_sources: bool | str = "auto",
         temperature_schedule: tuple[float, float] | None = None,
         early_stopping_patience: int | None = None,
         early_stopping_min_delta: float = 0.0,
@@ -147,7 +156,7 @@ class Trainer:
             check_columns(eval_dataset, "eval_dataset", need_ids)
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                             ("gradient_accumulation_steps", gradient_accumulation_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name}: expected a positive int, got {value!r}")
         if early_stopping_patience is not None and eval_dataset is None:
             raise ConfigError("early_stopping_patience: needs an eval_dataset to measure IIA on")
@@ -319,7 +328,7 @@ class Trainer:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def evaluate(self, dataset=None, factual: bool = True) -> EvalResult:
+    def evaluate(self, dataset: Dataset | Mapping[str, Any] | None = None, factual: bool = True) -> EvalResult:
         """IIA (overall and per id) on ``dataset`` (default: the eval dataset)."""
         dataset = self.eval_dataset if dataset is None else dataset
         if dataset is None:
@@ -331,11 +340,11 @@ class Trainer:
         )
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def save_checkpoint(self, path) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Intervention weights and optimizer tensors as safetensors, the rest as JSON."""
         return self.loop.save_checkpoint(path)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
         self.loop.load_checkpoint(path)
 
 
@@ -390,6 +399,7 @@ class _DASCallbacks(Callback):
         restore_flags(self.flags)
 
 
-def train_interventions(intervenable, train_dataset, eval_dataset=None, **kwargs) -> TrainResult:
+def train_interventions(intervenable: IntervenableModel, train_dataset: Dataset | Mapping[str, Any],
+                        eval_dataset: Dataset | Mapping[str, Any] | None = None, **kwargs: Any) -> TrainResult:
     """``Trainer(intervenable, train_dataset, eval_dataset, **kwargs).train()``."""
     return Trainer(intervenable, train_dataset, eval_dataset, **kwargs).train()
