@@ -399,15 +399,21 @@ class Executor:
         if self.mode == "serial":
             intervened = self._run_serial(model, base, sources, args, base_units, reprs, bsz, win)
         else:
-            per_slot_src = normalize_sources(sources, slots, [r is not None for r in reprs], bsz)
+            per_slot_src = normalize_sources(sources, slots, [r is not None for r in reprs], bsz, skip_none=True,
+                                             base_only=unit_locations is None)
             src = win.src
             if any(s is not None for s in per_slot_src):
                 src[:] = self.run_sources(model, per_slot_src, args.src_locs, bsz,
                                           lambda i: self._source_units(args, i, bsz))
+            skipped = None
             for i, slot in enumerate(slots):
-                if src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
-                    src[i] = check_repr(reprs[i], slot)
-            win.units = base_units
+                if src[i] is None and slot.intervention.source_from == "source":
+                    if reprs[i] is not None:
+                        src[i] = check_repr(reprs[i], slot)
+                    else:  # no source given for it (a None entry, or a base-only call): skipped
+                        skipped = skipped or list(base_units)
+                        skipped[i] = None
+            win.units = base_units if skipped is None else skipped
             intervened = self.base_pass(model, base, win)
         return original, intervened, win.collected_list()
 
