@@ -257,6 +257,89 @@ class IntervenableModel(nn.Module):
             raise ConfigError("load: include_model=True is not supported; load the model yourself and pass model=")
         return cls.from_pretrained(load_directory, model, cache_dir=local_directory)
 
+    # -- pyvene's alignment helpers ------------------------------------------------------------
+    def _batch_locations(self, inputs) -> dict:
+        """pyvene's batch fields ``"source_<i>->base.<0|1>.<unit part>"`` -> ``unit_locations``
+        (parallel mode: one source/base pair per representation, in config order)."""
+        if self.mode != "parallel":
+            raise ConfigError("train_alignment / eval_alignment: only mode='parallel' is supported; "
+                              "use pyvene_like.Trainer for serial interventions")
+        sides: tuple[list, list] = ([], [])
+        for i, slot in enumerate(self.plan.slots):
+            for side in (0, 1):
+                parts = []
+                for part in slot.rep.unit.split("."):
+                    name = f"source_{i}->base.{side}.{part}"
+                    if name not in inputs:
+                        raise ConfigError(f"train_alignment: the batch has no field {name!r}; pyvene's batches "
+                                          f"name each intervention's locations 'source_<i>->base.<0|1>.<unit>'")
+                    parts.append(inputs[name])
+                sides[side].append(parts[0] if len(parts) == 1 else parts)
+        return {"sources->base": sides}
+
+    def _alignment_call(self, inputs):
+        return self(
+            {"input_ids": inputs["input_ids"]},
+            [{"input_ids": inputs["source_input_ids"]}],
+            self._batch_locations(inputs),
+            subspaces=inputs.get("subspaces"),
+        )[1]
+
+    def train_alignment(self, train_dataloader, compute_loss, compute_metrics, inputs_collator=None, **kwargs):
+        """pyvene's training call: Adam (``lr``, default 1e-3) over the intervention
+        parameters, a linear schedule with 10% warm-up, ``epochs`` (default 10), optional
+        ``gradient_accumulation_steps``, ``optimizer=`` / ``scheduler=`` overrides, and the
+        temperature of boundless interventions annealed from 50 to 0.1. Batches carry
+        ``input_ids``, ``source_input_ids``, ``labels``, optional ``subspaces`` and the
+        locations as ``"source_<i>->base.<0|1>.pos"``. :class:`~pyvene_like.Trainer` is the
+        full-featured loop (accelerate, checkpoints, IIA evaluation, early stopping).
+        """
+        from tqdm.auto import trange
+        from transformers import get_linear_schedule_with_warmup
+
+        epochs = int(kwargs.get("epochs", 10))
+        accumulate = int(kwargs.get("gradient_accumulation_steps", 1))
+        total = len(train_dataloader) * epochs
+        optimizer = kwargs.get("optimizer") or torch.optim.Adam(self.get_trainable_parameters(),
+                                                                lr=kwargs.get("lr", 1e-3))
+        scheduler = kwargs.get("scheduler") or get_linear_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(0.1 * total), num_training_steps=total)
+        temperatures = torch.linspace(50.0, 0.1, max(total, 1))
+        self.model.eval()
+        step = 0
+        bar = trange(epochs, desc="Epoch")
+        for _ in bar:
+            for inputs in train_dataloader:
+                if inputs_collator is not None:
+                    inputs = inputs_collator(inputs)
+                logits = self._alignment_call(inputs).logits
+                metrics = compute_metrics([logits], [inputs["labels"]])
+                loss = compute_loss(logits, inputs["labels"])
+                bar.set_postfix({"loss": round(loss.item(), 2), "acc": metrics})
+                (loss / accumulate if accumulate > 1 else loss).backward()
+                if step % accumulate == 0 and not (accumulate > 1 and step == 0):
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    for iv in self.interventions:
+                        if isinstance(getattr(iv, "temperature", None), torch.Tensor):
+                            iv.set_temperature(temperatures[step])
+                step += 1
+
+    def eval_alignment(self, eval_dataloader, compute_metrics, inputs_collator=None, **kwargs):
+        """pyvene's evaluation call: ``compute_metrics([logits], [labels])`` per batch, averaged
+        with the batch sizes as weights."""
+        total, weight = 0.0, 0
+        with torch.no_grad():
+            for inputs in eval_dataloader:
+                if inputs_collator is not None:
+                    inputs = inputs_collator(inputs)
+                logits = self._alignment_call(inputs).logits
+                n = len(inputs["input_ids"])
+                total += float(compute_metrics([logits], [inputs["labels"]])) * n
+                weight += n
+        return total / weight if weight else float("nan")
+
     # -- running ----------------------------------------------------------------------------
     def collect_source_representations(self, sources, unit_locations=None) -> list:
         """Source activations at every intervention's units, without running the base.
