@@ -598,3 +598,24 @@ def test_train_and_eval_alignment_take_pyvene_batches():
                    for b in batches) / 2
     assert res == pytest.approx(expected)
     del b_in
+
+
+def test_type_to_module_mapping_declares_a_component_for_a_class():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8,
+                                             vocab_size=50, dropout_rate=0.0)).eval()
+    hook_kind = pv.compat.models.constants.CONST_OUTPUT_HOOK
+    compat.type_to_module_mapping[type(t5)] = {"mlp_output": ("encoder.block[%s].layer[1]", hook_kind)}
+    compat.type_to_dimension_mapping[type(t5)] = {"mlp_output": ("d_model/num_heads", "d_model")}
+    try:
+        im = pv.IntervenableModel({"layer": 1, "component": "mlp_output",
+                                   "source_representation": torch.zeros(8)}, model=t5)
+        assert im.sites[0].module is t5.encoder.block[1].layer[1] and im.sites[0].width == 8
+    finally:
+        compat.type_to_module_mapping.pop(type(t5))
+        compat.type_to_dimension_mapping.pop(type(t5))
+    # Without the declaration, the component is introspected (and needs a stack prefix on T5).
+    with pytest.raises(pv.SiteError, match="several layer stacks"):
+        pv.IntervenableModel({"layer": 1, "component": "mlp_output"}, model=t5)

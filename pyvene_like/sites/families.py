@@ -87,6 +87,18 @@ FAMILY_OVERRIDES: dict[str, dict] = {
     "mlp": {"roles": {"act": "act"}},
 }
 
+# Components declared by the user for a model class, pyvene's way (``pv.type_to_module_mapping``):
+# ``{model class: {component: (module path, with %s for the layer, hook kind)}}``, the hook kind
+# being CONST_INPUT_HOOK (the module's input) or CONST_OUTPUT_HOOK (its output). They are
+# consulted before introspection, for that class only. Their widths, optional:
+# ``type_to_dimension_mapping = {model class: {component: (config expression, ...)}}``, each
+# expression a config attribute, optionally divided or multiplied by another or by an int
+# ("d_model", "d_model/num_heads", "n_embd*4"); the first that evaluates is used.
+CONST_INPUT_HOOK = "register_forward_pre_hook"
+CONST_OUTPUT_HOOK = "register_forward_hook"
+type_to_module_mapping: dict = {}
+type_to_dimension_mapping: dict = {}
+
 # Config attribute names, tried in order.
 N_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HIDDEN = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")
