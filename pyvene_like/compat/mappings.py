@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ..sites.families import CONST_INPUT_HOOK, CONST_OUTPUT_HOOK, type_to_dimension_mapping, type_to_module_mapping
+from ..sites.families import (
+                                                   CONST_INPUT_HOOK,
+                                                   CONST_OUTPUT_HOOK,
+                                                   type_to_dimension_mapping,
+                                                   type_to_module_mapping,
+)
 
 #: ``pv.models.constants.CONST_INPUT_HOOK`` / ``CONST_OUTPUT_HOOK``, as pyvene spells them.
 models = SimpleNamespace(constants=SimpleNamespace(CONST_INPUT_HOOK=CONST_INPUT_HOOK,
