@@ -363,8 +363,33 @@ def user_site(layout: ModelLayout, layer: int, component: str) -> Site | None:
     return site
 
 
+def family_site(layout: ModelLayout, layer: int, component: str) -> Site | None:
+    """The site of a component of the model's own family (``families.FAMILY_COMPONENTS``), else None."""
+    stack_name, name = (component.rpartition(".")[0], component.rpartition(".")[2]) if "." in component \
+        else ("", component)
+    spec = fam.FAMILY_COMPONENTS.get(layout.model_type, {}).get(name)
+    if spec is None:
+        return None
+    rel, io, third = spec
+    stack_path, layers = layout.stack(stack_name, component)
+    if layer >= len(layers):
+        raise SiteError(f"layer {layer} is out of range for {type(layout.model).__name__}: it has {len(layers)} "
+                        f"layers (accepted: 0..{len(layers) - 1})")
+    layer_path = f"{stack_path}.{layer}" if stack_path else str(layer)
+    module = layers[layer].get_submodule(rel) if rel else layers[layer]
+    path = f"{layer_path}.{rel}" if rel else layer_path
+    dims = _linear_dims(module)
+    width = (dims[0] if io == "input" else dims[1]) if rel in ("x2h", "h2h") else layout.hidden
+    columns = None
+    if third is not None:
+        width = width // 3
+        columns = torch.arange(third * width, (third + 1) * width)
+    return Site(module, path, io, width=width, columns=columns,
+                description=f"{path} ({io}{', part ' + str(third) + ' of 3' if third is not None else ''})")
+
+
 def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> Site:
-    site = user_site(layout, layer, component)
+    site = user_site(layout, layer, component) or family_site(layout, layer, component)
     if site is not None:
         if unit in HEAD_UNITS:
             raise SiteError(f"unit {unit!r}: component {component!r} comes from type_to_module_mapping, which "
