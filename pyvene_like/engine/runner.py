@@ -79,6 +79,8 @@ def apply_members(members, window, x, args, kwargs, inplace: bool):
         if not iv.modifies_output:
             window.record(slot, new, where)
             continue
+        if new is None:  # a function intervention that only looked (pyvene's convention)
+            continue
         if new.shape != vals.shape:
             raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
         x, inplace = window.write(slot, x, vals, new, where, inplace)
