@@ -619,3 +619,58 @@ def test_type_to_module_mapping_declares_a_component_for_a_class():
     # Without the declaration, the component is introspected (and needs a stack prefix on T5).
     with pytest.raises(pv.SiteError, match="several layer stacks"):
         pv.IntervenableModel({"layer": 1, "component": "mlp_output"}, model=t5)
+
+
+# ----------------------------------------------------------- pyvene's GRU: components, unit "t"
+
+
+def test_gru_components_resolve_to_the_cell_parts():
+    gru = compat.create_gru_classifier(GRUConfig(h_dim=8, n_layer=2))[2]
+    cell = gru.gru.cells[1]
+    expect = {"cell_output": (cell, "output", 8), "cell_input": (cell, "input", 8),
+              "x2h_output": (cell.x2h, "output", 24), "reset_gate_input": (cell.reset_act, "input", 8),
+              "new_h2h_output": (cell.h2h, "output", 8)}
+    for component, (module, io, width) in expect.items():
+        site = pv.IntervenableModel({"component": component, "layer": 1, "intervention_type": "zero"}, gru).sites[0]
+        assert (site.module, site.io, site.width) == (module, io, width)
+    third = pv.IntervenableModel({"component": "new_h2h_output", "layer": 1, "intervention_type": "zero"}, gru).sites[0]
+    assert torch.equal(third.columns, torch.arange(16, 24))
+
+
+def test_gru_unit_t_is_the_time_step():
+    torch.manual_seed(0)
+    gru = compat.create_gru_classifier(GRUConfig(h_dim=8, n_layer=1, pdrop=0.0))[2].eval()
+    x = torch.rand(2, 5, 8)
+    im = pv.IntervenableModel({"component": "cell_output", "unit": "t", "intervention_type": pv.ZeroIntervention}, gru)
+    out = im(base={"inputs_embeds": x}, unit_locations={"base": 3})[1]
+    calls = []
+
+    def zero_fourth_call(m, a, o):
+        calls.append(1)
+        return torch.zeros_like(o) if len(calls) == 4 else None
+
+    h = gru.gru.cells[0].register_forward_hook(zero_fourth_call)
+    ref = gru(inputs_embeds=x)
+    h.remove()
+    torch.testing.assert_close(out[0], ref[0])
+    seen = []
+    h = gru.gru.cells[0].register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+    gru(inputs_embeds=x)
+    h.remove()
+    col = pv.IntervenableModel({"component": "cell_output", "unit": "t", "intervention_type": "collect"}, gru)
+    (_, acts), _ = col(base={"inputs_embeds": x}, unit_locations={"base": [[[1, 2]] * 2]})
+    torch.testing.assert_close(acts[0], torch.stack([seen[1], seen[2]], 1))
+    with pytest.raises(pv.LocationError, match="time step 7 is out of range.*ran 5 times"):
+        im(base={"inputs_embeds": x}, unit_locations={"base": 7})
+
+
+def test_a_function_returning_none_leaves_the_units_unchanged(gpt2_tiny):
+    seen = []
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output",
+                               "intervention_type": lambda b, s: seen.append(b.clone())}, gpt2_tiny)
+    base, src = _ids(7), _ids(8)
+    out = im(base, [src], {"sources->base": 1})[1]
+    with torch.no_grad():
+        ref = gpt2_tiny(**base)
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    torch.testing.assert_close(seen[0], _block_output(gpt2_tiny, base, 0)[:, 1:2])
