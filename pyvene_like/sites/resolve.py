@@ -497,6 +497,12 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     width = dims[0] if io == "input" else dims[1]
     if role in ("attn", "mlp"):
         width = layout.hidden if layout.hidden is not None else _infer_width(module, io)
+    if role == "act" and width is None:
+        # An activation has no weights: its width is that of the up projection feeding it, the
+        # first linear map of the module that holds it (GPT-2's c_fc, Llama's gate_proj, ff1).
+        parent = layer_mod.get_submodule(rel.rpartition(".")[0]) if "." in rel else layer_mod
+        width = next((d[1] for d in (_linear_dims(m) for m in parent.modules())
+                      if d[0] is not None and d[1] is not None), None)
     site = Site(module, path, io, width=width, description=f"{path} ({io})")
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)
