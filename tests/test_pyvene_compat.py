@@ -674,3 +674,13 @@ def test_a_function_returning_none_leaves_the_units_unchanged(gpt2_tiny):
         ref = gpt2_tiny(**base)
     assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
     torch.testing.assert_close(seen[0], _block_output(gpt2_tiny, base, 0)[:, 1:2])
+
+
+def test_one_location_list_serves_the_whole_batch(gpt2_tiny):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2_tiny)
+    base, src = _ids(9, bsz=3), _ids(10, bsz=3)
+    one = im(base, [src], {"sources->base": ([[[3]]], [[[4]]])})[1].last_hidden_state
+    every = im(base, [src], {"sources->base": ([[[3]] * 3], [[[4]] * 3])})[1].last_hidden_state
+    torch.testing.assert_close(one, every)
+    with pytest.raises(pv.LocationError, match="has 2 examples but the batch has 3"):
+        im(base, [src], {"sources->base": ([[[3]] * 2], [[[4]] * 2])})

@@ -77,6 +77,8 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
             ) from None
         if t.dim() != 2:
             raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
+    if t.shape[0] == 1 and bsz > 1:
+        t = t.repeat(bsz, 1)  # one list for the whole batch (pyvene broadcasts it)
     if t.shape[0] != bsz:
         raise LocationError(
             f"{label}: has {t.shape[0]} examples but the batch has {bsz}; give one list of {what} "
