@@ -12,7 +12,12 @@ import torch
 
 from .errors import ConfigError, accepted, did_you_mean
 from .registry import get_intervention_class
-from .validation import check_non_negative_int, check_optional_positive_int, check_positive_int
+from .validation import (
+    check_floating_tensor,
+    check_non_negative_int,
+    check_optional_positive_int,
+    check_positive_int,
+)
 
 UNITS = ("pos", "h", "h.pos")
 MODES = ("parallel", "serial")
@@ -77,10 +82,17 @@ class RepresentationConfig:
                 )
         if self.intervention_type is not None:
             self.intervention_type = resolve_intervention_type(self.intervention_type)
-        if self.source_representation is not None and not isinstance(
-            self.source_representation, torch.Tensor
-        ):
-            self.source_representation = torch.as_tensor(self.source_representation)
+        for key in ("group_key", "intervention_link_key"):
+            value = getattr(self, key)
+            try:
+                hash(value)
+            except TypeError:
+                raise ConfigError(
+                    f"{key} must be hashable (a string, an int or a tuple of them), got "
+                    f"{value!r} ({type(value).__name__})"
+                ) from None
+        if self.source_representation is not None:
+            self.source_representation = check_floating_tensor(self.source_representation, "source_representation")
 
     def to_dict(self) -> dict:
         out = {}

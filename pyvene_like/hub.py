@@ -16,7 +16,9 @@ naming what was asked for and where it was looked for.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -78,7 +80,24 @@ def _hub_errors(what: str, repo_id: str, *, revision, cache_dir, local_files_onl
                 filename: str | None = None, subfolder: str | None = None):
     """Turn huggingface_hub's download errors into LoadErrors naming what and where.
 
-    Used by both resolvers: the one place that knows the Hub's exception types."""
+    Used by both resolvers: the one place that knows the Hub's exception types. A failure to
+    reach the Hub at all (no network, DNS, proxy, timeout: huggingface_hub keeps the transport's
+    error as the cause) is said as such, not as a missing file."""
+    repo = f"Hub repo {repo_id!r}" + (f", subfolder {subfolder!r}" if subfolder else "")
+    subject = f"{filename!r} of {repo}" if filename else repo
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - sorted by _translate; the rest goes on unchanged
+        conn = None if local_files_only else connection_failure(e)
+        if conn is not None:
+            raise unreachable(what, subject, conn) from None
+        _translate(e, what, repo_id, repo, subject, revision=revision, cache_dir=cache_dir,
+                   local_files_only=local_files_only, filename=filename)
+
+
+def _translate(e: Exception, what, repo_id, repo, subject, *, revision, cache_dir, local_files_only,
+               filename):
+    """Raise the LoadError for one of huggingface_hub's download errors (or ``e`` itself)."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -89,10 +108,8 @@ def _hub_errors(what: str, repo_id: str, *, revision, cache_dir, local_files_onl
         RevisionNotFoundError,
     )
 
-    repo = f"Hub repo {repo_id!r}" + (f", subfolder {subfolder!r}" if subfolder else "")
-    subject = f"{filename!r} of {repo}" if filename else repo
     try:
-        yield
+        raise e
     except HFValidationError as e:
         raise LoadError(
             f"{what}: {repo_id!r} is neither a local folder nor a valid Hub repo id ('owner/name'): {e}"
@@ -122,7 +139,50 @@ def _hub_errors(what: str, repo_id: str, *, revision, cache_dir, local_files_onl
             f"found (or it is private: pass token=)"
         ) from None
     except (OSError, ValueError) as e:  # other Hub/HTTP failures
+        if isinstance(e, LoadError):
+            raise
         raise LoadError(f"{what}: could not fetch {subject}: {e}") from e
+
+
+def _connection_types() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the network/Hub could not be reached" for the HTTP
+    clients huggingface_hub may use (httpx in 1.x, its httpx2 fork, requests in 0.x)."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                          ("requests.exceptions", ("ConnectionError", "Timeout"))):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        types += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return tuple(types)
+
+
+def connection_failure(exc: BaseException | None) -> BaseException | None:
+    """The connection error behind ``exc`` (itself, or along its ``__cause__``/``__context__``
+    chain, where huggingface_hub keeps it), or ``None``. Offline mode is not a failure."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    types = _connection_types()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OfflineModeIsEnabled):  # a ConnectionError, but asked for
+            return None
+        if isinstance(exc, types):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def unreachable(what: str, subject: str, cause: BaseException) -> LoadError:
+    """The LoadError for a Hub that could not be reached (no network, DNS, proxy, timeout)."""
+    return LoadError(
+        f"{what}: could not reach the Hugging Face Hub for {subject} ({type(cause).__name__}: "
+        f"{cause}); check the network connection (and HF_ENDPOINT / proxy settings), or, if the "
+        f"files are already cached, pass local_files_only=True or set HF_HUB_OFFLINE=1, or give "
+        f"a local folder"
+    )
 
 
 def resolve_folder(path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
@@ -164,15 +224,38 @@ def resolve_file(repo_id: str, filename: str, *, subfolder: str | None = None, r
     with _hub_errors(what, repo_id, revision=revision, cache_dir=cache_dir,
                      local_files_only=local_files_only, filename=filename, subfolder=subfolder):
         try:
+            _reachable_or_cached(repo_id, filename, subfolder=subfolder, revision=revision,
+                                 cache_dir=cache_dir, local_files_only=local_files_only, token=token)
             return Path(hf_hub_download(
                 repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
                 local_files_only=local_files_only, token=token,
                 library_name=LIBRARY, library_version=__version__,
             ))
-        except EntryNotFoundError:  # LocalEntryNotFoundError included: not cached while offline
-            if required:
+        except EntryNotFoundError as e:  # LocalEntryNotFoundError included: not cached while offline
+            # A file that could not be looked up because the Hub is unreachable is not an
+            # absent file: stop here (the caller would otherwise try file after file).
+            if required or (not local_files_only and connection_failure(e) is not None):
                 raise
             return None
+
+
+def _reachable_or_cached(repo_id, filename, *, subfolder, revision, cache_dir, local_files_only, token):
+    """Fail fast when the Hub cannot be reached and the file is not cached.
+
+    ``hf_hub_download`` retries an unreachable Hub with back-off (about 25 s a file) before it
+    says so; its metadata call ``get_hf_file_metadata`` does not retry. So, online and with no
+    cached copy (a cached one is used when the Hub is down), one metadata request goes first: a
+    connection error comes back at once (translated by :func:`_hub_errors`), and a file the
+    repo does not have is an ``EntryNotFoundError`` as from the download."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if local_files_only or constants.is_offline_mode():
+        return
+    in_repo = f"{subfolder}/{filename}" if subfolder else filename
+    if isinstance(try_to_load_from_cache(repo_id, in_repo, cache_dir=cache_dir, revision=revision), str):
+        return
+    get_hf_file_metadata(hf_hub_url(repo_id, filename, subfolder=subfolder, revision=revision),
+                         token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
 
 
 # -- the model card ----------------------------------------------------------------------------
@@ -251,6 +334,29 @@ def push_to_hub(im, repo_id: str, *, private: bool | None = None, token=None, re
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
+    with _push_errors(repo_id):
+        return _push(im, api, repo_id, private=private, token=token, revision=revision,
+                     commit_message=commit_message, create_pr=create_pr)
+
+
+@contextlib.contextmanager
+def _push_errors(repo_id):
+    """No network while pushing: a LoadError saying the Hub could not be reached (the save itself
+    needs none, so the folder can be written with save_pretrained and uploaded later)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only connection failures are translated
+        conn = connection_failure(e)
+        if conn is None:
+            raise
+        raise LoadError(
+            f"push_to_hub: could not reach the Hugging Face Hub to push to {repo_id!r} "
+            f"({type(conn).__name__}: {conn}); check the network connection (and HF_ENDPOINT / "
+            f"proxy settings), or write the folder with save_pretrained(...) and upload it later"
+        ) from None
+
+
+def _push(im, api, repo_id, *, private, token, revision, commit_message, create_pr):
     url = api.create_repo(repo_id, token=token, private=private, repo_type="model", exist_ok=True)
     repo_id = getattr(url, "repo_id", None) or repo_id
     if revision is not None and not create_pr:

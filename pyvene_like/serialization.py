@@ -57,6 +57,7 @@ from .errors import (
 from .interventions.base import Intervention
 from .interventions.basic import LambdaIntervention
 from .registry import get_intervention_class
+from .validation import is_int
 from .version import __version__
 
 LIBRARY = "pyvene_like"
@@ -211,7 +212,7 @@ def check_versions(path: Path, doc: dict, *, format_version: int = FORMAT_VERSIO
             stacklevel=stacklevel,
         )
     fmt = doc.get("format_version")
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+    if not is_int(fmt) or fmt < 1:
         raise LoadError(f"{path}: format_version {fmt!r} is not valid; accepted: 1..{format_version}")
     if fmt > format_version:
         raise LoadError(
@@ -514,13 +515,57 @@ def read_config(folder: Path) -> dict:
     for field in ("intervenable_config", "interventions", "base_model"):
         if field not in doc:
             raise LoadError(f"{path}: field {field!r} is missing; the file is incomplete")
+    _expect(path, "intervenable_config", doc["intervenable_config"], dict, "a dict")
     reps, entries = doc["intervenable_config"].get("representations"), doc["interventions"]
     if not isinstance(reps, list) or not isinstance(entries, list) or len(reps) != len(entries):
         raise LoadError(
             f"{path}: 'intervenable_config.representations' and 'interventions' must be lists of "
             f"the same length, got {type(reps).__name__} and {type(entries).__name__}"
         )
+    mode = doc["intervenable_config"].get("mode", "parallel")
+    _expect(path, "intervenable_config.mode", mode, str, "a string ('parallel' or 'serial')")
+    weights = doc.get("weights")
+    if weights is not None:
+        _expect(path, "weights", weights, dict, "a dict (with the weights file's 'sha256')")
+        if "sha256" in weights:
+            _expect(path, "weights.sha256", weights["sha256"], str, "a hex digest string")
+    for i, entry in enumerate(entries):
+        where = f"interventions[{i}]"
+        _expect(path, where, entry, dict, "a dict (key, class, tensors, config)")
+        for name, kinds, what in _ENTRY_FIELDS:
+            if name in entry:
+                _expect(path, f"{where}.{name}", entry[name], kinds, what)
+        if "tensors" in entry and not all(isinstance(k, str) for k in entry["tensors"]):
+            raise LoadError(f"{path}: field '{where}.tensors' must be a list of tensor names, got "
+                            f"{entry['tensors']!r}")
+        if "shares_with" in entry and not (
+                isinstance(entry["shares_with"], int) and not isinstance(entry["shares_with"], bool)
+                and 0 <= entry["shares_with"] < i):
+            raise LoadError(f"{path}: field '{where}.shares_with' must be the index of an earlier "
+                            f"intervention (0..{i - 1}), got {entry['shares_with']!r}")
     return doc
+
+
+# Fields of an ``interventions[i]`` entry: name, accepted type(s), what the error says is accepted.
+_ENTRY_FIELDS = (
+    ("key", str, "a string"),
+    ("class", str, "a string"),
+    ("function", str, "the saved function's name (a string)"),
+    ("tensors", list, "a list of tensor names"),
+    ("config", dict, "a dict of constructor arguments (get_config())"),
+    ("settings", dict, "a dict of settings"),
+    ("extra_state", dict, "a dict {state name: JSON value}"),
+)
+
+
+def _expect(path, field: str, value, kinds, what: str) -> None:
+    """A LoadError naming ``path``, the field, the value's type and what is accepted."""
+    if not isinstance(value, kinds):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise LoadError(
+            f"{path}: field {field!r} must be {what}, got {type(value).__name__} {shown}"
+        )
 
 
 def read_weights(folder: Path, doc: dict) -> dict[str, torch.Tensor]:
@@ -553,6 +598,7 @@ def load_interventions(folder, model: nn.Module, *, cls, functions: dict | None 
     config = _rebuild_config(path, doc, weights, functions or {})
     im = _build(cls, config, model, path)
     _check_tensors(folder, doc, weights, im)
+    _check_source_representations(folder, im)
     # Settings changed after construction (RotatedSpaceIntervention.set_interchange_dim, ...):
     # the saved get_config() differs from the one the config builds; those interventions are
     # built again from the saved settings with from_config.
@@ -570,7 +616,8 @@ def _build(cls, config, model, path):
     try:
         return cls(config, model)
     except PyveneLikeError as e:
-        raise type(e)(f"{path} does not fit this model: {e}") from e
+        # A LoadError (it is the file that is wrong for this model); the cause stays chained.
+        raise LoadError(f"{path} does not fit this model ({type(e).__name__}): {e}") from e
 
 
 def _rebuild_config(path: Path, doc: dict, weights: dict, functions: dict) -> IntervenableConfig:
@@ -631,6 +678,11 @@ def _rebuild_config(path: Path, doc: dict, weights: dict, functions: dict) -> In
 def _tensor_ref(path: Path, i: int, label: str, value, weights: dict):
     if isinstance(value, dict) and set(value) == {_TENSOR_REF}:
         key = value[_TENSOR_REF]
+        if not isinstance(key, str):
+            raise LoadError(
+                f"{path}: representation {i}: {label} must name a tensor of {WEIGHTS_NAME} "
+                f"({{{_TENSOR_REF!r}: <tensor name>}}), got {key!r}"
+            )
         if key not in weights:
             raise LoadError(
                 f"{path}: representation {i}: {label} refers to tensor {key!r}, which "
@@ -673,6 +725,11 @@ def _from_saved_configs(path: Path, doc: dict, im) -> dict[int, Intervention]:
                         f"{accepted(sorted(built))}); it was saved by a different version"
                     )
                 wanted[name] = value
+        if (not getattr(iv, "checks_width", True) and "embed_dim" in wanted
+                and wanted.get("embed_dim") != built.get("embed_dim")):
+            # A type that holds nothing of the width's shape takes the width of the site it is
+            # loaded on (another base model was warned about above); the rest is as saved.
+            wanted = {**wanted, "embed_dim": built.get("embed_dim")}
         if wanted == built:
             continue
         try:
@@ -717,11 +774,29 @@ def _check_tensors(folder: Path, doc: dict, weights: dict, im) -> None:
         )
     for key, (e, t) in expected.items():
         got = weights[key]
+        if got.dtype != t.dtype:
+            kind = "floating-point " if t.dtype.is_floating_point else ""
+            raise LoadError(
+                f"{path}: tensor {key!r} has dtype {got.dtype}; accepted: {kind}{t.dtype}, the dtype "
+                f"{e.label} holds it in (save_pretrained writes it so; nothing is cast on load)"
+            )
         if tuple(got.shape) != tuple(t.shape):
             raise LoadError(
                 f"{path}: tensor {key!r} has shape {list(got.shape)} but {e.label}, built on this "
                 f"model (site width {e.width}), expects {list(t.shape)}; load onto the base "
                 f"model it was saved on"
+            )
+
+
+def _check_source_representations(folder: Path, im) -> None:
+    """A loaded ``source_representation`` must end in the width its intervention works on."""
+    for e in _entries(im):
+        t, width = e.rep.source_representation, getattr(e.intervention, "embed_dim", None)
+        if t is not None and width is not None and (t.dim() == 0 or t.shape[-1] != width):
+            raise LoadError(
+                f"{folder / WEIGHTS_NAME}: tensor 'source_representation.{e.index}' has shape "
+                f"{list(t.shape)} but {e.label} works on units of width {width}; accepted: a tensor "
+                f"whose last dimension is {width}"
             )
 
 

@@ -112,3 +112,31 @@ def _int_kind(minimum, maximum, plural: bool = False) -> str:
     if maximum is not None:
         return f"{noun} <= {maximum}"
     return noun
+
+
+def check_floating_tensor(value, field: str, *, error: type[Exception] = ConfigError):
+    """``value`` as a floating-point tensor with finite entries (a steering vector, a source
+    representation). Integer, bool or complex tensors are refused, not cast; a plain list of
+    numbers is read as floats. Imports torch lazily."""
+    import torch
+
+    from_list = isinstance(value, (list, tuple))
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise error(
+                f"{field} must be a floating-point tensor (or a nested list of floats), got "
+                f"{type(value).__name__}: {exc}"
+            ) from None
+    if from_list and value.dtype in (torch.int64, torch.int32):
+        # A plain list of numbers such as [1, 0, 0] (JSON drops the '.0'): read as floats.
+        value = value.to(torch.get_default_dtype())
+    if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+        raise error(f"{field} must hold finite numbers; it has NaN or infinite entries")
+    if not value.dtype.is_floating_point:
+        raise error(
+            f"{field} must be a floating-point tensor, got dtype {value.dtype}; accepted: float16, "
+            f"bfloat16, float32, float64 (cast it yourself, e.g. .float(), so nothing is lost silently)"
+        )
+    return value

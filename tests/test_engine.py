@@ -132,3 +132,83 @@ def test_executor_runs_a_plan_without_the_model_wrapper(gpt2, ids):
     assert torch.equal(out.logits, im({"input_ids": base}, [{"input_ids": src}], {"sources->base": 3})[1].logits)
     with pytest.raises(pv.LocationError, match="out of range"):
         ex.forward(gpt2, {"input_ids": base}, [{"input_ids": src}], {"sources->base": 99})
+
+
+def test_call_time_source_representations_must_be_floating_tensors(gpt2):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="addition"), gpt2)
+    x = torch.randint(0, 100, (2, 5))
+    for bad in (torch.ones(64, dtype=torch.long), torch.ones(64, dtype=torch.bool), torch.ones(64, dtype=torch.cfloat)):
+        with pytest.raises(pv.ShapeError, match=rf"source_representations\[0\] must be a floating-point tensor, got dtype {bad.dtype}"):
+            im(x, source_representations=bad, unit_locations={"base": 1})
+    with pytest.raises(pv.ShapeError, match=r"source_representations\[0\] is a 0-d tensor"):
+        im(x, source_representations=torch.tensor(1.0), unit_locations={"base": 1})
+    _, out = im(x, source_representations=torch.zeros(64, dtype=torch.float64), unit_locations={"base": 1})
+    assert torch.equal(out.logits, gpt2(x).logits)  # a float64 zero vector is cast to the site's dtype
+
+
+@pytest.mark.parametrize("pos", [-1, -2, -6, 0, 5])
+def test_every_negative_position_counts_from_the_end(gpt2, pos):
+    x = torch.randint(0, 100, (2, 6))
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    _, out = im(x, unit_locations={"base": pos})
+
+    def hook(m, a, o):
+        o[:, pos % 6] = 0
+
+    h = gpt2.transformer.h[1].register_forward_hook(hook)
+    try:
+        expected = gpt2(x).logits
+    finally:
+        h.remove()
+    assert torch.equal(out.logits, expected)
+    # the same position given per example (index tensors) agrees
+    _, out2 = im(x, unit_locations={"base": [[[pos], [pos]]]})
+    assert torch.equal(out2.logits, expected)
+
+
+@pytest.mark.parametrize("bad", [[[1.0], [2]], [[True], [1]], torch.tensor([[1.5], [2.0]]), torch.tensor([[True], [False]])])
+def test_float_and_bool_positions_are_refused_not_truncated(gpt2, bad):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    with pytest.raises(pv.LocationError, match="position indices must be"):
+        im(torch.randint(0, 100, (2, 6)), unit_locations={"base": [bad]})
+
+
+def test_collect_returns_a_copy_of_the_units_not_a_view():
+    from tiny_models import build_tiny_model, example_inputs
+
+    # Falcon (parallel_attn) adds attention into the MLP's output tensor in place after the hook.
+    model = build_tiny_model("falcon")
+    inputs = example_inputs("falcon")
+    seen = {}
+
+    def keep(m, a, o):
+        seen["mlp"] = o.clone()  # returns None: the model's own output tensor goes on
+
+    h = model.transformer.h[0].mlp.register_forward_hook(keep)
+    try:
+        model(**inputs)
+    finally:
+        h.remove()
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "mlp_output", intervention_type="collect"), model)
+    (_, collected), _ = im(inputs, unit_locations={"base": -1})
+    assert torch.equal(collected[0], seen["mlp"][:, -1:])
+    # only the collected units are held, not the whole [batch, seq, width] activation
+    assert collected[0].untyped_storage().nbytes() == collected[0].numel() * collected[0].element_size()
+
+
+def test_generate_refuses_attention_masks_other_than_zero_and_one(gpt2):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    ids = torch.randint(1, 100, (2, 5))
+    for mask in (torch.tensor([[0, 1, 1, 1, 2], [1, 1, 1, 1, 1]]), torch.full((2, 5), 0.5)):
+        with pytest.raises(pv.ShapeError, match=r"attention_mask holds \[(2|0\.5)\]; accepted: 0 \(padding\) and 1"):
+            im.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=2, do_sample=False)
+
+
+def test_generate_with_an_absurd_max_new_tokens_fails_fast_at_the_position_limit(gpt2):
+    # n_positions=64: planning 10**9 columns used to run out of time and memory before generating
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    ids = torch.randint(1, 100, (1, 5))
+    with pytest.raises(pv.ConfigError, match=r"max_new_tokens=1000000000 \(planned up to the model's 64 positions\)"):
+        im.generate({"input_ids": ids}, max_new_tokens=10**9, do_sample=False, eos_token_id=None)
+    with pytest.raises(pv.ConfigError, match="max_new_tokens must be a positive int"):
+        im.generate({"input_ids": ids}, max_new_tokens=True)

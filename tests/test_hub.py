@@ -678,3 +678,93 @@ def test_save_pretrained_can_push_like_the_hub_mixin(monkeypatch, tmp_path, gpt2
     assert sorted(api.uploaded) == sorted(os.listdir(tmp_path))
     with pytest.raises(ConfigError, match="push_to_hub=True needs repo_id"):
         im.save_pretrained(tmp_path, push_to_hub=True)
+
+
+# -- no network: a transport that cannot connect ---------------------------------------------------
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """huggingface_hub's HTTP client made to fail every request as an unreachable host would
+    (online mode, an empty cache); yields the list of URLs it was asked for."""
+    import httpx2
+
+    asked = []
+
+    def refuse(request):
+        asked.append(str(request.url))
+        raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    huggingface_hub.close_session()
+    try:
+        yield asked
+    finally:
+        huggingface_hub.set_client_factory(huggingface_hub.utils._http.default_client_factory)
+        huggingface_hub.close_session()
+
+
+def test_load_sae_without_network_says_the_hub_could_not_be_reached_at_once(no_network):
+    import time
+
+    from pyvene_like.sae import load_sae
+
+    start = time.perf_counter()
+    with pytest.raises(LoadError, match=r"load_sae: could not reach the Hugging Face Hub for 'cfg.json' of Hub repo "
+                                        r"'someone/saes', subfolder 'layer_3' \(ConnectError: .*name resolution\); "
+                                        r"check the network connection .* local_files_only=True or set HF_HUB_OFFLINE=1"):
+        load_sae("someone/saes", subfolder="layer_3")
+    assert time.perf_counter() - start < 5
+    files = [u for u in no_network if "/resolve/" in u]
+    assert len(files) == 1, files  # one request, no retries; the first failure stops the detection
+
+
+def test_from_pretrained_without_network_says_the_hub_could_not_be_reached(no_network, gpt2):
+    with pytest.raises(LoadError, match=r"from_pretrained: could not reach the Hugging Face Hub for Hub repo "
+                                        r"'someone/gpt2-das' \(ConnectError"):
+        pv.IntervenableModel.from_pretrained("someone/gpt2-das", model=gpt2)
+
+
+def test_push_to_hub_without_network_is_a_load_error(no_network, gpt2):
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="zero"), gpt2)
+    with pytest.raises(LoadError, match=r"push_to_hub: could not reach the Hugging Face Hub to push to "
+                                        r"'someone/zero' \(ConnectError: .*\); .* save_pretrained"):
+        im.push_to_hub("someone/zero", token="hf_test")
+    assert not any(h for m in gpt2.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def test_connection_failure_looks_along_the_cause_chain():
+    import httpx2
+
+    from pyvene_like.hub import connection_failure
+
+    conn = httpx2.ConnectError("down")
+    try:
+        try:
+            raise conn
+        except httpx2.ConnectError as e:
+            raise OSError("wrapped") from e
+    except OSError as outer:
+        assert connection_failure(outer) is conn
+    assert connection_failure(ValueError("x")) is None
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    assert connection_failure(OfflineModeIsEnabled("asked for")) is None
+
+
+def test_a_cached_sae_still_loads_without_network(no_network, tmp_path):
+    from safetensors.torch import save_file
+
+    from pyvene_like.sae import SAE, load_sae
+
+    repo = tmp_path / "repo" / "layer_3"
+    repo.mkdir(parents=True)
+    (repo / "cfg.json").write_text(json.dumps({"d_in": 4, "d_sae": 8, "architecture": "standard"}))
+    g = torch.Generator().manual_seed(0)
+    save_file({"W_enc": torch.randn(4, 8, generator=g), "b_enc": torch.zeros(8),
+               "W_dec": torch.randn(8, 4, generator=g), "b_dec": torch.zeros(4)},
+              str(repo / "sae_weights.safetensors"))
+    cache_layout(Path(huggingface_hub.constants.HF_HUB_CACHE), "someone/saes", tmp_path / "repo")
+    sae = load_sae("someone/saes", subfolder="layer_3")
+    assert isinstance(sae, SAE) and sae.d_sae == 8

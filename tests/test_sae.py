@@ -575,3 +575,43 @@ def test_sae_intervention_mistakes_are_clear_errors(gpt2, gpt2_sae, ids):
     im = build(sae=sae, mode="set", value=2.0)
     with pytest.raises(LocationError, match=r"subspaces: feature 200 is outside the SAE's 96 features"):
         im({"input_ids": ids[0]}, unit_locations={"base": 3}, subspaces=[[200]])
+
+
+# -- settings and files that used to be cast or leak raw errors -------------------------------------
+def test_sae_settings_are_strict():
+    with pytest.raises(ConfigError, match=r"SAE apply_b_dec_to_input must be True or False, got 'no'"):
+        SAE(4, 8, apply_b_dec_to_input="no")
+    with pytest.raises(ConfigError, match=r"SAE d_in must be a positive int, got True"):
+        SAE(True, 8)
+    with pytest.raises(ConfigError, match=r"SAE layer_norm_eps must be a positive finite number, got nan"):
+        SAE(4, 8, layer_norm_eps=math.nan)
+    with pytest.raises(ConfigError, match=r"SAE dtype torch.int64 is not supported; accepted: 'float32'"):
+        SAE(4, 8, dtype=torch.int64)
+    with pytest.raises(ConfigError, match=r"SAE hook_name must be a string or None, got 3"):
+        SAE(4, 8, hook_name=3)
+
+
+def test_sae_weights_of_an_integer_dtype_are_refused():
+    sae = SAE(2, 3)
+    weights = {"W_enc": torch.ones(2, 3, dtype=torch.int64), "b_enc": torch.zeros(3), "W_dec": torch.zeros(3, 2),
+               "b_dec": torch.zeros(2)}
+    with pytest.raises(LoadError, match=r"here: 'W_enc' has dtype torch.int64; accepted: a floating-point dtype"):
+        sae.load_weights(weights, where="here")
+    with pytest.raises(LoadError, match=r"here: 'b_enc' must be a tensor, got list"):
+        sae.load_weights({**weights, "W_enc": torch.ones(2, 3), "b_enc": [0, 0, 0]}, where="here")
+
+
+def test_openai_topk_settings_that_are_not_a_dict(tmp_path):
+    state = {"encoder.weight": torch.zeros(8, 4), "latent_bias": torch.zeros(8), "decoder.weight": torch.zeros(4, 8),
+             "pre_bias": torch.zeros(4), "activation": "TopK", "activation_state_dict": [4]}
+    torch.save(state, tmp_path / "sae.pt")
+    with pytest.raises(LoadError, match=r"sae.pt: 'activation_state_dict' must be a dict \{k, postact_fn\}, got \[4\]"):
+        load_sae(tmp_path / "sae.pt")
+
+
+def test_saelens_sizes_that_disagree_with_the_weights_are_refused_before_allocating(tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 10**9, "d_sae": 10**9}))
+    save_file({"W_enc": torch.zeros(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)},
+              str(tmp_path / "sae_weights.safetensors"))
+    with pytest.raises(LoadError, match=r"'W_enc' has shape \[4, 8\], expected \[1000000000, 1000000000\]"):
+        load_sae(tmp_path)

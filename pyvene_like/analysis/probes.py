@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..modes import evaluating
 from ..training.loop import Callback, TrainLoop
 
 _KINDS = ("linear", "mlp")
@@ -268,12 +269,8 @@ def evaluate_probe(result, dataset, column: str | None = None, *, label_column: 
         if x.shape[1] != width:
             raise ConfigError(f"evaluate_probe: column {column!r} is {x.shape[1]} wide; the probe takes {width}")
         x, y = x.to(param.device), y.to(param.device)
-    was_training = probe.training
-    probe.eval()
-    try:
+    with evaluating(probe):
         return _accuracy(probe, x, y)
-    finally:
-        probe.train(was_training)
 
 
 def probe_sweep(dataset, columns=None, *, plot=None, title: str | None = None, **probe_kwargs) -> dict:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..modes import restore_flags, training_flags
 from ..validation import check_positive_int
 from .info import CodeInfo
 from .wrap import get_codebooks, module_key
@@ -60,12 +61,45 @@ class CodeRecords:
         from pathlib import Path
 
         from datasets import load_from_disk
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from ..errors import LoadError
+
         path = Path(path)
-        fires = load_file(str(path / "fires.safetensors"))
-        tokens = load_from_disk(str(path / "tokens"))
-        return cls(load_from_disk(str(path / "codes")), tokens, fires["fire_code"], fires["fire_token"],
+        expected = ("codes", "tokens", "fires.safetensors")
+        lacks = [name for name in expected if not (path / name).exists()]
+        if lacks:
+            holds = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else []
+            where = "is not a folder" if not path.is_dir() else f"lacks {', '.join(map(repr, lacks))}"
+            raise LoadError(
+                f"CodeRecords.load_from_disk: {str(path)!r} {where}; expected a folder written by "
+                f"CodeRecords.save_to_disk holding {', '.join(map(repr, expected))} (it holds: "
+                f"{', '.join(holds) or 'nothing'})"
+            )
+        fires_path = path / "fires.safetensors"
+        try:
+            fires = load_file(str(fires_path))
+        except (SafetensorError, OSError) as e:
+            raise LoadError(f"{fires_path} is not a readable safetensors file (truncated or corrupt: {e})") from None
+        for key in ("fire_code", "fire_token"):
+            t = fires.get(key)
+            if t is None or t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
+                raise LoadError(
+                    f"{fires_path}: tensor {key!r} must be a 1-D int64 tensor, got "
+                    f"{'nothing' if t is None else f'{t.dtype} of shape {list(t.shape)}'}"
+                )
+        if fires["fire_code"].shape != fires["fire_token"].shape:
+            raise LoadError(f"{fires_path}: 'fire_code' and 'fire_token' must have the same length")
+        try:
+            tokens = load_from_disk(str(path / "tokens"))
+            codes = load_from_disk(str(path / "codes"))
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise LoadError(f"CodeRecords.load_from_disk: cannot read the tables in {str(path)!r}: {e}") from None
+        if "input_ids" not in tokens.column_names:
+            raise LoadError(f"{path / 'tokens'}: column 'input_ids' is missing; accepted: a table written by "
+                            f"CodeRecords.save_to_disk")
+        return cls(codes, tokens, fires["fire_code"], fires["fire_token"],
                    sum(len(t) for t in tokens["input_ids"]))
 
 
@@ -163,7 +197,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     starts = torch.tensor([0] + [len(s) for s in seqs]).cumsum(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     codes_parts, token_parts, score_parts = [], [], []
-    was_training = model.training
+    flags = training_flags(model)
     model.eval()
     scores_seen: dict[int, list] = {}
     hooks = []
@@ -203,7 +237,7 @@ def record_codes(model, data, tokenizer=None, *, codebooks=None, batch_size: int
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
+        restore_flags(flags)
     fire_code = torch.cat(codes_parts) if codes_parts else torch.zeros(0, dtype=torch.long)
     fire_token = torch.cat(token_parts) if token_parts else torch.zeros(0, dtype=torch.long)
     fire_score = torch.cat(score_parts) if score_parts else torch.zeros(0)

@@ -21,6 +21,7 @@ from ..errors import ConfigError, SiteError
 from ..interventions.base import Intervention
 from ..registry import register_intervention
 from ..sites import HEAD_UNITS, Site
+from ..validation import check_choice, is_int
 from .wrap import ATTRIBUTE, get_codebooks, module_key
 
 MODES = ("replace", "append")
@@ -43,12 +44,12 @@ def _normalize_codes(codes) -> list[list]:
             if not isinstance(ids, (list, tuple)):
                 raise bad
             out.extend([head, c] for c in ids)
-    elif isinstance(codes, int) and not isinstance(codes, bool):
+    elif is_int(codes):
         out = [[None, codes]]
     elif isinstance(codes, (list, tuple)):
         out = []
         for entry in codes:
-            if isinstance(entry, int) and not isinstance(entry, bool):
+            if is_int(entry):
                 out.append([None, entry])
             elif isinstance(entry, (list, tuple)) and len(entry) == 2:
                 out.append([entry[0], entry[1]])
@@ -59,11 +60,11 @@ def _normalize_codes(codes) -> list[list]:
     if not out:
         raise ConfigError("codes is empty; name at least one code to force")
     for head, code in out:
-        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
+        if head is not None and (not is_int(head) or head < 0):
             raise ConfigError(f"codes: head {head!r} is not a non-negative int (or None)")
-        if isinstance(code, bool) or not isinstance(code, int) or code < 0:
+        if not is_int(code) or code < 0:
             raise ConfigError(f"codes: code {code!r} is not a non-negative int")
-    return out
+    return [[None if head is None else int(head), int(code)] for head, code in out]
 
 
 @register_intervention("codebook", "code")
@@ -75,8 +76,7 @@ class CodebookIntervention(Intervention):
 
     def __init__(self, codes, mode: str = "replace", embed_dim=None):
         super().__init__(embed_dim, None)
-        if mode not in MODES:
-            raise ConfigError(f"mode {mode!r} is not accepted; accepted: 'replace', 'append'")
+        check_choice(mode, "mode", MODES)
         self.codes = _normalize_codes(codes)
         self.mode = mode
         # The codebook is not a submodule: its parameters belong to the model, not to us.

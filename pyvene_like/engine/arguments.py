@@ -165,10 +165,34 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
 
 
 def normalize_source_representations(source_representations, slots: list[Slot]) -> list:
-    n = len(slots)
+    """Per slot, the representation to use: the call's (checked) or the config's, else None."""
     reps = [s.rep.source_representation for s in slots]
     if source_representations is None:
         return reps
+    given = _given_representations(source_representations, slots, reps)
+    for i, (value, config_value) in enumerate(zip(given, reps)):
+        if value is not config_value and value is not None:
+            _check_given(value, f"source_representations[{i}]")
+    return given
+
+
+def _check_given(value, field: str) -> None:
+    """A representation passed at call time: a floating-point tensor of at least one dimension.
+    Only the dtype and rank are checked here (a finiteness check would synchronise a GPU on
+    every call); configs check their own vectors fully when they are built."""
+    if isinstance(value, torch.Tensor):
+        if not value.dtype.is_floating_point:
+            raise ShapeError(
+                f"{field} must be a floating-point tensor, got dtype {value.dtype}; accepted: float16, "
+                f"bfloat16, float32, float64 (cast it yourself, e.g. .float(), so nothing is lost silently)"
+            )
+        if value.dim() == 0:
+            raise ShapeError(f"{field} is a 0-d tensor; accepted: [width], [units, width] or [batch, units, width]")
+
+
+def _given_representations(source_representations, slots: list[Slot], reps: list) -> list:
+    n = len(slots)
+    reps = list(reps)
     if isinstance(source_representations, torch.Tensor):
         # One tensor goes to every intervention that takes a source (pyvene broadcasts it).
         for i, s in enumerate(slots):

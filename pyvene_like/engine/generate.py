@@ -79,6 +79,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError
+from ..validation import is_int
 from .arguments import (
     check_repr,
     normalize_locations,
@@ -104,7 +105,13 @@ def _left_pads(mask: torch.Tensor | None, bsz: int, length: int, label: str) -> 
             f"{label}: attention_mask has shape {tuple(mask.shape)}; expected [batch={bsz}, "
             f"length={length}] like input_ids"
         )
-    m = mask.detach().to("cpu", torch.long)
+    m = mask.detach().to("cpu")
+    if m.dtype.is_complex or not bool(((m == 0) | (m == 1)).all()):
+        bad = sorted({v for v in m.flatten().tolist() if v not in (0, 1)})[:5]
+        raise ShapeError(
+            f"{label}: attention_mask holds {bad}; accepted: 0 (padding) and 1 (a token) only"
+        )
+    m = m.to(torch.long)
     pads = (length - m.sum(1)).tolist()
     # Left padding: zeros first, then ones only.
     expected = torch.arange(length).unsqueeze(0) >= torch.tensor(pads).unsqueeze(1)
@@ -140,12 +147,22 @@ def _max_new_tokens(model, prompt_len: int, kwargs: dict) -> int:
         if max_length is None:
             raise ConfigError("generate: give max_new_tokens (how many tokens to generate)")
         n = max_length - prompt_len
-    if not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ConfigError(
             f"generate: max_new_tokens must be a positive int (max_length must exceed the prompt "
             f"length {prompt_len}), got {n!r}"
         )
-    return n
+    return int(n)
+
+
+def _position_limit(model) -> int | None:
+    """How many positions the model's config says it can embed (``None``: it does not say)."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(cfg, name, None)
+        if is_int(value) and value > 0:
+            return int(value)
+    return None
 
 
 def _timesteps(timesteps, n_new: int) -> list[int]:
@@ -557,7 +574,11 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
     pads = _left_pads(inputs.get("attention_mask"), bsz, length, "base")
     lengths = [length - p for p in pads]
     n_new = _max_new_tokens(model, length, generate_kwargs)
-    steps = _timesteps(timesteps, n_new)
+    # Positions are planned up front, so a max_new_tokens far past what the model can embed
+    # (max_new_tokens=10**9) is planned only up to that limit; a step past it is an error.
+    limit = _position_limit(model)
+    n_plan = n_new if limit is None else max(1, min(n_new, limit - length + 1))
+    steps = _timesteps(timesteps, n_plan)
     if not intervene_on_prompt and not steps:
         raise ConfigError(
             "generate: intervene_on_prompt=False and timesteps=None leave nothing to intervene on; "
@@ -596,7 +617,7 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
             if t is not None:
                 src_vals[i] = t
 
-    n_cols = length + n_new - 1  # the last generated token is never fed back
+    n_cols = length + n_plan - 1  # the last generated token is never fed back
     schedules = [
         _build_schedule(slot, base_locs[i], src_vals[i], sub_list[i], intervene_on_prompt, steps,
                         lengths, pads, n_cols)
@@ -626,6 +647,7 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
             raise ConfigError(
                 f"generate: a step computes positions up to column {c1 - 1}, past the {n_cols} columns "
                 f"planned for a prompt of {length} and max_new_tokens={n_new}"
+                + (f" (planned up to the model's {limit} positions)" if n_plan < n_new else "")
             )
         step.c0, step.c1, step.rows = past, c1, t.shape[0]
         step.new = max(past, step.seen)

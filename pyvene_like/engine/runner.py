@@ -77,6 +77,11 @@ def apply_members(members, window, x, args, kwargs, inplace: bool):
         else:
             new = iv.forward(vals, src, subs)
         if not iv.modifies_output:
+            if new.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                # A view of the activation (Collect returns its input): copy the units, so the
+                # whole activation is not kept alive and a later in-place change by the model
+                # (Falcon adds attention into the MLP output) does not reach the result.
+                new = new.clone()
             window.record(slot, new, where)
             continue
         if new is None:  # a function intervention that only looked (pyvene's convention)
@@ -142,7 +147,7 @@ class ForwardWindow:
             if units.pos_hi >= seq or units.pos_lo < -seq:
                 check_positions(units, seq)  # raises
             start = span[0] if span[0] >= 0 else seq + span[0]
-            vals = xs.narrow(1, start, (span[1] if span[1] is not None else seq) - start)
+            vals = xs.narrow(1, start, span[1])
         else:
             vals = gather(x, units, slot.site, slot.heads)
         src = self.src[i]

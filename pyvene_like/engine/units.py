@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LocationError, ShapeError
+from ..validation import is_int
 
 _ROWS: dict = {}
 
@@ -31,7 +32,8 @@ class Units:
 
     def __init__(self, pos=None, heads=None, pos_lo=0, pos_hi=-1, label="", bsz=None, span=None):
         self.bsz = bsz  # the call's batch size, to unflatten [batch * seq, features] activations
-        # (start, stop) when every example uses the same consecutive positions: a slice.
+        # (start, length) when every example uses the same one position (start < 0 counts from
+        # the end): a view of the activation, no index tensors.
         self.span = span
         self.pos = pos  # LongTensor [B, P] or None for every position
         self.heads = heads  # LongTensor [B, H] or None for every head
@@ -58,6 +60,8 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
     if isinstance(value, int):
         return torch.full((bsz, 1), value, dtype=torch.long)
     if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise LocationError(f"{label}: {what} indices must be integers, got a {value.dtype} tensor")
         t = value.long()
         if t.dim() == 1:
             t = t.unsqueeze(1)
@@ -67,6 +71,13 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
         if not isinstance(value, (list, tuple)):
             raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
         rows = [[r] if isinstance(r, int) else r for r in value]
+        for row in rows:
+            for v in (row if isinstance(row, (list, tuple)) else ()):
+                if not is_int(v):
+                    raise LocationError(
+                        f"{label}: {what} indices must be ints (a bool or a float is not an index), got "
+                        f"{v!r} in {value!r}"
+                    )
         try:
             t = torch.tensor(rows, dtype=torch.long)
         except (ValueError, TypeError):
@@ -109,7 +120,7 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
     lo, hi = 0, -1
     if isinstance(pos_loc, int) and not isinstance(pos_loc, bool):
         lo = hi = pos_loc
-        span = (pos_loc, pos_loc + 1 if pos_loc != -1 else None)
+        span = (pos_loc, 1)
     elif pos_loc is not None:
         pos = _as_index_rows(pos_loc, bsz, label, "position")
         lo, hi = int(pos.min()), int(pos.max())
@@ -192,7 +203,7 @@ def _window(xs: torch.Tensor, units: Units):
     span = units.span
     if span is not None:
         start = span[0] if span[0] >= 0 else xs.shape[1] + span[0]
-        return xs.narrow(1, start, (span[1] if span[1] is not None else xs.shape[1]) - start), None
+        return xs.narrow(1, start, span[1]), None
     pos = units.pos
     if pos is not None and pos.device != xs.device:
         # Index tensors follow the hooked module's device (sharded models: per module).

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LocationError
+from ..validation import check_optional_positive_int, is_int
 
 
 class Intervention(nn.Module):
@@ -48,10 +49,13 @@ class Intervention(nn.Module):
     trainable: ClassVar[bool] = False
     #: True when forward() honours ``subspaces``.
     supports_subspaces: ClassVar[bool] = True
+    #: True when forward() itself refuses units whose width is not ``embed_dim`` (a ShapeError
+    #: at call time); otherwise :meth:`bind_site` compares ``embed_dim`` with the site at build.
+    checks_width: ClassVar[bool] = False
 
     def __init__(self, embed_dim: int | None = None, subspace_partition=None):
         super().__init__()
-        self.embed_dim = embed_dim
+        self.embed_dim = check_optional_positive_int(embed_dim, f"{type(self).__name__}: embed_dim")
         self.subspace_partition = check_partition(subspace_partition, embed_dim)
         self._partition_table: torch.Tensor | None = None
 
@@ -81,6 +85,25 @@ class Intervention(nn.Module):
                 f"(get_config()), got {type(config).__name__}"
             )
         return cls(**config)
+
+    def bind_site(self, model: nn.Module, site, rep):
+        """Check, once at build time, that ``embed_dim`` (when given) is the site's width.
+
+        A wrong ``embed_dim`` (``intervention_kwargs={"embed_dim": 7}`` on a site of width 64) is
+        refused here rather than ignored by types that do not use it. Returns ``None``: the site
+        stays as resolved. Subclasses that move to a site of their own override this.
+        """
+        units = getattr(rep, "unit", "pos")
+        width = site.head_dim if units in ("h", "h.pos") else site.width
+        if self.checks_width or self.embed_dim is None or width is None:
+            return None
+        if self.embed_dim != width:
+            raise ConfigError(
+                f"{type(self).__name__}: embed_dim={self.embed_dim} does not match the width of "
+                f"the site {getattr(site, 'description', site)} ({width}); leave embed_dim unset "
+                f"(the site's width is used) or give {width}"
+            )
+        return None
 
     # -- declared examples (registry-driven tests) ------------------------------------------
     @classmethod
@@ -181,15 +204,26 @@ def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
 
 
 def check_partition(partition, embed_dim):
+    """``None``, or ``[[start, end), ...]`` increasing, non-overlapping int pairs within ``embed_dim``."""
     if partition is None:
         return None
-    try:
-        part = [[int(a), int(b)] for a, b in partition]
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"subspace_partition must be a list of [start, end) pairs like [[0, 64], [64, 128]], "
-            f"got {partition!r}"
-        ) from None
+    shape = (
+        f"subspace_partition must be a non-empty list of [start, end) pairs of ints like "
+        f"[[0, 64], [64, 128]], got {partition!r}"
+    )
+    if isinstance(partition, torch.Tensor):
+        if partition.dtype.is_floating_point or partition.dtype.is_complex or partition.dtype == torch.bool:
+            raise ConfigError(shape)
+        partition = partition.tolist()
+    if not isinstance(partition, (list, tuple)) or not partition:
+        raise ConfigError(shape)
+    part = []
+    for pair in partition:
+        if isinstance(pair, torch.Tensor):
+            pair = pair.tolist()
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(is_int(v) for v in pair):
+            raise ConfigError(shape)
+        part.append([int(pair[0]), int(pair[1])])
     prev = 0
     for start, end in part:
         if not (0 <= start < end) or start < prev:

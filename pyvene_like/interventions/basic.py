@@ -8,6 +8,7 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import register_intervention
+from ..validation import check_bool, check_non_negative_int, check_number
 from .base import Intervention
 
 
@@ -115,11 +116,9 @@ class NoiseIntervention(Intervention):
 
     def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
         super().__init__(embed_dim, subspace_partition)
-        if not isinstance(noise_level, (int, float)) or noise_level < 0:
-            raise ConfigError(f"noise_level must be a non-negative number, got {noise_level!r}")
-        if seed is not None and not isinstance(seed, int):
-            raise ConfigError(f"seed must be an int or None, got {seed!r}")
-        self.noise_level = float(noise_level)
+        self.noise_level = check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True)
+        if seed is not None:
+            seed = check_non_negative_int(seed, "NoiseIntervention: seed (an int or None)")
         self.seed = seed
 
     def get_config(self):
@@ -160,7 +159,7 @@ class LambdaIntervention(Intervention):
         if fn is None or not callable(fn):
             raise ConfigError(f"LambdaIntervention needs a callable fn(base, source[, subspaces]), got {fn!r}")
         self.fn = fn
-        self.source_from = "source" if needs_source else None
+        self.source_from = "source" if check_bool(needs_source, "LambdaIntervention: needs_source") else None
         try:
             n_params = len(inspect.signature(fn).parameters)
         except (TypeError, ValueError):

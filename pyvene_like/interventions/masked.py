@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..registry import register_intervention
+from ..validation import check_number
 from .rotated import (
     TrainableIntervention,
     _compute_dtype,
@@ -22,6 +23,8 @@ from .rotated import (
     _rotated_interchange,
     _rotated_selection,
     _temperature_value,
+    allocating,
+    float32_number,
     orthonormal_layer,
 )
 
@@ -38,7 +41,9 @@ class SigmoidMaskIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.mask = nn.Parameter(torch.full((n,), float(mask_init)))
+        init = float32_number(check_number(mask_init, f"{name}: mask_init"), f"{name}: mask_init")
+        with allocating(name, n):
+            self.mask = nn.Parameter(torch.full((n,), init))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     # get_config: the base's; temperature and mask_init start a buffer and a parameter (state).
@@ -77,8 +82,10 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
-        self.rotate_layer = orthonormal_layer(n)
-        self.masks = nn.Parameter(torch.full((n,), float(mask_init)))
+        init = float32_number(check_number(mask_init, f"{name}: mask_init"), f"{name}: mask_init")
+        with allocating(name, n):
+            self.rotate_layer = orthonormal_layer(n)
+            self.masks = nn.Parameter(torch.full((n,), init))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     @classmethod

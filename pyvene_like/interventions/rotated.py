@@ -28,6 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
+from ..validation import check_number, check_positive_int, is_int
 from .base import Intervention, check_partition, rectangular_subspaces
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -40,9 +41,21 @@ def _need_width(embed_dim, cls_name: str) -> int:
             f"{cls_name}: embed_dim is None — the site's width could not be determined; pass "
             f"intervention_kwargs={{'embed_dim': <width>}} in the RepresentationConfig"
         )
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-        raise ConfigError(f"{cls_name}: embed_dim must be a positive int, got {embed_dim!r}")
-    return embed_dim
+    return check_positive_int(embed_dim, f"{cls_name}: embed_dim")
+
+
+@contextlib.contextmanager
+def allocating(cls_name: str, embed_dim: int):
+    """Turn a failed allocation of an intervention's parameters (an ``embed_dim`` far too large)
+    into a ConfigError naming ``embed_dim``."""
+    try:
+        yield
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{cls_name}: embed_dim={embed_dim} is too large: its parameters cannot be allocated "
+            f"({first}); give the site's width"
+        ) from None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -109,10 +122,26 @@ def orthonormal_layer(n: int, k: int | None = None) -> RotateLayer:
 
 
 def _temperature_value(value, cls_name: str) -> float:
-    t = float(value.item() if isinstance(value, torch.Tensor) else value)
-    if not t > 0 or t == float("inf"):
-        raise ConfigError(f"{cls_name}: temperature must be a positive finite number, got {value!r}")
-    return t
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise ConfigError(
+                f"{cls_name}: temperature must be a positive finite number (or a one-element "
+                f"floating-point tensor), got {value!r}"
+            )
+        value = value.item()
+    return float32_number(check_number(value, f"{cls_name}: temperature", positive=True),
+                          f"{cls_name}: temperature")
+
+
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def float32_number(value: float, field: str) -> float:
+    """A checked number that must also fit the float32 buffer or parameter it starts (no
+    silent overflow to inf)."""
+    if abs(value) > _F32_MAX:
+        raise ConfigError(f"{field} must fit in float32 (|value| <= {_F32_MAX:.4g}), got {value!r}")
+    return value
 
 
 class TrainableIntervention(Intervention):
@@ -121,6 +150,8 @@ class TrainableIntervention(Intervention):
     ``module.to(torch.bfloat16)`` (or ``.half()``) moves the module but leaves its floating
     parameters and buffers in float32; the forward passes cast activations themselves.
     """
+
+    checks_width = True
 
     trainable = True
 
@@ -184,7 +215,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
     else:
         rows = rectangular_subspaces(subspaces, bsz)
         flat = [i for r in rows for i in r]
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in flat):
+        if any(not is_int(i) for i in flat):
             raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
         lo, hi = min(flat), max(flat)
         first = rows[0]
@@ -266,20 +297,23 @@ class RotatedSpaceIntervention(TrainableIntervention):
         self.interchange_dim = n
         if interchange_dim is not None:
             self.set_interchange_dim(interchange_dim)
-        self.rotate_layer = orthonormal_layer(n)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n)
 
     def set_interchange_dim(self, interchange_dim: int) -> None:
         """Interchange the first ``interchange_dim`` rotated dims when no subspaces are given."""
-        if isinstance(interchange_dim, torch.Tensor):
+        if isinstance(interchange_dim, torch.Tensor) and interchange_dim.numel() == 1 and not (
+                interchange_dim.dtype.is_floating_point or interchange_dim.dtype.is_complex
+                or interchange_dim.dtype == torch.bool):
             interchange_dim = int(interchange_dim.item())
-        if isinstance(interchange_dim, bool) or not isinstance(interchange_dim, int) or not (
+        if not is_int(interchange_dim) or not (
             0 <= interchange_dim <= self.embed_dim
         ):
             raise ConfigError(
                 f"{type(self).__name__}: interchange_dim must be an int in 0..{self.embed_dim} "
                 f"(the rotation width), got {interchange_dim!r}"
             )
-        self.interchange_dim = interchange_dim
+        self.interchange_dim = int(interchange_dim)
 
     def get_config(self):
         return {**super().get_config(), "interchange_dim": self.interchange_dim}
@@ -322,13 +356,10 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
                 f"{name} needs low_rank_dimension: set RepresentationConfig(..., "
                 f"low_rank_dimension=r) with 1 <= r <= {n} (the site's width)"
             )
-        if (
-            isinstance(low_rank_dimension, bool)
-            or not isinstance(low_rank_dimension, int)
-            or not 1 <= low_rank_dimension <= n
-        ):
+        if not is_int(low_rank_dimension) or not 1 <= low_rank_dimension <= n:
             raise ConfigError(
-                f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r}"
+                f"low_rank_dimension must be in 1..{n} (the site's width), got {low_rank_dimension!r} "
+                f"(embed_dim={n})"
             )
         part = check_partition(subspace_partition, None)
         if part is not None and part[-1][1] > low_rank_dimension:
@@ -337,8 +368,9 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
                 f"low-rank rotation has only low_rank_dimension={low_rank_dimension} rotated dims"
             )
         super().__init__(n, part)
-        self.low_rank_dimension = low_rank_dimension
-        self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
+        self.low_rank_dimension = int(low_rank_dimension)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 
     def get_config(self):
         return {**super().get_config(), "low_rank_dimension": self.low_rank_dimension}
@@ -390,9 +422,11 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, None)
-        if not isinstance(init_boundary, (int, float)) or not 0.0 <= init_boundary <= 1.0:
+        if isinstance(init_boundary, bool) or not isinstance(init_boundary, (int, float)) or not (
+                0.0 <= init_boundary <= 1.0):
             raise ConfigError(f"{name}: init_boundary must be a fraction in [0, 1], got {init_boundary!r}")
-        self.rotate_layer = orthonormal_layer(n)
+        with allocating(type(self).__name__, n):
+            self.rotate_layer = orthonormal_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 

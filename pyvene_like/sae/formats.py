@@ -31,6 +31,8 @@ import json
 import os
 import re
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ import torch
 
 from ..errors import ConfigError, LoadError, PyveneLikeWarning, accepted, did_you_mean
 from ..registry import Registry
+from ..validation import check_bool, check_positive_int
 from .sae import NORMALIZATIONS, SAE, dtype_from_name
 
 SAELENS_CONFIG = "cfg.json"
@@ -246,6 +249,18 @@ def _load_saelens(src: SAESource, opts: LoadOptions) -> SAE:
         )
     if dtype is not None:
         settings["dtype"] = dtype
+    w_enc = tensors.get("W_enc")
+    want = (settings["d_in"], settings["d_sae"])
+    if not isinstance(w_enc, torch.Tensor):
+        raise LoadError(f"{weights_path}: missing 'W_enc' [d_in, d_sae]; a SAELens SAE holds 'W_enc', "
+                        f"'b_enc', 'W_dec', 'b_dec' (present: {accepted(sorted(tensors)) or 'nothing'})")
+    if tuple(w_enc.shape) != want:
+        # Checked before building, so a wrong size in cfg.json is reported, not allocated.
+        raise LoadError(
+            f"{weights_path}: 'W_enc' has shape {list(w_enc.shape)}, expected {list(want)} "
+            f"(d_in={want[0]}, d_sae={want[1]}) by {cfg_path.name}; cfg.json and the weights "
+            f"must agree"
+        )
     try:
         sae = SAE(**settings)
     except ConfigError as e:
@@ -265,10 +280,12 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
         value = cfg.get(field)
         if field not in cfg:
             raise LoadError(f"{where}: field {field!r} is missing; a SAELens cfg.json gives d_in and d_sae")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise LoadError(f"{where}: field {field!r} must be a positive int, got {value!r}")
+        check_positive_int(value, f"{where}: field {field!r}", error=LoadError)
     fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
     fn_kwargs = cfg.get("activation_fn_kwargs") or {}
+    if not isinstance(fn_kwargs, dict):
+        raise LoadError(f"{where}: field 'activation_fn_kwargs' must be an object (like {{\"k\": 32}}), "
+                        f"got {fn_kwargs!r}")
     if arch == "jumprelu":
         activation, k = "jumprelu", None
     elif arch == "topk" or fn == "topk":
@@ -293,6 +310,9 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
         )
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    if hook is not None and not isinstance(hook, str):
+        raise LoadError(f"{where}: the hook name (metadata.hook_name, hook_name or hook_point) must be "
+                        f"a string, got {hook!r}")
     dtype = cfg.get("dtype", "float32")
     try:
         dtype_from_name(dtype)
@@ -300,7 +320,8 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
         raise LoadError(f"{where}: {e}") from None
     return {
         "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "activation": activation, "k": k,
-        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "apply_b_dec_to_input": check_bool(cfg.get("apply_b_dec_to_input", True),
+                                           f"{where}: apply_b_dec_to_input", error=LoadError),
         "normalize_activations": norm, "hook_name": hook, "dtype": dtype,
     }
 
@@ -320,15 +341,23 @@ def _load_gemma_scope(src: SAESource, opts: LoadOptions) -> SAE:
         with np.load(path, allow_pickle=False) as data:
             arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
     except ValueError as e:
+        if "pickle" not in str(e):
+            raise LoadError(f"{path} is not a readable .npz file (truncated or corrupt: {e})") from None
         raise LoadError(f"{path}: refused: it holds pickled objects, not plain arrays ({e})") from None
-    except (OSError, EOFError) as e:
-        raise LoadError(f"{path} is not a readable .npz file ({e})") from None
+    except (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise LoadError(f"{path} is not a readable .npz file (truncated or corrupt: {e})") from None
     missing = [k for k in _GEMMA_KEYS if k not in arrays]
     if missing:
         raise LoadError(
             f"{path}: missing {', '.join(repr(m) for m in missing)}; a Gemma Scope params.npz holds "
             f"{accepted(_GEMMA_KEYS)} (present: {accepted(sorted(arrays)) or 'nothing'})"
         )
+    for key in _GEMMA_KEYS:
+        if arrays[key].dtype.kind != "f":
+            raise LoadError(
+                f"{path}: {key!r} has dtype {arrays[key].dtype}; accepted: a floating-point dtype "
+                f"(float16, float32, float64); integer, bool or complex arrays are not cast"
+            )
     w_enc = arrays["W_enc"]
     if w_enc.ndim != 2:
         raise LoadError(f"{path}: 'W_enc' must be 2-D [d_in, d_sae], got shape {list(w_enc.shape)}")
@@ -409,6 +438,8 @@ def sae_from_openai_state_dict(state: dict, where: str = "state dict", dtype=Non
     name = state.get("activation", "ReLU")
     if name == "TopK":
         act = state.get("activation_state_dict") or {}
+        if not isinstance(act, dict):
+            raise LoadError(f"{where}: 'activation_state_dict' must be a dict {{k, postact_fn}}, got {act!r}")
         k, post = act.get("k"), act.get("postact_fn", "ReLU")
         if post != "ReLU":
             raise LoadError(f"{where}: TopK postact_fn {post!r} is not supported; accepted: 'ReLU'")

@@ -27,6 +27,7 @@ import torch
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
 from ..interventions.base import Intervention, check_partition, rectangular_subspaces
 from ..registry import register_intervention
+from ..validation import check_bool, check_number, check_optional_positive_int, is_int
 from .sae import SAE
 
 
@@ -52,14 +53,14 @@ class SAEIntervention(Intervention):
             )
         elif sae_config is not None and sae_config != sae.config():
             raise ConfigError(f"{name}: sae_config {sae_config} does not match the given SAE's {sae.config()}")
+        embed_dim = check_optional_positive_int(embed_dim, f"{name}: embed_dim")
         if embed_dim is not None and embed_dim != sae.d_in:
             hook = f" (trained on {sae.hook_name!r})" if sae.hook_name else ""
             raise ShapeError(
                 f"{name}: the site's width is {embed_dim} but the SAE{hook} has d_in={sae.d_in}; "
-                f"attach it to a site of width {sae.d_in}"
+                f"attach it to a site of width {sae.d_in} (embed_dim={embed_dim})"
             )
-        if not isinstance(use_error_term, bool):
-            raise ConfigError(f"{name}: use_error_term must be True or False, got {use_error_term!r}")
+        check_bool(use_error_term, f"{name}: use_error_term")
         self.sae = sae.requires_grad_(False)
         self.embed_dim = embed_dim
         self.subspace_partition = check_partition(subspace_partition, sae.d_sae)
@@ -90,7 +91,7 @@ class SAEIntervention(Intervention):
             features = features.tolist()
         name = type(self).registry_name
         if not isinstance(features, (list, tuple)) or not features or not all(
-            isinstance(f, int) and not isinstance(f, bool) for f in features
+            is_int(f) for f in features
         ):
             raise ConfigError(f"{name}: features must be a non-empty list of feature ids (ints), got {features!r}")
         bad = [f for f in features if not 0 <= f < self.sae.d_sae]
@@ -197,6 +198,11 @@ class SAESteerIntervention(SAEIntervention):
                 f"{did_you_mean(str(mode), _MODES)}"
             )
         if isinstance(value, torch.Tensor):
+            if not value.dtype.is_floating_point:
+                raise ConfigError(
+                    f"sae_steer: value is a {value.dtype} tensor; accepted: a number, a list of "
+                    f"numbers or a floating-point tensor (cast it yourself, e.g. value.float())"
+                )
             value = value.tolist()
         if isinstance(value, (list, tuple)):
             if self.features is None or len(value) != len(self.features):
@@ -207,11 +213,11 @@ class SAESteerIntervention(SAEIntervention):
                 )
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ConfigError(f"sae_steer: value entries must be numbers, got {value!r}")
-            value = [float(v) for v in value]
+            value = [check_number(v, f"sae_steer: value[{i}]") for i, v in enumerate(value)]
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"sae_steer: value must be a number or a list of numbers, got {value!r}")
         else:
-            value = float(value)
+            value = check_number(value, "sae_steer: value")
         self.mode = mode
         self.value = value
         self._values: dict = {}
@@ -294,6 +300,11 @@ class SAESwapIntervention(SAEIntervention):
                  subspace_partition=None, features=None, use_error_term: bool = True, weights=None):
         super().__init__(sae, sae_config, embed_dim, subspace_partition, features, use_error_term)
         if isinstance(weights, torch.Tensor):
+            if not weights.dtype.is_floating_point:
+                raise ConfigError(
+                    f"sae_swap: weights is a {weights.dtype} tensor; accepted: a list of numbers or a "
+                    f"floating-point tensor"
+                )
             weights = weights.tolist()
         if weights is None:
             if self.features is None:
@@ -305,7 +316,7 @@ class SAESwapIntervention(SAEIntervention):
                 isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
             ):
                 raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
-            weights = [float(w) for w in weights]
+            weights = [check_number(w, f"sae_swap: weights[{i}]") for i, w in enumerate(weights)]
         self.weights = weights
         self._weight_vecs: dict = {}
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, LoadError, ShapeError, accepted, did_you_mean
+from ..validation import check_bool, check_number, check_positive_int, is_int
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -40,8 +41,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def dtype_from_name(name) -> torch.dtype:
     """``"float32"``, ``"torch.bfloat16"`` or a ``torch.dtype`` -> ``torch.dtype``."""
     if isinstance(name, torch.dtype):
-        return name
-    key = str(name).removeprefix("torch.")
+        if name in _DTYPES.values():
+            return name
+        key = _dtype_name(name)
+    else:
+        key = str(name).removeprefix("torch.")
     if key not in _DTYPES:
         raise ConfigError(
             f"SAE dtype {name!r} is not supported; accepted: {accepted(_DTYPES)}.{did_you_mean(key, _DTYPES)}"
@@ -75,16 +79,15 @@ class SAE(nn.Module):
         dtype="float32",
     ):
         super().__init__()
-        for name, value in (("d_in", d_in), ("d_sae", d_sae)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"SAE {name} must be a positive int, got {value!r}")
+        d_in = check_positive_int(d_in, "SAE d_in")
+        d_sae = check_positive_int(d_sae, "SAE d_sae")
         if activation not in ACTIVATIONS:
             raise ConfigError(
                 f"SAE activation {activation!r} is not supported; accepted: {accepted(ACTIVATIONS)}."
                 f"{did_you_mean(str(activation), ACTIVATIONS)}"
             )
         if activation == "topk":
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            if not is_int(k) or not 1 <= k <= d_sae:
                 raise ConfigError(f"SAE activation 'topk' needs k, an int in 1..d_sae={d_sae}, got k={k!r}")
         elif k is not None:
             raise ConfigError(f"SAE k={k!r} is only used by activation 'topk', not {activation!r}")
@@ -99,16 +102,16 @@ class SAE(nn.Module):
                     f"SAE norm_scaling_factor={norm_scaling_factor!r} is only used with "
                     f"normalize_activations='expected_average_only_in', not {normalize_activations!r}"
                 )
-            if not isinstance(norm_scaling_factor, (int, float)) or not norm_scaling_factor > 0:
-                raise ConfigError(f"SAE norm_scaling_factor must be a positive number, got {norm_scaling_factor!r}")
-            norm_scaling_factor = float(norm_scaling_factor)
+            norm_scaling_factor = check_number(norm_scaling_factor, "SAE norm_scaling_factor", positive=True)
+        if hook_name is not None and not isinstance(hook_name, str):
+            raise ConfigError(f"SAE hook_name must be a string or None, got {hook_name!r}")
         self.d_in, self.d_sae = d_in, d_sae
         self.activation = activation
-        self.k = k
-        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.k = None if k is None else int(k)
+        self.apply_b_dec_to_input = check_bool(apply_b_dec_to_input, "SAE apply_b_dec_to_input")
         self.normalize_activations = normalize_activations
         self.norm_scaling_factor = norm_scaling_factor
-        self.layer_norm_eps = float(layer_norm_eps)
+        self.layer_norm_eps = check_number(layer_norm_eps, "SAE layer_norm_eps", positive=True)
         self.hook_name = hook_name
         dtype = dtype_from_name(dtype)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))
@@ -154,7 +157,15 @@ class SAE(nn.Module):
                 f"needs {accepted(expected)} (present: {accepted(sorted(tensors)) or 'nothing'})"
             )
         for key, shape in expected.items():
-            got = tuple(tensors[key].shape)
+            t = tensors[key]
+            if not isinstance(t, torch.Tensor):
+                raise LoadError(f"{where}: {key!r} must be a tensor, got {type(t).__name__}")
+            if not t.dtype.is_floating_point:
+                raise LoadError(
+                    f"{where}: {key!r} has dtype {t.dtype}; accepted: a floating-point dtype "
+                    f"({accepted(_DTYPES)}); integer, bool or complex weights are not cast"
+                )
+            got = tuple(t.shape)
             if got != shape:
                 raise LoadError(
                     f"{where}: {key!r} has shape {list(got)}, expected {list(shape)} "

@@ -423,6 +423,7 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
 
     model = layout.model
     if role == "embed":
+        _check_embedding_layer(layout, stack_name, component, layer)
         if stack_name or len(layout.stacks) > 1:
             # Encoder-decoder: each stack has its own embedding module (T5's shared
             # embedding is never called itself).
@@ -507,6 +508,22 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)
     return site
+
+
+def _check_embedding_layer(layout, stack_name, component: str, layer: int) -> None:
+    """The embedding sits before every layer, so any layer of the stack names it; a layer past
+    the stack is a mistake, refused as for any other component."""
+    try:
+        _, layers = layout.stack(stack_name, component)
+    except SiteError:  # no layer stack found: nothing to compare with
+        return
+    if layer >= len(layers):
+        where = f" in stack {stack_name!r}" if stack_name else ""
+        raise SiteError(
+            f"layer {layer} is out of range for {type(layout.model).__name__}{where}: it has "
+            f"{len(layers)} layers (accepted: 0..{len(layers) - 1}; component {component!r} is the "
+            f"same site at every layer)"
+        )
 
 
 def _infer_width(module: nn.Module, io: str) -> int | None:

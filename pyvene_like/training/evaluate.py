@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..engine.runner import call_model
 from ..errors import ShapeError
+from ..modes import evaluating
 from .data import CounterfactualCollator, check_columns
 
 
@@ -127,9 +128,7 @@ def evaluate(
     logits_fn = logits_fn or default_logits
     metric = metric_fn or default_metric
     device = _device_of(intervenable)
-    was_training = intervenable.training
-    intervenable.eval()
-    try:
+    with evaluating(intervenable):
         cf_logits, base_logits = [], []
         for start in range(0, n, batch_size):
             b = _move(collator(_take(cols, slice(start, start + batch_size))), device)
@@ -139,8 +138,6 @@ def evaluate(
             cf_logits.append(logits_fn(out).float())
             if factual and "base_labels" in b:
                 base_logits.append(logits_fn(call_model(intervenable.model, b["base"])).float())
-    finally:
-        intervenable.train(was_training)
     logits = torch.cat(cf_logits)
     labels = cols["labels"].to(logits.device)
     scores = metric(logits, labels)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..modes import evaluating, restore_flags, training_flags
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
@@ -273,14 +274,10 @@ class Trainer:
         n = len(self.cols["labels"])
         parts: list[list] = []
         im = self.intervenable
-        was = im.training
-        im.eval()
-        try:
+        with evaluating(im):
             for start in range(0, n, self.eval_batch_size):
                 b = _move(self.collator(_take(self.cols, slice(start, start + self.eval_batch_size))), self.device)
                 parts.append(im.collect_source_representations(b["sources"], b["unit_locations"]))
-        finally:
-            im.train(was)
         return [None if chunk[0] is None else torch.cat(chunk) for chunk in zip(*parts)]
 
     # -- the step and the run ---------------------------------------------------------------------
@@ -351,6 +348,7 @@ class _DASCallbacks(Callback):
 
     def on_train_begin(self, loop):
         tr = self.trainer
+        self.flags = training_flags(tr.intervenable)  # given back as found when training ends
         tr.intervenable.train()
         if not tr.train_model:
             tr.intervenable.model.eval()  # a frozen model runs as in inference (no dropout)
@@ -389,7 +387,7 @@ class _DASCallbacks(Callback):
             loop.bar.set_postfix(loss=f"{entry['train_loss']:.4f}", iia=f"{ev.iia:.3f}")
 
     def on_train_end(self, loop):
-        self.trainer.intervenable.eval()
+        restore_flags(self.flags)
 
 
 def train_interventions(intervenable, train_dataset, eval_dataset=None, **kwargs) -> TrainResult:
