@@ -29,6 +29,55 @@ def _as_config(config) -> IntervenableConfig:
     )
 
 
+class InterventionKeyError(ConfigError, KeyError):
+    """An intervention looked up by a key the model does not have."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InterventionMap(nn.ModuleList):
+    """The model's interventions, in config order, addressable by position *and* by key.
+
+    As a list (``im.interventions[0]``, ``len``, iteration over the modules, state-dict keys
+    ``"0.<param>"``) it is the ``nn.ModuleList`` it always was; as a mapping (pyvene's
+    ``im.interventions["layer_0.block_output.pos#0"]``, ``keys()``, ``values()``, ``items()``,
+    ``key in``) it is keyed by the representation key, one per representation (linked
+    representations share one module under two keys).
+    """
+
+    def __init__(self, keys, modules):
+        super().__init__(modules)
+        self._keys = list(keys)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, str):
+            try:
+                return super().__getitem__(self._keys.index(idx))
+            except ValueError:
+                raise InterventionKeyError(
+                    f"interventions[{idx!r}]: no intervention under this key; keys: {self._keys}"
+                ) from None
+        return super().__getitem__(idx)
+
+    def __contains__(self, item) -> bool:
+        if isinstance(item, str):
+            return item in self._keys
+        return any(m is item for m in self)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def values(self) -> list[nn.Module]:
+        return list(self)
+
+    def items(self) -> list[tuple[str, nn.Module]]:
+        return list(zip(self._keys, self))
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self._keys else default
+
+
 def _site_device(model: nn.Module, module: nn.Module, parents: dict):
     """Where ``module`` runs: an accelerate hook's execution device on it or an ancestor, else
     the first non-meta parameter of the module, else of the model."""
@@ -44,6 +93,11 @@ def _site_device(model: nn.Module, module: nn.Module, parents: dict):
     return None
 
 
+def _is_recurrent(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.RNNBase, nn.RNNCellBase)) for m in model.modules()) or \
+        getattr(getattr(model, "config", None), "model_type", None) == "gru"
+
+
 class IntervenableModel(nn.Module):
     """Wraps ``model`` with the interventions declared in ``config``.
 
@@ -56,7 +110,7 @@ class IntervenableModel(nn.Module):
     The wrapped model is never modified: hooks exist only during a call.
     """
 
-    def __init__(self, config, model: nn.Module, use_fast: bool = True):
+    def __init__(self, config, model: nn.Module, use_fast: bool = False):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -66,7 +120,10 @@ class IntervenableModel(nn.Module):
         #: The compiled config (:class:`~pyvene_like.engine.plan.Plan`): slots, (module, io) groups.
         self.plan: Plan = compile_plan(self.config, model)
         self._executor = Executor(self.plan)
-        self.interventions = nn.ModuleList([s.intervention for s in self.plan.slots])
+        #: pyvene's flag, kept for code that reads it; every call takes the same (fast) path here.
+        self.use_fast = bool(use_fast)
+        self.interventions = InterventionMap([s.key for s in self.plan.slots],
+                                             [s.intervention for s in self.plan.slots])
         self.representations = {s.key: s.rep for s in self.plan.slots}
         # Each intervention lives where its site computes: the hooked module's device, or the
         # execution device accelerate gives it when weights are offloaded (device_map with
@@ -90,6 +147,24 @@ class IntervenableModel(nn.Module):
     def __repr__(self) -> str:
         lines = [f"  {s.key}: {type(s.intervention).__name__} on {s.site.description}" for s in self.plan.slots]
         return f"IntervenableModel(model={type(self.model).__name__}, mode={self.mode!r},\n" + "\n".join(lines) + "\n)"
+
+    @property
+    def is_model_stateless(self) -> bool:
+        """False for a recurrent model whose cell runs once per step (pyvene's GRU), else True."""
+        return not _is_recurrent(self.model)
+
+    def set_device(self, device, set_model: bool = True) -> IntervenableModel:
+        """Move the interventions (and, with ``set_model``, the wrapped model) to ``device``."""
+        self.interventions.to(device)
+        if set_model:
+            self.model.to(device)
+        return self
+
+    def get_device(self) -> torch.device:
+        """The wrapped model's device (its first parameter's)."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
 
     def count_parameters(self, include_model: bool = False) -> int:
         """Number of trainable intervention parameters (and the model's, if asked)."""
@@ -158,6 +233,112 @@ class IntervenableModel(nn.Module):
 
         return hub.push_to_hub(self, repo_id, private=private, token=token, revision=revision,
                                commit_message=commit_message, create_pr=create_pr, api=api)
+
+    def save(self, save_directory, save_to_hf_hub: bool = False, hf_repo_name: str | None = None,
+             include_model: bool = False):
+        """pyvene's name for :meth:`save_pretrained` (same safetensors files, never a pickle).
+
+        ``save_to_hf_hub=True`` also uploads to ``hf_repo_name``. ``include_model=True`` is
+        refused: the wrapped model is saved with its own ``save_pretrained``.
+        """
+        if include_model:
+            raise ConfigError("save: include_model=True is not supported; save the model with its own "
+                              "save_pretrained and pass it to load(..., model=)")
+        if save_to_hf_hub and not hf_repo_name:
+            raise ConfigError("save: save_to_hf_hub=True needs hf_repo_name='owner/name'")
+        return self.save_pretrained(save_directory, repo_id=hf_repo_name if save_to_hf_hub else None,
+                                    push_to_hub=save_to_hf_hub)
+
+    @classmethod
+    def load(cls, load_directory, model, local_directory=None, from_huggingface_hub: bool = False,
+             include_model: bool = False):
+        """pyvene's name for :meth:`from_pretrained` (a folder, or a Hub repo id)."""
+        if include_model:
+            raise ConfigError("load: include_model=True is not supported; load the model yourself and pass model=")
+        return cls.from_pretrained(load_directory, model, cache_dir=local_directory)
+
+    # -- pyvene's alignment helpers ------------------------------------------------------------
+    def _batch_locations(self, inputs) -> dict:
+        """pyvene's batch fields ``"source_<i>->base.<0|1>.<unit part>"`` -> ``unit_locations``
+        (parallel mode: one source/base pair per representation, in config order)."""
+        if self.mode != "parallel":
+            raise ConfigError("train_alignment / eval_alignment: only mode='parallel' is supported; "
+                              "use pyvene_like.Trainer for serial interventions")
+        sides: tuple[list, list] = ([], [])
+        for i, slot in enumerate(self.plan.slots):
+            for side in (0, 1):
+                parts = []
+                for part in slot.rep.unit.split("."):
+                    name = f"source_{i}->base.{side}.{part}"
+                    if name not in inputs:
+                        raise ConfigError(f"train_alignment: the batch has no field {name!r}; pyvene's batches "
+                                          f"name each intervention's locations 'source_<i>->base.<0|1>.<unit>'")
+                    parts.append(inputs[name])
+                sides[side].append(parts[0] if len(parts) == 1 else parts)
+        return {"sources->base": sides}
+
+    def _alignment_call(self, inputs):
+        return self(
+            {"input_ids": inputs["input_ids"]},
+            [{"input_ids": inputs["source_input_ids"]}],
+            self._batch_locations(inputs),
+            subspaces=inputs.get("subspaces"),
+        )[1]
+
+    def train_alignment(self, train_dataloader, compute_loss, compute_metrics, inputs_collator=None, **kwargs):
+        """pyvene's training call: Adam (``lr``, default 1e-3) over the intervention
+        parameters, a linear schedule with 10% warm-up, ``epochs`` (default 10), optional
+        ``gradient_accumulation_steps``, ``optimizer=`` / ``scheduler=`` overrides, and the
+        temperature of boundless interventions annealed from 50 to 0.1. Batches carry
+        ``input_ids``, ``source_input_ids``, ``labels``, optional ``subspaces`` and the
+        locations as ``"source_<i>->base.<0|1>.pos"``. :class:`~pyvene_like.Trainer` is the
+        full-featured loop (accelerate, checkpoints, IIA evaluation, early stopping).
+        """
+        from tqdm.auto import trange
+        from transformers import get_linear_schedule_with_warmup
+
+        epochs = int(kwargs.get("epochs", 10))
+        accumulate = int(kwargs.get("gradient_accumulation_steps", 1))
+        total = len(train_dataloader) * epochs
+        optimizer = kwargs.get("optimizer") or torch.optim.Adam(self.get_trainable_parameters(),
+                                                                lr=kwargs.get("lr", 1e-3))
+        scheduler = kwargs.get("scheduler") or get_linear_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(0.1 * total), num_training_steps=total)
+        temperatures = torch.linspace(50.0, 0.1, max(total, 1))
+        self.model.eval()
+        step = 0
+        bar = trange(epochs, desc="Epoch")
+        for _ in bar:
+            for inputs in train_dataloader:
+                if inputs_collator is not None:
+                    inputs = inputs_collator(inputs)
+                logits = self._alignment_call(inputs).logits
+                metrics = compute_metrics([logits], [inputs["labels"]])
+                loss = compute_loss(logits, inputs["labels"])
+                bar.set_postfix({"loss": round(loss.item(), 2), "acc": metrics})
+                (loss / accumulate if accumulate > 1 else loss).backward()
+                if step % accumulate == 0 and not (accumulate > 1 and step == 0):
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    for iv in self.interventions:
+                        if isinstance(getattr(iv, "temperature", None), torch.Tensor):
+                            iv.set_temperature(temperatures[step])
+                step += 1
+
+    def eval_alignment(self, eval_dataloader, compute_metrics, inputs_collator=None, **kwargs):
+        """pyvene's evaluation call: ``compute_metrics([logits], [labels])`` per batch, averaged
+        with the batch sizes as weights."""
+        total, weight = 0.0, 0
+        with torch.no_grad():
+            for inputs in eval_dataloader:
+                if inputs_collator is not None:
+                    inputs = inputs_collator(inputs)
+                logits = self._alignment_call(inputs).logits
+                n = len(inputs["input_ids"])
+                total += float(compute_metrics([logits], [inputs["labels"]])) * n
+                weight += n
+        return total / weight if weight else float("nan")
 
     # -- running ----------------------------------------------------------------------------
     def collect_source_representations(self, sources, unit_locations=None) -> list:

@@ -399,3 +399,288 @@ def test_mlp_activation_by_name_with_subspace_partition(one_layer_mlp):
     mixed = act(base @ w1.T)
     mixed[..., 1:3] = act(source @ w1.T)[..., 1:3]
     torch.testing.assert_close(out, mixed @ ws.T)
+
+
+# ------------------------------------------------------- pyvene's CausalModel (per-example form)
+
+
+@pytest.fixture
+def and_model():
+    return pv.CausalModel(
+        ["A", "B", "C"],
+        {"A": [False, True], "B": [False, True], "C": [False, True]},
+        {"A": [], "B": [], "C": ["A", "B"]},
+        {"A": lambda: True, "B": lambda: False, "C": lambda a, b: a and b},
+    )
+
+
+def test_pyvene_causal_model_structure(and_model):
+    from pyvene_like.training.causal_model import ExampleCausalModel
+
+    assert isinstance(and_model, ExampleCausalModel) and isinstance(and_model, pv.CausalModel)
+    assert (and_model.inputs, and_model.outputs) == (["A", "B"], ["C"])
+    assert and_model.timesteps == {"A": 0, "B": 0, "C": 1}
+    classes = and_model.generate_equiv_classes()
+    assert classes == {"C": {False: [{"A": False, "B": False}, {"A": False, "B": True}, {"A": True, "B": False}],
+                             True: [{"A": True, "B": True}]}}
+    # The keyword form (all four dicts named) is pyvene's too; the batched form is untouched.
+    kw = pv.CausalModel(variables=["A", "B", "C"], values=and_model.values, parents=and_model.parents,
+                        functions=and_model.functions)
+    assert isinstance(kw, ExampleCausalModel)
+    batched = pv.CausalModel(["A", "B", "C"], parents={"C": ["A", "B"]}, functions={"C": torch.logical_and},
+                             values={"A": [False, True], "B": [False, True]})
+    assert not isinstance(batched, ExampleCausalModel)
+
+
+def test_pyvene_causal_model_runs_on_dicts(and_model):
+    assert and_model.run_forward() == {"A": True, "B": False, "C": False}  # the inputs' defaults
+    for a in (False, True):
+        for b in (False, True):
+            assert and_model.run_forward({"A": a, "B": b}) == {"A": a, "B": b, "C": a and b}
+    assert and_model.run_forward({"A": False, "B": False, "C": True})["C"] is True  # fixed variable wins
+    assert and_model.run_interchange({"A": True, "B": False}, {"B": {"A": False, "B": True}})["C"] is True
+    assert and_model.run_interchange({"A": False, "B": False}, {"C": {"A": True, "B": True}})["C"] is True
+
+
+def test_pyvene_causal_model_balanced_sampling_and_datasets(and_model):
+    import random
+
+    random.seed(0)
+    outs = [and_model.run_forward(and_model.sample_input_tree_balanced())["C"] for _ in range(400)]
+    assert 150 < sum(outs) < 250  # C is True for 1 of 4 uniform inputs, for half of balanced ones
+    facts = and_model.generate_factual_dataset(3, sampler=lambda: {"A": True, "B": True})
+    assert torch.equal(torch.stack([f["input_ids"] for f in facts]), torch.ones(3, 2))
+    assert torch.equal(facts[0]["labels"], torch.tensor([1.0]))
+    cf = and_model.generate_counterfactual_dataset(
+        2, intervention_id=lambda iv: 0, batch_size=1,
+        sampler=lambda **kw: {"A": True, "B": True} if kw else {"A": True, "B": False},
+        intervention_sampler=lambda: {"B": True}, return_tensors=False)
+    assert cf[0]["input_ids"] == {"A": True, "B": False} and cf[0]["source_input_ids"] == [{"A": True, "B": True}]
+    assert (cf[0]["base_labels"]["C"], cf[0]["labels"]["C"], cf[0]["intervention_id"]) == (False, True, [0])
+
+
+# ------------------------------------------------------------------ IntervenableModel surface
+
+
+@pytest.fixture(scope="module")
+def gpt2_tiny():
+    torch.manual_seed(0)
+    return GPT2Model(tiny_gpt2_config()).eval()
+
+
+def _ids(seed, bsz=2, seq=5):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 400, (bsz, seq), generator=g)}
+
+
+def _out(o):
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _block_output(model, ids, layer):
+    """The output of block ``layer``, read by a hand-written hook."""
+    got = {}
+    h = model.h[layer].register_forward_hook(lambda m, a, o: got.setdefault("x", _out(o).clone()))
+    try:
+        with torch.no_grad():
+            model(**ids)
+    finally:
+        h.remove()
+    return got["x"]
+
+
+def test_interventions_are_a_list_and_a_mapping(gpt2_tiny):
+    im = pv.IntervenableModel([pv.RepresentationConfig(0, "block_output"),
+                               pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space")],
+                              gpt2_tiny)
+    keys = im.interventions.keys()
+    assert keys == im.intervention_keys and all("#" in k and "block_output" in k for k in keys)
+    assert im.interventions[keys[1]] is im.interventions[1] and keys[1] in im.interventions
+    assert [k for k, _ in im.interventions.items()] == keys and im.interventions.values() == list(im.interventions)
+    state = im.interventions.state_dict()  # keyed by position, as before: checkpoints stay readable
+    assert state and all(k.startswith("1.rotate_layer.") for k in state)
+    with pytest.raises(KeyError, match="no intervention under this key"):
+        im.interventions["layer_9.block_output.pos#0"]
+
+
+def test_set_device_save_load_and_flags(gpt2_tiny, tmp_path):
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="rotated_space"),
+                              gpt2_tiny)
+    assert im.use_fast is False and im.is_model_stateless
+    assert im.set_device("cpu") is im and im.get_device() == torch.device("cpu")
+    im.save(tmp_path / "saved")
+    assert not list((tmp_path / "saved").glob("*.bin"))  # safetensors, never a pickle
+    loaded = pv.IntervenableModel.load(tmp_path / "saved", model=gpt2_tiny)
+    torch.testing.assert_close(loaded.interventions[0].rotate_layer.weight, im.interventions[0].rotate_layer.weight)
+    gru = compat.create_gru_classifier(GRUConfig(h_dim=4, n_layer=1))[2]
+    assert not pv.IntervenableModel({"component": "gru.cells[0].output", "unit": "pos"}, gru).is_model_stateless
+
+
+def test_none_source_entries_skip_their_interventions(gpt2_tiny):
+    im = pv.IntervenableModel([{"layer": 0, "component": "block_output"}] * 3, gpt2_tiny)
+    base, src = _ids(1), _ids(2)
+    locs = lambda i: [[[4]] * 2 if j == i else None for j in range(3)]  # noqa: E731
+    outs = [im(base, [src if j == i else None for j in range(3)], {"sources->base": (locs(i), locs(i))})[1]
+            for i in range(3)]
+    # Reference: position 4 of block 0's output replaced by the source's, by a hand-written hook.
+    patched = _block_output(gpt2_tiny, src, 0)[:, 4]
+
+    def hook(m, a, o):
+        _out(o)[:, 4] = patched
+
+    h = gpt2_tiny.h[0].register_forward_hook(hook)
+    with torch.no_grad():
+        ref = gpt2_tiny(**base).last_hidden_state
+    h.remove()
+    for out in outs:
+        torch.testing.assert_close(out.last_hidden_state, ref)
+
+
+def test_base_only_call_runs_the_model_when_interventions_need_sources(gpt2_tiny):
+    im = pv.IntervenableModel({"layer": 0, "component": "mlp_output", "intervention_type": pv.AdditionIntervention},
+                              gpt2_tiny)
+    base = _ids(3)
+    with torch.no_grad():
+        torch.testing.assert_close(im(base)[1].last_hidden_state, gpt2_tiny(**base).last_hidden_state)
+    with pytest.raises(ConfigError, match="needs a source"):  # with locations, a source is still required
+        im(base, unit_locations={"base": 1})
+
+
+def test_one_source_representation_goes_to_every_intervention(gpt2_tiny):
+    im = pv.IntervenableModel([{"layer": i, "component": "block_output", "intervention_type": "addition"}
+                               for i in range(2)], gpt2_tiny)
+    base, vec = _ids(4), torch.randn(24)
+    out = im(base, unit_locations={"base": 2}, source_representations=vec)[1].last_hidden_state
+    def add(m, a, o):
+        _out(o)[:, 2] += vec  # in place; the hook returns None, so the output object stays
+
+    hooks = [gpt2_tiny.h[i].register_forward_hook(add) for i in range(2)]
+    with torch.no_grad():
+        ref = gpt2_tiny(**base).last_hidden_state
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(out, ref)
+
+
+def test_flat_subspaces_apply_to_every_example(gpt2_tiny):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "subspace_partition": [[0, 4], [4, 24]]},
+                              gpt2_tiny)
+    base, src = _ids(5), _ids(6)
+    flat = im(base, [src], {"sources->base": 1}, subspaces=[0])[1].last_hidden_state
+    nested = im(base, [src], {"sources->base": 1}, subspaces=[[[0]] * 2])[1].last_hidden_state
+    torch.testing.assert_close(flat, nested)
+
+
+def test_train_and_eval_alignment_take_pyvene_batches():
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(tiny_gpt2_config(n_layer=1)).eval()
+    lm.requires_grad_(False)
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": "low_rank_rotated_space",
+                               "low_rank_dimension": 1}, lm)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 400, (4, 6), generator=g),
+                "source_input_ids": torch.randint(0, 400, (4, 6), generator=g),
+                "labels": torch.randint(0, 400, (4, 6), generator=g),
+                "source_0->base.0.pos": [[5]] * 4, "source_0->base.1.pos": [[5]] * 4} for _ in range(2)]
+
+    def loss_fn(logits, labels):
+        return torch.nn.functional.cross_entropy(logits[:, -1], labels[:, -1])
+
+    def acc(preds, labels):
+        return float((preds[0][:, -1].argmax(-1) == labels[0][:, -1]).float().mean())
+
+    before = im.interventions[0].rotate_layer.weight.detach().clone()
+    im.train_alignment(batches, loss_fn, acc, None, epochs=2, lr=0.1)
+    assert not torch.equal(before, im.interventions[0].rotate_layer.weight)
+    res = im.eval_alignment(batches, acc, None)
+    expected = sum(acc([im(b_in := {"input_ids": b["input_ids"]}, [{"input_ids": b["source_input_ids"]}],
+                           {"sources->base": ([[[5]] * 4], [[[5]] * 4])})[1].logits], [b["labels"]])
+                   for b in batches) / 2
+    assert res == pytest.approx(expected)
+    del b_in
+
+
+def test_type_to_module_mapping_declares_a_component_for_a_class():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8,
+                                             vocab_size=50, dropout_rate=0.0)).eval()
+    hook_kind = pv.compat.models.constants.CONST_OUTPUT_HOOK
+    compat.type_to_module_mapping[type(t5)] = {"mlp_output": ("encoder.block[%s].layer[1]", hook_kind)}
+    compat.type_to_dimension_mapping[type(t5)] = {"mlp_output": ("d_model/num_heads", "d_model")}
+    try:
+        im = pv.IntervenableModel({"layer": 1, "component": "mlp_output",
+                                   "source_representation": torch.zeros(8)}, model=t5)
+        assert im.sites[0].module is t5.encoder.block[1].layer[1] and im.sites[0].width == 8
+    finally:
+        compat.type_to_module_mapping.pop(type(t5))
+        compat.type_to_dimension_mapping.pop(type(t5))
+    # Without the declaration, the component is introspected (and needs a stack prefix on T5).
+    with pytest.raises(pv.SiteError, match="several layer stacks"):
+        pv.IntervenableModel({"layer": 1, "component": "mlp_output"}, model=t5)
+
+
+# ----------------------------------------------------------- pyvene's GRU: components, unit "t"
+
+
+def test_gru_components_resolve_to_the_cell_parts():
+    gru = compat.create_gru_classifier(GRUConfig(h_dim=8, n_layer=2))[2]
+    cell = gru.gru.cells[1]
+    expect = {"cell_output": (cell, "output", 8), "cell_input": (cell, "input", 8),
+              "x2h_output": (cell.x2h, "output", 24), "reset_gate_input": (cell.reset_act, "input", 8),
+              "new_h2h_output": (cell.h2h, "output", 8)}
+    for component, (module, io, width) in expect.items():
+        site = pv.IntervenableModel({"component": component, "layer": 1, "intervention_type": "zero"}, gru).sites[0]
+        assert (site.module, site.io, site.width) == (module, io, width)
+    third = pv.IntervenableModel({"component": "new_h2h_output", "layer": 1, "intervention_type": "zero"}, gru).sites[0]
+    assert torch.equal(third.columns, torch.arange(16, 24))
+
+
+def test_gru_unit_t_is_the_time_step():
+    torch.manual_seed(0)
+    gru = compat.create_gru_classifier(GRUConfig(h_dim=8, n_layer=1, pdrop=0.0))[2].eval()
+    x = torch.rand(2, 5, 8)
+    im = pv.IntervenableModel({"component": "cell_output", "unit": "t", "intervention_type": pv.ZeroIntervention}, gru)
+    out = im(base={"inputs_embeds": x}, unit_locations={"base": 3})[1]
+    calls = []
+
+    def zero_fourth_call(m, a, o):
+        calls.append(1)
+        return torch.zeros_like(o) if len(calls) == 4 else None
+
+    h = gru.gru.cells[0].register_forward_hook(zero_fourth_call)
+    ref = gru(inputs_embeds=x)
+    h.remove()
+    torch.testing.assert_close(out[0], ref[0])
+    seen = []
+    h = gru.gru.cells[0].register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+    gru(inputs_embeds=x)
+    h.remove()
+    col = pv.IntervenableModel({"component": "cell_output", "unit": "t", "intervention_type": "collect"}, gru)
+    (_, acts), _ = col(base={"inputs_embeds": x}, unit_locations={"base": [[[1, 2]] * 2]})
+    torch.testing.assert_close(acts[0], torch.stack([seen[1], seen[2]], 1))
+    with pytest.raises(pv.LocationError, match="time step 7 is out of range.*ran 5 times"):
+        im(base={"inputs_embeds": x}, unit_locations={"base": 7})
+
+
+def test_a_function_returning_none_leaves_the_units_unchanged(gpt2_tiny):
+    seen = []
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output",
+                               "intervention_type": lambda b, s: seen.append(b.clone())}, gpt2_tiny)
+    base, src = _ids(7), _ids(8)
+    out = im(base, [src], {"sources->base": 1})[1]
+    with torch.no_grad():
+        ref = gpt2_tiny(**base)
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    torch.testing.assert_close(seen[0], _block_output(gpt2_tiny, base, 0)[:, 1:2])
+
+
+def test_one_location_list_serves_the_whole_batch(gpt2_tiny):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2_tiny)
+    base, src = _ids(9, bsz=3), _ids(10, bsz=3)
+    one = im(base, [src], {"sources->base": ([[[3]]], [[[4]]])})[1].last_hidden_state
+    every = im(base, [src], {"sources->base": ([[[3]] * 3], [[[4]] * 3])})[1].last_hidden_state
+    torch.testing.assert_close(one, every)
+    with pytest.raises(pv.LocationError, match="has 2 examples but the batch has 3"):
+        im(base, [src], {"sources->base": ([[[3]] * 2], [[[4]] * 2])})

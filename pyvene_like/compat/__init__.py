@@ -21,6 +21,13 @@ from .helpers import (
     set_seed,
     top_vals,
 )
+from .mappings import (
+    CONST_INPUT_HOOK,
+    CONST_OUTPUT_HOOK,
+    models,
+    type_to_dimension_mapping,
+    type_to_module_mapping,
+)
 from .toy_models import (
     GRUCell,
     GRUConfig,
@@ -35,4 +42,7 @@ from .toy_models import (
     MLPModelOutput,
 )
 
-__all__ = public_names(globals(), __name__)
+__all__ = public_names(
+    globals(), __name__,
+    extra=("CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "models", "type_to_dimension_mapping", "type_to_module_mapping"),
+)

@@ -114,8 +114,15 @@ def normalize_locations(unit_locations, slots: list[Slot], mode: str):
     return src, base
 
 
-def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz: int) -> list:
-    """-> per slot the source input to run (or None)."""
+def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz: int, *,
+                      skip_none: bool = False, base_only: bool = False) -> list:
+    """-> per slot the source input to run (or None).
+
+    As in pyvene, ``skip_none`` lets a ``None`` entry of a sources list skip the interventions
+    of its group, and ``base_only`` (a call with neither sources nor locations) skips every
+    intervention that needs a source: the caller skips the slots that need a source and got
+    ``None``. Otherwise a missing source is an error.
+    """
     needs = [s.intervention.source_from == "source" and not r for s, r in zip(slots, has_repr)]
     if sources is None:
         sources = []
@@ -123,7 +130,7 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
         sources = [sources]
     if not sources:
         missing = [s for s, need in zip(slots, needs) if need]
-        if missing:
+        if missing and not base_only:
             raise ConfigError(
                 f"{missing[0].label} needs a source: pass sources=[...] or source_representations"
             )
@@ -144,6 +151,9 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
             out.append(None)
             continue
         if src is None:
+            if skip_none:
+                out.append(None)
+                continue
             raise ConfigError(f"{slot.label} needs a source, but its entry in sources is None")
         bsz = batch_size(src, f"sources[{slot.group}]")
         if bsz != base_bsz:
@@ -184,13 +194,10 @@ def _given_representations(source_representations, slots: list[Slot], reps: list
     n = len(slots)
     reps = list(reps)
     if isinstance(source_representations, torch.Tensor):
-        takers = [i for i, s in enumerate(slots) if s.intervention.source_from == "source"]
-        if len(takers) != 1:
-            raise ShapeError(
-                f"source_representations: a single tensor is ambiguous with {len(takers)} interventions "
-                f"taking sources; pass a dict {{index or key: tensor}} or a list with one entry per intervention"
-            )
-        reps[takers[0]] = source_representations
+        # One tensor goes to every intervention that takes a source (pyvene broadcasts it).
+        for i, s in enumerate(slots):
+            if s.intervention.source_from == "source":
+                reps[i] = source_representations
         return reps
     if isinstance(source_representations, Mapping):
         keys = {s.key: s.index for s in slots}
@@ -246,6 +253,8 @@ def normalize_subspaces(subspaces, slots: list[Slot]):
     if subspaces is None:
         return None
     n = len(slots)
+    if isinstance(subspaces, (list, tuple)) and subspaces and all(type(v) is int for v in subspaces):
+        subspaces = [list(subspaces)] * n  # one flat list of ids: the same for every intervention
     if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
         raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")
     sub_list = per_slot(subspaces, n, "subspaces")

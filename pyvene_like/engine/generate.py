@@ -553,6 +553,9 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
     n = len(slots)
     if plan.mode != "parallel":
         raise ConfigError("generate: mode='serial' is not supported during generation; use mode='parallel'")
+    if plan.has_steps:
+        raise ConfigError("generate: unit 't' (calls of a recurrent cell) is not supported during generation; "
+                          "use forward")
     if not callable(getattr(model, "generate", None)):
         raise ConfigError(f"generate: the wrapped {type(model).__name__} has no generate() method")
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):

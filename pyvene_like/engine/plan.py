@@ -31,9 +31,11 @@ class Slot:
     heads: bool  # units split into heads
     units_cache: dict = field(default_factory=dict, repr=False)
     plain: bool = field(init=False, repr=False)  # whole-width units: no heads, no column subset
+    steps: bool = field(init=False, repr=False)  # unit "t": locations are calls of the module
 
     def __post_init__(self):
         self.plain = not self.heads and self.site.columns is None
+        self.steps = self.rep.unit == "t"
 
     @property
     def label(self) -> str:
@@ -132,13 +134,14 @@ class Plan:
     of normalised locations (``Slot.units_cache``).
     """
 
-    __slots__ = ("slots", "mode", "groups", "n_groups", "has_collect")
+    __slots__ = ("slots", "mode", "groups", "n_groups", "has_collect", "has_steps")
 
     def __init__(self, slots: list[Slot], mode: str):
         self.slots = slots
         self.mode = mode
         self.n_groups = max(s.group for s in slots) + 1
         self.has_collect = any(not s.intervention.modifies_output for s in slots)
+        self.has_steps = any(s.steps for s in slots)  # some unit "t" slot (a recurrent cell)
         groups: dict = {}
         for slot in slots:
             key = (id(slot.site.module), slot.site.io)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, LocationError, ShapeError
 from .arguments import (
     batch_size,
     check_repr,
@@ -40,7 +40,7 @@ from .arguments import (
 )
 from .hooks import HookSet, StopForward, find_input, output_tensor, replace_input, replace_output
 from .plan import Plan
-from .units import as_3d, check_positions, gather, make_units, scatter
+from .units import Units, as_3d, check_positions, gather, make_units, scatter, step_set
 
 
 def call_model(model, inputs):
@@ -84,6 +84,8 @@ def apply_members(members, window, x, args, kwargs, inplace: bool):
                 new = new.clone()
             window.record(slot, new, where)
             continue
+        if new is None:  # a function intervention that only looked (pyvene's convention)
+            continue
         if new.shape != vals.shape:
             raise ShapeError(f"{slot.label} returned shape {tuple(new.shape)}; expected {tuple(vals.shape)}")
         x, inplace = window.write(slot, x, vals, new, where, inplace)
@@ -97,7 +99,7 @@ class ForwardWindow:
     this pass), source values, subspaces; which slots fired; the Collect results.
     """
 
-    __slots__ = ("units", "src", "subspaces", "fired", "collected")
+    __slots__ = ("units", "src", "subspaces", "fired", "collected", "calls")
 
     def __init__(self, n: int, subspaces=None):
         self.units = [None] * n
@@ -105,6 +107,27 @@ class ForwardWindow:
         self.subspaces = subspaces if subspaces is not None else [None] * n
         self.fired = [False] * n
         self.collected: dict = {}
+        self.calls: dict = {}  # unit "t" slots: calls of the module seen so far in this pass
+
+    def _step(self, slot, units, x):
+        """Unit ``"t"``: this call of the module is time step ``c``; the whole activation
+        ``[batch, width]`` when ``c`` is one of the slot's steps, else None."""
+        i = slot.index
+        c = self.calls.get(i, 0)
+        self.calls[i] = c + 1
+        if not units.everything and c not in step_set(units):
+            return None
+        return Units(label=units.label, bsz=x.shape[0])
+
+    def unreached_steps(self, slots):
+        """(slot, step) for a unit ``"t"`` slot whose step the pass never reached, else None."""
+        for slot in slots:
+            units = self.units[slot.index]
+            if slot.steps and units is not None and not units.everything:
+                last = max(step_set(units))
+                if last >= self.calls.get(slot.index, 0):
+                    return slot, last
+        return None
 
     def select(self, slot, x, args, kwargs):
         i = slot.index
@@ -112,6 +135,10 @@ class ForwardWindow:
         if units is None:  # not active in this pass (serial mode)
             return None
         self.fired[i] = True
+        if slot.steps:
+            units = self._step(slot, units, x)
+            if units is None:
+                return None
         span = units.span
         if span is not None and slot.plain:
             # Positions shared by the whole batch on a whole-width site: a view of x.
@@ -136,7 +163,9 @@ class ForwardWindow:
         return vals, src, self.subspaces[i], units
 
     def record(self, slot, new, units) -> None:
-        self.collected[slot.index] = new
+        prev = self.collected.get(slot.index) if slot.steps else None
+        # Unit "t": one entry per step, in step order.
+        self.collected[slot.index] = new if prev is None else torch.cat([prev, new], dim=1)
 
     def write(self, slot, x, vals, new, units, inplace: bool):
         # A result autograd records may have saved the gathered view (a rotation saves its
@@ -279,6 +308,14 @@ class Executor:
                 f"{missed[0].label}: the base pass never reached {missed[0].site.description}; is the "
                 f"module used in this model's forward for these inputs?"
             )
+        if self.plan.has_steps:
+            late = window.unreached_steps(only or self.slots)
+            if late is not None:
+                slot, step = late
+                raise LocationError(
+                    f"unit_locations (base of {slot.label}): time step {step} is out of range; "
+                    f"{slot.site.description} ran {window.calls.get(slot.index, 0)} times in this pass"
+                )
         return out
 
     def source_pass(self, model, inputs, requests, window: ForwardWindow | None = None) -> dict:
@@ -404,15 +441,28 @@ class Executor:
         if self.mode == "serial":
             intervened = self._run_serial(model, base, sources, args, base_units, reprs, bsz, win)
         else:
-            per_slot_src = normalize_sources(sources, slots, [r is not None for r in reprs], bsz)
+            per_slot_src = normalize_sources(sources, slots, [r is not None for r in reprs], bsz, skip_none=True,
+                                             base_only=unit_locations is None)
+            if self.plan.has_steps:
+                bad = next((s for s, src_in in zip(slots, per_slot_src) if s.steps and src_in is not None), None)
+                if bad is not None:
+                    raise ConfigError(
+                        f"{bad.label}: unit 't' takes no source run; give source_representations, or use "
+                        f"an intervention that needs no source"
+                    )
             src = win.src
             if any(s is not None for s in per_slot_src):
                 src[:] = self.run_sources(model, per_slot_src, args.src_locs, bsz,
                                           lambda i: self._source_units(args, i, bsz))
+            skipped = None
             for i, slot in enumerate(slots):
-                if src[i] is None and reprs[i] is not None and slot.intervention.source_from == "source":
-                    src[i] = check_repr(reprs[i], slot)
-            win.units = base_units
+                if src[i] is None and slot.intervention.source_from == "source":
+                    if reprs[i] is not None:
+                        src[i] = check_repr(reprs[i], slot)
+                    else:  # no source given for it (a None entry, or a base-only call): skipped
+                        skipped = skipped or list(base_units)
+                        skipped[i] = None
+            win.units = base_units if skipped is None else skipped
             intervened = self.base_pass(model, base, win)
         return original, intervened, win.collected_list()
 

@@ -88,6 +88,8 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
             ) from None
         if t.dim() != 2:
             raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
+    if t.shape[0] == 1 and bsz > 1:
+        t = t.repeat(bsz, 1)  # one list for the whole batch (pyvene broadcasts it)
     if t.shape[0] != bsz:
         raise LocationError(
             f"{label}: has {t.shape[0]} examples but the batch has {bsz}; give one list of {what} "
@@ -103,7 +105,7 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
     if loc is None:
         return Units(label=label, bsz=bsz)
     heads_loc = pos_loc = None
-    if unit == "pos":
+    if unit in ("pos", "t"):  # "t": time steps, the calls of a module run once per step
         pos_loc = loc
     elif unit == "h":
         heads_loc = loc
@@ -132,6 +134,21 @@ def make_units(loc, unit: str, bsz: int, n_heads: int | None, label: str) -> Uni
                 f"0..{n_heads - 1})"
             )
     return Units(pos, heads, lo, hi, label, bsz, span)
+
+
+def step_set(units: Units) -> frozenset:
+    """The time steps of a unit ``"t"`` location: the same for every example."""
+    if units.span is not None:
+        if units.span[0] < 0:
+            raise LocationError(f"{units.label}: unit 't' takes time steps counted from 0, got {units.span[0]}")
+        return frozenset((units.span[0],))
+    pos = units.pos
+    if bool((pos != pos[:1]).any()) or units.pos_lo < 0:
+        raise LocationError(
+            f"{units.label}: unit 't' takes the same time steps (counted from 0) for every example, got "
+            f"{pos.tolist()}"
+        )
+    return frozenset(pos[0].tolist())
 
 
 def check_positions(units: Units, seq_len: int) -> None:

@@ -87,6 +87,33 @@ FAMILY_OVERRIDES: dict[str, dict] = {
     "mlp": {"roles": {"act": "act"}},
 }
 
+# Components of their own, per model_type: name -> (module path inside one layer of the stack,
+# "input" | "output", which third of the module's output, or None). Used where a family's
+# layers are not transformer blocks, so the shared vocabulary does not describe them: pyvene's
+# toy GRU (pyvene_like.compat.GRUConfig), whose "layer" is a cell called once per time step
+# (address the steps with unit "t").
+_GRU_GATES = {f"{gate}_gate_{io}": (f"{gate}_act", io, None)
+              for gate in ("reset", "update", "new") for io in ("input", "output")}
+_GRU_THIRDS = {f"{gate}_{proj}_output": (proj, "output", k)
+               for proj in ("x2h", "h2h") for k, gate in enumerate(("reset", "update", "new"))}
+FAMILY_COMPONENTS: dict[str, dict[str, tuple]] = {
+    "gru": {"cell_input": ("", "input", None), "cell_output": ("", "output", None),
+            "x2h_output": ("x2h", "output", None), "h2h_output": ("h2h", "output", None),
+            **_GRU_GATES, **_GRU_THIRDS},
+}
+
+# Components declared by the user for a model class, pyvene's way (``pv.type_to_module_mapping``):
+# ``{model class: {component: (module path, with %s for the layer, hook kind)}}``, the hook kind
+# being CONST_INPUT_HOOK (the module's input) or CONST_OUTPUT_HOOK (its output). They are
+# consulted before introspection, for that class only. Their widths, optional:
+# ``type_to_dimension_mapping = {model class: {component: (config expression, ...)}}``, each
+# expression a config attribute, optionally divided or multiplied by another or by an int
+# ("d_model", "d_model/num_heads", "n_embd*4"); the first that evaluates is used.
+CONST_INPUT_HOOK = "register_forward_pre_hook"
+CONST_OUTPUT_HOOK = "register_forward_hook"
+type_to_module_mapping: dict = {}
+type_to_dimension_mapping: dict = {}
+
 # Config attribute names, tried in order.
 N_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HIDDEN = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")

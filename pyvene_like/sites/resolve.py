@@ -321,7 +321,80 @@ def resolve_raw_path(model: nn.Module, component: str, layer: int) -> Site:
     return Site(module, mod_path, io, width=width, description=f"{mod_path} ({io})")
 
 
+def _config_expression(config, expr: str):
+    """``"d_model"``, ``"d_model/num_heads"``, ``"n_embd*4"`` evaluated on ``config`` (None if an
+    attribute is missing)."""
+    value = None
+    for op, term in re.findall(r"(^|[*/])\s*([A-Za-z_][A-Za-z0-9_]*|\d+)\s*", expr):
+        v = int(term) if term.isdigit() else getattr(config, term, None)
+        if not isinstance(v, int):
+            return None
+        value = v if not op else value * v if op == "*" else value // v
+    return value
+
+
+def user_site(layout: ModelLayout, layer: int, component: str) -> Site | None:
+    """The site of a component declared in ``families.type_to_module_mapping`` for this model's
+    class (or the HF model inside a wrapper), else None."""
+    for model in (layout.model, layout.inner):
+        spec = fam.type_to_module_mapping.get(type(model), {}).get(component)
+        if spec is not None:
+            break
+    else:
+        return None
+    if not (isinstance(spec, (tuple, list)) and len(spec) >= 2 and isinstance(spec[0], str)):
+        raise SiteError(f"type_to_module_mapping[{type(model).__name__}][{component!r}]: expected (module path, "
+                        f"hook kind), got {spec!r}")
+    if spec[1] not in (fam.CONST_INPUT_HOOK, fam.CONST_OUTPUT_HOOK):
+        raise SiteError(f"type_to_module_mapping[{type(model).__name__}][{component!r}]: hook kind {spec[1]!r}; "
+                        f"accepted: {fam.CONST_INPUT_HOOK!r} (input), {fam.CONST_OUTPUT_HOOK!r} (output)")
+    io = "input" if spec[1] == fam.CONST_INPUT_HOOK else "output"
+    prefix = f"{layout.inner_path}." if model is layout.inner and layout.inner_path else ""
+    site = resolve_raw_path(layout.model, f"{prefix}{spec[0]}.{io}", layer)
+    dims = fam.type_to_dimension_mapping.get(type(model), {}).get(component, ())
+    cfg = getattr(model, "config", None)
+    for expr in (dims if isinstance(dims, (tuple, list)) else (dims,)):
+        width = _config_expression(cfg, expr) if cfg is not None and isinstance(expr, str) else None
+        if width is not None:
+            site.width = width
+            break
+    if site.width is None:
+        site.width = layout.hidden
+    return site
+
+
+def family_site(layout: ModelLayout, layer: int, component: str) -> Site | None:
+    """The site of a component of the model's own family (``families.FAMILY_COMPONENTS``), else None."""
+    stack_name, name = (component.rpartition(".")[0], component.rpartition(".")[2]) if "." in component \
+        else ("", component)
+    spec = fam.FAMILY_COMPONENTS.get(layout.model_type, {}).get(name)
+    if spec is None:
+        return None
+    rel, io, third = spec
+    stack_path, layers = layout.stack(stack_name, component)
+    if layer >= len(layers):
+        raise SiteError(f"layer {layer} is out of range for {type(layout.model).__name__}: it has {len(layers)} "
+                        f"layers (accepted: 0..{len(layers) - 1})")
+    layer_path = f"{stack_path}.{layer}" if stack_path else str(layer)
+    module = layers[layer].get_submodule(rel) if rel else layers[layer]
+    path = f"{layer_path}.{rel}" if rel else layer_path
+    dims = _linear_dims(module)
+    width = (dims[0] if io == "input" else dims[1]) if rel in ("x2h", "h2h") else layout.hidden
+    columns = None
+    if third is not None:
+        width = width // 3
+        columns = torch.arange(third * width, (third + 1) * width)
+    return Site(module, path, io, width=width, columns=columns,
+                description=f"{path} ({io}{', part ' + str(third) + ' of 3' if third is not None else ''})")
+
+
 def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> Site:
+    site = user_site(layout, layer, component) or family_site(layout, layer, component)
+    if site is not None:
+        if unit in HEAD_UNITS:
+            raise SiteError(f"unit {unit!r}: component {component!r} comes from type_to_module_mapping, which "
+                            f"declares no head geometry; use unit 'pos'")
+        return site
     stack_name, name = _parse_component(component)
     if name not in COMPONENTS:
         looks_like_path = "." in component or "[" in component
@@ -425,6 +498,12 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     width = dims[0] if io == "input" else dims[1]
     if role in ("attn", "mlp"):
         width = layout.hidden if layout.hidden is not None else _infer_width(module, io)
+    if role == "act" and width is None:
+        # An activation has no weights: its width is that of the up projection feeding it, the
+        # first linear map of the module that holds it (GPT-2's c_fc, Llama's gate_proj, ff1).
+        parent = layer_mod.get_submodule(rel.rpartition(".")[0]) if "." in rel else layer_mod
+        width = next((d[1] for d in (_linear_dims(m) for m in parent.modules())
+                      if d[0] is not None and d[1] is not None), None)
     site = Site(module, path, io, width=width, description=f"{path} ({io})")
     if head_kind is not None:
         _set_heads(layout, site, head_kind, component)

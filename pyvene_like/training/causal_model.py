@@ -8,6 +8,9 @@ counterfactual examples cost a handful of tensor operations, not a million Pytho
 
 from __future__ import annotations
 
+import copy
+import itertools
+import random
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -51,6 +54,13 @@ class CausalModel:
             values={v: lambda n, g: torch.rand(n, 4, generator=g) for v in "WXYZ"},
         )
     """
+
+    def __new__(cls, *args, **kwargs):
+        # pyvene's form, CausalModel(variables, values, parents, functions, timesteps=...),
+        # builds the per-example model (one dict of values per run) that pyvene code expects.
+        if cls is CausalModel and _pyvene_form(args, kwargs):
+            return super().__new__(ExampleCausalModel)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -236,6 +246,241 @@ class CausalModel:
             )
         y = torch.as_tensor(setting[self.outputs[0]])
         return y.long() if y.dtype == torch.bool or not y.is_floating_point() else y
+
+
+def _pyvene_form(args, kwargs) -> bool:
+    """Whether a ``CausalModel(...)`` call uses pyvene's argument order and per-example functions.
+
+    pyvene's signature is ``(variables, values, parents, functions, timesteps, equiv_classes,
+    pos)``: its third positional argument maps variables to parent *lists*, where ours takes
+    functions; and pyvene gives a function (the default value) for every input variable too.
+    """
+    if any(k in kwargs for k in ("timesteps", "equiv_classes", "pos")) or len(args) > 6:
+        return True
+    third = args[2] if len(args) > 2 else None
+    if isinstance(third, Mapping) and third and all(isinstance(v, (list, tuple)) for v in third.values()):
+        return True
+    parents = kwargs.get("parents", args[1] if len(args) > 1 else None)
+    functions = kwargs.get("functions", args[2] if len(args) > 2 else None)
+    variables = kwargs.get("variables", args[0] if args else None)
+    if isinstance(parents, Mapping) and isinstance(functions, Mapping) and variables is not None:
+        inputs = [v for v in variables if not parents.get(v)]
+        return bool(inputs) and all(v in functions for v in inputs)
+    return False
+
+
+class ExampleCausalModel(CausalModel):
+    """pyvene's per-example causal model: ``CausalModel(variables, values, parents, functions)``.
+
+    Every variable has a list of possible ``values`` and a plain function of its parents' values
+    (an input variable's function takes no argument and gives its default). One run is a dict
+    ``{variable: value}``. ``CausalModel(...)`` in pyvene's form returns this class; the batched
+    :class:`CausalModel` is the fast path for large datasets.
+
+    Methods as in pyvene: :meth:`run_forward`, :meth:`run_interchange`,
+    :meth:`generate_equiv_classes`, :meth:`sample_input`, :meth:`sample_intervention`,
+    :meth:`sample_input_tree_balanced`, :meth:`generate_factual_dataset`,
+    :meth:`generate_counterfactual_dataset`. ``timesteps`` (default: depth in the graph, outputs
+    at the last step) and ``equiv_classes`` are attributes.
+    """
+
+    def __init__(self, variables, values, parents, functions, timesteps=None, equiv_classes=None, pos=None):
+        variables = sorted(variables)
+        for label, mapping in (("values", values), ("parents", parents), ("functions", functions)):
+            if not isinstance(mapping, Mapping):
+                raise ConfigError(f"{label}: expected a dict keyed by variable, got {type(mapping).__name__}")
+            missing = [v for v in variables if v not in mapping]
+            if missing:
+                raise ConfigError(f"{label}: missing variable(s) {missing}; every variable needs an entry")
+        for var in variables:
+            bad = [p for p in parents[var] if p not in variables]
+            if bad:
+                raise ConfigError(f"parents[{var!r}]: {bad} are not among variables {variables}")
+            if not callable(functions[var]):
+                raise ConfigError(f"functions[{var!r}]: expected a function of {list(parents[var])}, "
+                                  f"got {type(functions[var]).__name__}")
+        self.values = values
+        self.parents = {v: list(parents[v]) for v in variables}
+        self.functions = functions
+        self.children = {v: [c for c in variables if v in self.parents[c]] for v in variables}
+        self.variables = variables
+        self.order = self._topological_order()
+        self.inputs = [v for v in variables if not self.parents[v]]
+        self.outputs = [v for v in variables if not self.children[v]]
+        self.sampler = None
+        self.samplers = {}
+        if timesteps is None:
+            timesteps = {}
+            for v in self.order:
+                timesteps[v] = 1 + max((timesteps[p] for p in self.parents[v]), default=-1)
+            end = max(timesteps.values())
+            for v in self.outputs:
+                timesteps[v] = end
+        else:
+            for v in variables:
+                late = [p for p in self.parents[v] if timesteps[p] >= timesteps[v]]
+                if late:
+                    raise ConfigError(f"timesteps[{v!r}]: must be later than its parents' {late}")
+        self.timesteps = dict(timesteps)
+        self.variables.sort(key=lambda v: self.timesteps[v])
+        self.pos = dict(pos or {})
+        self.equiv_classes = dict(equiv_classes) if equiv_classes is not None else {}
+        self.run_forward()  # the default setting must compute
+
+    # -- running ---------------------------------------------------------------------------------
+    def run_forward(self, intervention=None):
+        """``{variable: value}`` for one run; variables in ``intervention`` are fixed to its values
+        (an input variable not given takes its function's default)."""
+        fixed = dict(intervention or {})
+        setting = {}
+        for v in self.order:
+            if v in fixed:
+                setting[v] = fixed[v]
+            else:
+                setting[v] = self.functions[v](*(setting[p] for p in self.parents[v]))
+        return {v: setting[v] for v in self.variables}
+
+    def run_interchange(self, input, source_interventions):
+        """Run on ``input`` with each variable of ``source_interventions`` ({variable: source
+        setting}) set to its value on that source."""
+        setting = copy.deepcopy(dict(input))
+        for var, source in source_interventions.items():
+            self._check(var, "source_interventions")
+            setting[var] = self.run_forward(source)[var]
+        return self.run_forward(setting)
+
+    # -- sampling --------------------------------------------------------------------------------
+    def generate_equiv_classes(self):
+        """For every non-input variable, ``{value: [parent settings giving it]}``."""
+        for var in self.variables:
+            if var in self.inputs or var in self.equiv_classes:
+                continue
+            classes = {val: [] for val in self.values[var]}
+            for combo in itertools.product(*(self.values[p] for p in self.parents[var])):
+                value = self.functions[var](*combo)
+                classes.setdefault(value, []).append(dict(zip(self.parents[var], combo)))
+            self.equiv_classes[var] = classes
+        return self.equiv_classes
+
+    def sample_input(self, mandatory=None, **_ignored):
+        """A random input setting (uniform over each input's values); with ``mandatory``, one
+        whose full run satisfies it."""
+        while True:
+            setting = {v: random.choice(list(self.values[v])) for v in self.inputs}
+            if mandatory is None or mandatory(self.run_forward(setting)):
+                return setting
+
+    def sample_intervention(self, mandatory=None):
+        """A random non-empty setting of intermediate variables (neither inputs nor outputs)."""
+        middle = [v for v in self.variables if v not in self.inputs and v not in self.outputs]
+        if not middle:
+            raise ConfigError("sample_intervention: the model has no intermediate variable to intervene on")
+        intervention = {}
+        while not intervention:
+            for v in middle:
+                if random.choice([0, 1]) == 0:
+                    intervention[v] = random.choice(list(self.values[v]))
+        return intervention
+
+    def sample_input_tree_balanced(self, output_var=None, output_var_value=None):
+        """An input setting drawn so that ``output_var`` takes each of its values equally often:
+        pick the value, then a parent setting giving it, recursively down to the inputs."""
+        if output_var is None:
+            if len(self.outputs) != 1:
+                raise ConfigError(f"output_var: the model has outputs {self.outputs}; name one")
+            output_var = self.outputs[0]
+        self.generate_equiv_classes()
+        if output_var_value is None:
+            output_var_value = random.choice(list(self.values[output_var]))
+        setting: dict = {}
+
+        def descend(var, value):
+            choices = self.equiv_classes[var].get(value)
+            if not choices:
+                raise ConfigError(f"output_var_value: no parent setting of {var!r} gives {value!r}")
+            for parent, pval in random.choice(choices).items():
+                if parent in self.inputs:
+                    setting[parent] = pval
+                else:
+                    descend(parent, pval)
+
+        if output_var in self.inputs:
+            setting[output_var] = output_var_value
+        else:
+            descend(output_var, output_var_value)
+        for v in self.inputs:
+            if v not in setting:
+                setting[v] = random.choice(list(self.values[v]))
+        return setting
+
+    # -- datasets --------------------------------------------------------------------------------
+    def input_to_tensor(self, setting) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(setting[v]).float().reshape(-1) for v in self.inputs])
+
+    def output_to_tensor(self, setting) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(float(setting[v])).reshape(-1) for v in self.outputs])
+
+    def generate_factual_dataset(self, size, sampler=None, filter=None, device="cpu", input_function=None,
+                                 output_function=None, return_tensors=True):
+        """``size`` examples ``{"input_ids": input, "labels": full run}`` (tensors by default)."""
+        sampler = sampler or self.sample_input
+        input_function = input_function or self.input_to_tensor
+        output_function = output_function or self.output_to_tensor
+        examples = []
+        while len(examples) < size:
+            inp = sampler()
+            if filter is not None and not filter(inp):
+                continue
+            out = self.run_forward(inp)
+            if return_tensors:
+                examples.append({"input_ids": input_function(inp).to(device),
+                                 "labels": output_function(out).to(device)})
+            else:
+                examples.append({"input_ids": inp, "labels": out})
+        return examples
+
+    def generate_counterfactual_dataset(self, size, intervention_id, batch_size, sampler=None,
+                                        intervention_sampler=None, filter=None, device="cpu",
+                                        input_function=None, output_function=None, return_tensors=True):
+        """Interchange examples: ``input_ids`` (base), ``source_input_ids`` (one source per
+        intervened variable, padded to the number of intermediate variables), ``intervention_id``,
+        ``base_labels`` and ``labels`` (the interchange run). ``batch_size`` examples share one
+        sampled intervention; the source of variable ``v`` is drawn with
+        ``sampler(output_var=v, output_var_value=value)``."""
+        sampler = sampler or self.sample_input
+        intervention_sampler = intervention_sampler or self.sample_intervention
+        input_function = input_function or self.input_to_tensor
+        output_function = output_function or self.output_to_tensor
+        width = len([v for v in self.variables if v not in self.inputs and v not in self.outputs])
+        examples = []
+        while len(examples) < size:
+            intervention = intervention_sampler()
+            if filter is not None and not filter(intervention):
+                continue
+            for _ in range(batch_size):
+                base = sampler()
+                source_of = {v: sampler(output_var=v, output_var_value=intervention[v])
+                             for v in self.variables if v in intervention}
+                sources = list(source_of.values())
+                labels = self.run_interchange(base, source_of)
+                base_labels = self.run_forward(base)
+                if return_tensors:
+                    tensors = [input_function(s) for s in sources]
+                    tensors += [torch.zeros_like(input_function(base))] * (width - len(tensors))
+                    examples.append({
+                        "labels": output_function(labels).to(device),
+                        "base_labels": output_function(base_labels).to(device),
+                        "input_ids": input_function(base).to(device),
+                        "source_input_ids": torch.stack(tensors).to(device),
+                        "intervention_id": torch.tensor([intervention_id(intervention)]).to(device),
+                    })
+                else:
+                    examples.append({
+                        "labels": labels, "base_labels": base_labels, "input_ids": base,
+                        "source_input_ids": sources + [{}] * (width - len(sources)),
+                        "intervention_id": [intervention_id(intervention)],
+                    })
+        return examples
 
 
 def hierarchical_equality(embed_dim: int = 4, low: float = -1.0, high: float = 1.0) -> CausalModel:

@@ -1,0 +1,26 @@
+"""pyvene's way of teaching it a new model type: component -> (module path, hook kind) tables.
+
+``pv.type_to_module_mapping[ModelClass] = {"mlp_output": ("encoder.block[%s].layer[1]",
+pv.models.constants.CONST_OUTPUT_HOOK)}`` declares a component for that class (``%s`` is the
+layer); ``pv.type_to_dimension_mapping`` gives its width as a config expression. Sites are
+introspected, so most models need neither; the tables are honoured (before introspection) for
+code that sets them. The tables themselves live with the rest of the per-family data in
+:mod:`pyvene_like.sites.families`.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ..sites.families import (
+                                                   CONST_INPUT_HOOK,
+                                                   CONST_OUTPUT_HOOK,
+                                                   type_to_dimension_mapping,
+                                                   type_to_module_mapping,
+)
+
+#: ``pv.models.constants.CONST_INPUT_HOOK`` / ``CONST_OUTPUT_HOOK``, as pyvene spells them.
+models = SimpleNamespace(constants=SimpleNamespace(CONST_INPUT_HOOK=CONST_INPUT_HOOK,
+                                                   CONST_OUTPUT_HOOK=CONST_OUTPUT_HOOK))
+
+__all__ = ["CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "models", "type_to_dimension_mapping", "type_to_module_mapping"]
