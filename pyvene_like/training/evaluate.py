@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.runner import call_model
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from ..modes import evaluating
 from .data import CounterfactualCollator, check_columns
 
@@ -83,6 +83,19 @@ def _columns(dataset) -> dict:
     return dict(dataset.with_format("torch")[:])
 
 
+def check_masks_used(dataset: Dataset | Mapping[str, Any], label: str, collator: CounterfactualCollator) -> None:
+    """A mask column only reaches the model through ``input_key``: without it, refuse rather
+    than silently run every example unmasked (a padded batch would then attend to its pads)."""
+    names = dataset.keys() if isinstance(dataset, Mapping) else getattr(dataset, "column_names", ())
+    masks = [c for c in ("attention_mask", "source_attention_mask") if c in names]
+    if masks and collator.input_key is None:
+        raise ConfigError(
+            f"{label} has {masks} but input_key is None, so inputs are passed positionally and the masks "
+            f"would be dropped; pass input_key='input_ids' (or the model's input name) to use them, or "
+            f"remove the columns"
+        )
+
+
 def _take(cols: dict, idx) -> dict:
     return {k: v[idx] for k, v in cols.items()}
 
@@ -129,6 +142,7 @@ def evaluate(
             n_interventions=len(intervenable.interventions),
         )
     check_columns(dataset, "dataset", collator.subspace_tables is not None)
+    check_masks_used(dataset, "dataset", collator)
     cols = _columns(dataset)
     n = len(cols["labels"])
     logits_fn = logits_fn or default_logits

@@ -22,13 +22,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import ConfigError, ShapeError
 from ..modes import evaluating, restore_flags, training_flags
-from ..validation import is_int
+from ..validation import check_number, is_int
 from .data import CounterfactualCollator, check_columns
 from .evaluate import (
     EvalResult,
     _columns,
     _move,
     _take,
+    check_masks_used,
     default_logits,
     default_loss,
     default_metric,
@@ -152,8 +153,10 @@ class Trainer:
         )
         need_ids = self.collator.subspace_tables is not None
         check_columns(train_dataset, "train_dataset", need_ids)
+        check_masks_used(train_dataset, "train_dataset", self.collator)
         if eval_dataset is not None:
             check_columns(eval_dataset, "eval_dataset", need_ids)
+            check_masks_used(eval_dataset, "eval_dataset", self.collator)
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                             ("gradient_accumulation_steps", gradient_accumulation_steps)):
             if not is_int(value) or value < 1:
@@ -162,7 +165,21 @@ class Trainer:
             raise ConfigError("early_stopping_patience: needs an eval_dataset to measure IIA on")
         if cache_sources not in ("auto", True, False):
             raise ConfigError(f"cache_sources: expected 'auto', True or False, got {cache_sources!r}")
+        check_number(lr, "lr", non_negative=True)
+        check_number(weight_decay, "weight_decay", non_negative=True)
+        if check_number(warmup_ratio, "warmup_ratio", non_negative=True) > 1:
+            raise ConfigError(f"warmup_ratio must be a fraction of the steps in 0..1, got {warmup_ratio!r}")
+        if max_grad_norm is not None:
+            check_number(max_grad_norm, "max_grad_norm", positive=True)
+        if not (optimizer is None or isinstance(optimizer, torch.optim.Optimizer)
+                or (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer))):
+            raise ConfigError(
+                f"optimizer: expected None (AdamW), a torch.optim.Optimizer class or an optimizer built on "
+                f"the interventions' parameters, got {optimizer!r}"
+            )
         self.cols = _columns(train_dataset)
+        if len(self.cols["labels"]) == 0:
+            raise ConfigError("train_dataset is empty; give at least one counterfactual example")
         self.eval_dataset = eval_dataset
         labels = self.cols["labels"]
         if loss_fn is None and (labels.dim() != 1 or labels.dtype.is_floating_point):
@@ -170,12 +187,18 @@ class Trainer:
                 f"train_dataset: column 'labels' has shape {tuple(labels.shape)} ({labels.dtype}); the "
                 f"default loss needs integer class ids of shape [n_examples]; pass loss_fn= for other labels"
             )
+        if loss_fn is None and int(labels.min()) < 0:
+            raise ShapeError(
+                f"train_dataset: column 'labels' holds {int(labels.min())}; the default loss takes class ids "
+                f">= 0 (it ignores no label: -100 would leave a batch with no loss); pass loss_fn= to mask labels"
+            )
+        self._labels_checked = loss_fn is not None  # their range is checked against the first logits
         if "intervention_id" in self.cols and need_ids:
             self.collator.subspaces_for(self.cols["intervention_id"])  # unknown ids fail here
         self._check_subspaces()
 
-        if not train_model:
-            intervenable.disable_model_gradients()
+        # The model is frozen for the run only (on_train_begin) and given back as found after it,
+        # so a Trainer that fails here, or is never run, leaves requires_grad untouched.
         params = intervenable.get_trainable_parameters()
         if train_model:
             params = params + [p for p in intervenable.model.parameters() if p.requires_grad]
@@ -186,7 +209,7 @@ class Trainer:
                 f"use a trainable type (rotated_space, low_rank_rotated_space, boundless_rotated_space, "
                 f"sigmoid_mask, ...) or train_model=True"
             )
-        model_frozen = not any(p.requires_grad for p in intervenable.model.parameters())
+        model_frozen = not train_model or not any(p.requires_grad for p in intervenable.model.parameters())
         can_cache = model_frozen and intervenable.mode == "parallel"
         if cache_sources is True and not can_cache:
             raise ConfigError(
@@ -299,7 +322,21 @@ class Trainer:
         else:
             _, out = self.model(b["base"], b["sources"], b["unit_locations"], subspaces=b["subspaces"])
         logits = self.logits_fn(out)
+        if not self._labels_checked:
+            self._check_label_range(logits)
         return self.loss_fn(logits, b["labels"]), logits, b["labels"]
+
+    def _check_label_range(self, logits: torch.Tensor) -> None:
+        """Once, on the first step: every class id of the training set indexes the logits."""
+        n_classes = logits.shape[-1]
+        top = int(self.cols["labels"].max())
+        if top >= n_classes:
+            raise ShapeError(
+                f"train_dataset: column 'labels' holds class {top}, but the model gives {n_classes} "
+                f"logits (accepted class ids: 0..{n_classes - 1}); pass logits_fn= / loss_fn= if the "
+                f"labels index something else"
+            )
+        self._labels_checked = True
 
     def _step(self, idx: torch.Tensor):
         """The loop's step function: one micro-batch of row indices -> loss and summed stats."""
@@ -357,7 +394,11 @@ class _DASCallbacks(Callback):
 
     def on_train_begin(self, loop):
         tr = self.trainer
-        self.flags = training_flags(tr.intervenable)  # given back as found when training ends
+        # modes and requires_grad are given back as found when training ends
+        self.flags = training_flags(tr.intervenable)
+        self.grad_flags = [(p, p.requires_grad) for p in tr.intervenable.model.parameters()]
+        if not tr.train_model:
+            tr.intervenable.disable_model_gradients()
         tr.intervenable.train()
         if not tr.train_model:
             tr.intervenable.model.eval()  # a frozen model runs as in inference (no dropout)
@@ -397,6 +438,8 @@ class _DASCallbacks(Callback):
 
     def on_train_end(self, loop):
         restore_flags(self.flags)
+        for p, flag in self.grad_flags:
+            p.requires_grad_(flag)
 
 
 def train_interventions(intervenable: IntervenableModel, train_dataset: Dataset | Mapping[str, Any],
