@@ -19,7 +19,7 @@ from .validation import (
     check_positive_int,
 )
 
-UNITS = ("pos", "h", "h.pos")
+UNITS = ("pos", "h", "h.pos", "t")  # "t": time steps (calls of a recurrent cell), pyvene's GRU unit
 MODES = ("parallel", "serial")
 
 
