@@ -357,6 +357,17 @@ class TrainLoop:
             return out.to(value.device)
         return out.item()
 
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` overwritten in place with the main process's values (every process must
+        call it); for state a callback changes from per-process data, which must stay equal."""
+        if self.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            out = broadcast(tensor, from_process=0)
+            if out is not tensor:
+                tensor.copy_(out)
+        return tensor
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context for a step function's forward (a no-op without accelerate)."""
         return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
