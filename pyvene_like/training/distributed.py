@@ -16,10 +16,14 @@ piece of arithmetic:
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import PyveneLikeWarning
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 #: the variables launchers set to the number of processes (accelerate reads the same ones)
 _WORLD_VARS = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
@@ -54,7 +58,7 @@ def resolve_cpu(cpu: bool) -> bool:
     return cpu
 
 
-def process_state():
+def process_state() -> PartialState | None:
     """``accelerate``'s ``PartialState`` when this process is one of several (made here, with
     the CPU backend where :func:`resolve_cpu` says so), else ``None``."""
     if launched_processes() < 2:
@@ -65,7 +69,7 @@ def process_state():
     return state if state.num_processes > 1 else None
 
 
-def shard_rows(n: int, state) -> torch.Tensor:
+def shard_rows(n: int, state: PartialState | None) -> torch.Tensor:
     """This process's rows of ``0..n-1``: a contiguous block of ``ceil(n / processes)`` indices,
     padded with its last valid row so that every process holds the same number (``state``:
     a ``PartialState`` or ``None`` for all rows)."""
@@ -78,7 +82,7 @@ def shard_rows(n: int, state) -> torch.Tensor:
     return torch.cat([rows, torch.full((pad,), n - 1, dtype=torch.long)]) if pad else rows
 
 
-def gather_rows(values: torch.Tensor, n: int, state) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, n: int, state: PartialState | None) -> torch.Tensor:
     """Every process's :func:`shard_rows` results ``[per, ...]``, back as ``[n, ...]`` in row
     order on every process (the padding rows dropped)."""
     if state is None:
