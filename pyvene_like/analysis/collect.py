@@ -2,9 +2,10 @@
 
 ``collect_activations`` compiles one Collect intervention per site into an
 :class:`~pyvene_like.IntervenableModel`, runs the examples batch by batch (one forward per
-batch) and appends each batch's activations to an Arrow file with ``datasets``'
-``ArrowWriter``. The returned :class:`datasets.Dataset` memory-maps that file, so memory
-holds one batch whatever the number of examples.
+batch, stopped right after the last site: ``IntervenableModel.collect``) and appends each
+batch's activations to an Arrow file with ``datasets``' ``ArrowWriter``. The returned
+:class:`datasets.Dataset` memory-maps that file, so memory holds one batch whatever the
+number of examples.
 
 Columns: one per site and head (``"L3.block_output"``, ``"L3.head_attention_value_output.H5"``:
 fixed-length float32 lists), ``label`` (a ``ClassLabel`` when class names are known),
@@ -286,10 +287,10 @@ def _read(im, sites, heads_of, batch, pos: torch.Tensor, project_heads: bool) ->
     b, n_pos = pos.shape
     p = pos.tolist()
     locs = [p if heads is None else ([heads] * b, p) for heads in heads_of]
-    with torch.no_grad():
-        out = im(batch, unit_locations={"base": locs}, return_dict=True)
+    with torch.no_grad():  # the pass stops after the last site: no later layer, no head
+        collected = im.collect(batch, unit_locations={"base": locs})
     arrays = {}
-    for s, rs, heads, acts in zip(sites, im.sites, heads_of, out.collected_activations):
+    for s, rs, heads, acts in zip(sites, im.sites, heads_of, collected):
         if heads is None:  # [B, P, width]
             arrays[s.column()] = acts.detach().to("cpu", torch.float32)
             continue
