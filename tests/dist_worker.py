@@ -143,6 +143,28 @@ def features() -> dict:
     }
 
 
+def collect() -> dict:
+    """collect_activations with 4 batches (3, 3, 3, 1 examples), several positions for some
+    examples, labels and a user column, into the default temporary folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pyvene_like.analysis import activation_metadata, collect_activations
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=12, n_positions=16)).eval()
+    ids = torch.randint(0, 12, (10, 8), generator=torch.Generator().manual_seed(1))
+    positions = [[1], [2, 3], 4, [5, 6, 7], 0, 1, [2, 3], 3, 4, 5]
+    seen = []
+    hook = model.transformer.h[0].register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    ds = collect_activations(model, {"input_ids": ids}, [(0, "block_output"), (1, "mlp_output")],
+                             positions=positions, labels=[i % 3 for i in range(10)], class_names=["a", "b", "c"],
+                             batch_size=3, columns={"idx": list(range(100, 110))})
+    hook.remove()
+    folder = Path(ds.cache_files[0]["filename"]).parent
+    return {"rows": ds.to_dict(), "examples_read": sum(seen), "files": sorted(os.listdir(folder)),
+            "folder": str(folder), "metadata": activation_metadata(ds)}
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     resume = sys.argv[2] if len(sys.argv) > 2 else None
@@ -160,6 +182,7 @@ def main() -> None:
     if resume is not None:
         result["resumed"] = run(1, resume=resume, boundless_run=False)["rotated"]
     result["features"] = features()
+    result["collect"] = collect()
     result["rank"] = rank
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
 

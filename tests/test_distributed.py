@@ -133,6 +133,25 @@ def test_sae_and_codebook_training_stay_identical_across_processes(runs):
     assert a["codebook"]["history"] and sum(a["codebook"]["replaced"].values()) > 0
 
 
+def test_sharded_collect_activations_is_one_dataset_in_order(runs):
+    from dist_worker import collect
+
+    want = collect()
+    a, b = runs.ranks[0]["collect"], runs.ranks[1]["collect"]
+    # process 0 read batches 0 and 2 (6 examples), process 1 batches 1 and 3 (4 examples)
+    assert (a["examples_read"], b["examples_read"]) == (6, 4) and want["examples_read"] == 10
+    assert a["folder"] == b["folder"] and a["files"] == b["files"] == want["files"]  # the parts are merged away
+    for got in (a, b):
+        assert got["metadata"] == want["metadata"]
+        assert got["rows"].keys() == want["rows"].keys()
+        for col, values in want["rows"].items():
+            if isinstance(values[0], list):  # activations
+                close(got["rows"][col], values)
+            else:
+                assert got["rows"][col] == values, col
+    assert want["rows"]["example"] == [0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6, 7, 8, 9]
+
+
 def test_shard_rows_cover_every_row_once():
     for n, world in ((7, 3), (50, 2), (1, 4), (8, 4)):
         states = [SimpleNamespace(num_processes=world, process_index=r) for r in range(world)]
