@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_gpt2
 
 import pyvene_like as pv
 
@@ -68,7 +69,8 @@ def test_collect_needs_a_collect_intervention(gpt2, ids):
         im.collect({"input_ids": ids[0]}, unit_locations={"base": 1})
 
 
-def test_collect_activations_stops_at_its_last_site(gpt2, ids):
+def test_collect_activations_stops_at_its_last_site(ids):
+    gpt2 = make_gpt2()  # not the session model: output_hidden_states makes transformers install hooks for good
     calls, handles = counting(gpt2, later_modules(gpt2))
     ds = pv.analysis.collect_activations(gpt2, {"input_ids": ids[0]}, [(0, "block_output"), (1, "mlp_output")],
                                 positions=2, batch_size=2)
