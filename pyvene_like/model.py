@@ -372,6 +372,34 @@ class IntervenableModel(nn.Module):
         )
         return shape_outputs(original, intervened, collected, self.plan.has_collect, return_dict)
 
+    def collect(
+        self,
+        base,
+        sources=None,
+        unit_locations=None,
+        source_representations=None,
+        subspaces=None,
+    ) -> list[torch.Tensor]:
+        """Only the Collect interventions' activations of the call ``forward`` would make, one
+        tensor per Collect intervention in config order; the base pass stops right after the
+        last site a Collect intervention reads, so reading layer 1 of a 12-layer model costs
+        about the two first layers, not the whole model and its head.
+
+        The interventions placed before that site still run (a Collect downstream of an edit
+        sees the edit); those after it, and the model's output, are skipped. In serial mode or
+        with unit ``"t"`` the pass runs to the end.
+        """
+        if not self.plan.has_collect:
+            raise ConfigError(
+                "collect: the config has no Collect intervention (intervention_type='collect'); "
+                "call the model to get its outputs"
+            )
+        _, _, collected = self._executor.forward(
+            self.model, base, sources=sources, unit_locations=unit_locations,
+            source_representations=source_representations, subspaces=subspaces, stop_after_collect=True,
+        )
+        return collected
+
     def generate(
         self,
         base,

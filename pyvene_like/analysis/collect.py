@@ -2,9 +2,10 @@
 
 ``collect_activations`` compiles one Collect intervention per site into an
 :class:`~pyvene_like.IntervenableModel`, runs the examples batch by batch (one forward per
-batch) and appends each batch's activations to an Arrow file with ``datasets``'
-``ArrowWriter``. The returned :class:`datasets.Dataset` memory-maps that file, so memory
-holds one batch whatever the number of examples.
+batch, stopped right after the last site: ``IntervenableModel.collect``) and appends each
+batch's activations to an Arrow file with ``datasets``' ``ArrowWriter``. The returned
+:class:`datasets.Dataset` memory-maps that file, so memory holds one batch whatever the
+number of examples.
 
 Columns: one per site and head (``"L3.block_output"``, ``"L3.head_attention_value_output.H5"``:
 fixed-length float32 lists), ``label`` (a ``ClassLabel`` when class names are known),
@@ -30,6 +31,7 @@ from torch import nn
 from ..config import IntervenableConfig, RepresentationConfig
 from ..errors import ConfigError, LocationError, ShapeError, SiteError
 from ..sites import HEAD_COMPONENTS
+from ..training.distributed import process_state
 from ..validation import check_non_negative_int, check_positive_int, is_int
 from .tokens import find_token_positions
 
@@ -286,10 +288,10 @@ def _read(im, sites, heads_of, batch, pos: torch.Tensor, project_heads: bool) ->
     b, n_pos = pos.shape
     p = pos.tolist()
     locs = [p if heads is None else ([heads] * b, p) for heads in heads_of]
-    with torch.no_grad():
-        out = im(batch, unit_locations={"base": locs}, return_dict=True)
+    with torch.no_grad():  # the pass stops after the last site: no later layer, no head
+        collected = im.collect(batch, unit_locations={"base": locs})
     arrays = {}
-    for s, rs, heads, acts in zip(sites, im.sites, heads_of, out.collected_activations):
+    for s, rs, heads, acts in zip(sites, im.sites, heads_of, collected):
         if heads is None:  # [B, P, width]
             arrays[s.column()] = acts.detach().to("cpu", torch.float32)
             continue
@@ -409,38 +411,58 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
             raise ConfigError(f"collect_activations: metadata must be JSON-serialisable: {e}") from None
 
     im, heads_of, site_meta = _compile(model, sites, project_heads)
-    out_dir = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="pyvene_like_acts_"))
+    state = process_state()  # several processes: batch i is read by process i % processes
+    world, rank = (state.num_processes, state.process_index) if state is not None else (1, 0)
+    if output_dir is not None:
+        out_dir = Path(output_dir)
+    else:
+        made = [tempfile.mkdtemp(prefix="pyvene_like_acts_") if rank == 0 else None]
+        if state is not None:  # one folder for every process: the main process's
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(made)
+        out_dir = Path(made[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "activations.arrow"
     if path.exists() and not overwrite:
         raise ConfigError(f"collect_activations: {path} exists; pass overwrite=True or another output_dir")
+    own_path = path if world == 1 else out_dir / f"activations-{rank:05d}-of-{world:05d}.arrow"
 
-    writer = None
+    writer = features = None
     n_written = n_rows = 0
+    batch_rows: list[int] = []  # rows of every batch, for merging the processes' files in order
     has_labels = has_text = None
     try:
         takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         takes_position_ids = False
     batches = _batches(inputs, tokenizer, batch_size, positions, labels, takes_position_ids)
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="collect_activations", unit="batch")
     try:
-        for batch, pos, valid, lab, texts in batches:
+        for i, (batch, pos, valid, lab, texts) in enumerate(batches):
+            # Every process walks every batch (example numbers and row counts stay global) and
+            # runs the model on its own share.
             b = pos.shape[0]
-            arrays = _read(im, sites, heads_of, batch, pos, project_heads)
             flat = valid.all().item()
-            # one row per (example, position): [B, P, width] -> [rows, width]
-            arrays = {c: a.reshape(-1, a.shape[-1]) if flat else a[valid] for c, a in arrays.items()}
-            example = torch.arange(n_written, n_written + b)[:, None].expand_as(pos)
-            example, row_pos = (example.reshape(-1), pos.reshape(-1)) if flat else (example[valid], pos[valid])
             lab_ids = _label_ids(lab, class_names) if labels is None else lab
             if has_labels is None:
                 has_labels, has_text = lab_ids is not None, texts is not None
             elif has_labels != (lab_ids is not None):
                 raise ConfigError(f"collect_activations: labels are missing from some batches (batch at example {n_written})")
+            rows = pos.numel() if flat else int(valid.sum())
+            batch_rows.append(rows)
+            if i % world != rank:
+                n_written += b
+                n_rows += rows
+                continue
+            arrays = _read(im, sites, heads_of, batch, pos, project_heads)
+            # one row per (example, position): [B, P, width] -> [rows, width]
+            arrays = {c: a.reshape(-1, a.shape[-1]) if flat else a[valid] for c, a in arrays.items()}
+            example = torch.arange(n_written, n_written + b)[:, None].expand_as(pos)
+            example, row_pos = (example.reshape(-1), pos.reshape(-1)) if flat else (example[valid], pos[valid])
             if writer is None:
                 feats = {c: List(Value("float32"), length=a.shape[1]) for c, a in arrays.items()}
                 for c, a in arrays.items():
@@ -452,7 +474,7 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
                 if has_text:
                     feats["text"] = Value("string")
                 features = Features(feats)
-                writer = ArrowWriter(features=features, path=str(path))
+                writer = ArrowWriter(features=features, path=str(own_path))
             cols = {c: pa.FixedSizeListArray.from_arrays(pa.array(a.numpy().reshape(-1)), a.shape[1])
                     for c, a in arrays.items()}
             local = (example - n_written).tolist()
@@ -466,12 +488,18 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
             writer.write_table(table.cast(features.arrow_schema))
             n_written += b
             n_rows += len(local)
-        if writer is None:
+        if n_written == 0:
             raise ConfigError("collect_activations: inputs hold no examples")
-        writer.finalize()
+        if writer is not None:
+            writer.finalize()
     finally:
         if writer is not None:
             writer.close()
+    if state is not None:
+        state.wait_for_everyone()
+        if rank == 0:  # batch 0 is the main process's, so it knows the features
+            _merge_shards(out_dir, path, world, batch_rows, features)
+        state.wait_for_everyone()
 
     doc = {
         "format": FORMAT,
@@ -492,6 +520,29 @@ def _collect_to_arrow(model, inputs, sites, *, positions, labels, class_names, t
             _check_len(v, n_written, f"column {c!r}")
             ds = ds.add_column(c, v if example is None else [v[i] for i in example])
     return ds
+
+
+def _merge_shards(out_dir: Path, path: Path, world: int, batch_rows: list[int], features) -> None:
+    """The processes' Arrow files (batch ``i`` in the file of process ``i % world``) into one
+    file at ``path``, batches in input order, one batch in memory at a time; the parts are removed."""
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    parts = [out_dir / f"activations-{r:05d}-of-{world:05d}.arrow" for r in range(world)]
+    tables = [Dataset.from_file(str(p)).data if p.exists() else None for p in parts]
+    offsets = [0] * world
+    writer = ArrowWriter(features=features, path=str(path))
+    try:
+        for i, rows in enumerate(batch_rows):
+            r = i % world
+            writer.write_table(tables[r].slice(offsets[r], rows).table)
+            offsets[r] += rows
+        writer.finalize()
+    finally:
+        writer.close()
+    del tables
+    for p in parts:
+        p.unlink(missing_ok=True)
 
 
 # -- every token, in memory -------------------------------------------------------------------------

@@ -13,7 +13,11 @@
   codebook, chosen at random, and its optimiser moments are cleared;
 * the library's training loop (:class:`~pyvene_like.training.loop.TrainLoop`) runs it:
   ``accelerate`` places model and batches (``cpu=``, ``mixed_precision=``), transformers'
-  cosine schedule with linear warm-up sets the learning rate, ``tqdm`` shows progress.
+  cosine schedule with linear warm-up sets the learning rate, ``tqdm`` shows progress;
+* under ``torchrun`` / ``accelerate launch`` it trains data parallel: code use is combined over
+  the processes (a code is used if any process used it), replaced codes are the main
+  process's, and the logged means are over every process's steps, so all processes keep the
+  same model and history.
 """
 
 from __future__ import annotations
@@ -224,7 +228,10 @@ class _CodebookWatch(Callback):
 
     def on_step_end(self, loop, loss, stats):
         step, watch = loop.global_step, self.watch
+        multi = loop.num_processes > 1
         for name, used in watch.used.items():
+            if multi:  # a code is used when any process used it: every process replaces the same codes
+                used = loop.reduce(used.to(torch.int32), "max").bool()
             self.last_used[name][used] = step
             self.window_used[name] |= used
         if self.dead_code_steps is not None:
@@ -232,6 +239,9 @@ class _CodebookWatch(Callback):
                 dead = (step - self.last_used[name]) >= self.dead_code_steps
                 if dead.any() and name in watch.inputs:
                     n = _replace_dead(cb, dead, watch.inputs[name], loop.optimizer, self.gen)
+                    if multi:  # the new codes come from this process's inputs: take the main process's
+                        with torch.no_grad():
+                            loop.broadcast(cb.codes.data)
                     self.last_used[name][dead] = step
                     self.replaced[name] += n
                     self.window["replaced"] += n
@@ -241,6 +251,9 @@ class _CodebookWatch(Callback):
         w["reconstruction_loss"] += stats["reconstruction_loss"].item()
         w["n"] += 1
         if step % self.log_every == 0 or step == loop.total_steps:
+            if multi:  # means over the processes' steps
+                for k in ("loss", "lm_loss", "reconstruction_loss", "n"):
+                    w[k] = loop.reduce(w[k])
             n = w["n"]
             used_frac = (sum(int(u.sum()) for u in self.window_used.values())
                          / sum(u.numel() for u in self.window_used.values()))

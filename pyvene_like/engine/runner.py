@@ -15,7 +15,9 @@ Flow of one ``forward`` call (:meth:`Executor.forward`): the arguments are valid
 normalised (:mod:`.arguments`; recurring location arguments hit a cache), every *distinct*
 source input runs once with read hooks that keep only the needed units and stop the pass
 right after its last needed site (:class:`~.hooks.StopForward`), then the base runs once with
-the write hooks. Hooks are prebuilt once per plan and only registered for the duration of a
+the write hooks. A call that only wants the Collect results (:meth:`Executor.forward` with
+``stop_after_collect``) stops the base pass the same way, right after the last group with a
+Collect slot. Hooks are prebuilt once per plan and only registered for the duration of a
 pass (:class:`~.hooks.HookSet`); the model is never left modified.
 """
 
@@ -59,6 +61,17 @@ def aliases_input(args, kwargs, x) -> bool:
 
 def model_needs_grad(model) -> bool:
     return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+
+
+def _stop_hook(pending: set, key):
+    """A hook that ends the pass (:class:`~.hooks.StopForward`) once every key of ``pending`` ran."""
+
+    def stop(*_):
+        pending.discard(key)
+        if not pending:
+            raise StopForward
+
+    return stop
 
 
 # -- the hook body ------------------------------------------------------------------------------
@@ -294,13 +307,28 @@ class Executor:
             (hooks.post if io == "output" else hooks.pre)(module, fn)
 
     # -- passes -------------------------------------------------------------------------------------
-    def base_pass(self, model, inputs, window: ForwardWindow, only=None):
-        """Run ``inputs`` with the write hooks of the slots that have units in ``window``."""
+    def base_pass(self, model, inputs, window: ForwardWindow, only=None, stop_after=None):
+        """Run ``inputs`` with the write hooks of the slots that have units in ``window``.
+
+        ``stop_after``: ``(module, io)`` groups; the pass stops right after the last of them ran
+        (its write hook included) and returns ``None`` instead of the model's output.
+        """
         self.window = window
         with HookSet() as hooks:
             for module, io, fn in self.write_hooks:
                 (hooks.post if io == "output" else hooks.pre)(module, fn)
-            out = call_model(model, inputs)
+            if stop_after:
+                # Registered after the write hooks, so they run after them on the same module.
+                pending = {(id(m), io) for m, io in stop_after}
+                for module, io in stop_after:
+                    fn = _stop_hook(pending, (id(module), io))
+                    (hooks.post if io == "output" else hooks.pre)(module, fn)
+                try:
+                    out = call_model(model, inputs)  # not stopped: a Collect site the pass never reached
+                except StopForward:
+                    return None
+            else:
+                out = call_model(model, inputs)
         units, fired = window.units, window.fired
         missed = [s for s in (only or self.slots) if units[s.index] is not None and not fired[s.index]]
         if missed:
@@ -415,17 +443,22 @@ class Executor:
 
     # -- calls ----------------------------------------------------------------------------------
     def forward(self, model, base, sources=None, unit_locations=None, source_representations=None,
-                subspaces=None, output_original_output=False):
-        """One intervened forward: ``(original or None, intervened, collected list)``."""
+                subspaces=None, output_original_output=False, stop_after_collect=False):
+        """One intervened forward: ``(original or None, intervened, collected list)``.
+
+        ``stop_after_collect``: only the Collect results are wanted; the base pass stops right
+        after the last site a Collect slot reads and ``intervened`` is ``None`` (in parallel
+        mode without unit ``"t"`` slots; otherwise the pass runs to the end).
+        """
         prev_w, prev_r = self.window, self.reads
         try:
             return self._forward(model, base, sources, unit_locations, source_representations,
-                                 subspaces, output_original_output)
+                                 subspaces, output_original_output, stop_after_collect)
         finally:
             self.window, self.reads = prev_w, prev_r
 
     def _forward(self, model, base, sources, unit_locations, source_representations, subspaces,
-                 output_original_output):
+                 output_original_output, stop_after_collect=False):
         slots = self.slots
         n = len(slots)
         bsz = batch_size(base, "base")
@@ -463,7 +496,12 @@ class Executor:
                         skipped = skipped or list(base_units)
                         skipped[i] = None
             win.units = base_units if skipped is None else skipped
-            intervened = self.base_pass(model, base, win)
+            stop = None
+            if stop_after_collect and not self.plan.has_steps:
+                stop = [(m, io) for m, io, members in self.plan.groups
+                        if any(win.units[s.index] is not None and not s.intervention.modifies_output
+                               for s in members)]
+            intervened = self.base_pass(model, base, win, stop_after=stop)
         return original, intervened, win.collected_list()
 
     def _source_units(self, args: _CallArgs, i: int, bsz: int):

@@ -13,6 +13,10 @@ precision, a ``tqdm`` bar):
   removed, after it the rows are renormalised;
 * a feature is *dead* when it fired on no example of the last epoch; the count is in the history.
 
+Under ``torchrun`` / ``accelerate launch`` it trains data parallel (each process a share of the
+batches, gradients averaged); the history's sums and the fired features are reduced over the
+processes, so every process returns the same SAE and history.
+
 The result is an ordinary :class:`~pyvene_like.sae.SAE` (parameters frozen), usable by the
 steering functions and every SAE intervention, and saved with them.
 """
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
@@ -83,6 +88,19 @@ def _as_matrix(activations, column: str) -> torch.Tensor:
     return activations.detach().float()
 
 
+class _Reconstruct(nn.Module):
+    """The SAE's training forward, features and reconstruction, as one module call: under data
+    parallel the call must go through the wrapper (DDP), which syncs the gradients it makes."""
+
+    def __init__(self, sae: SAE):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.sae.encode(x)
+        return feats, feats @ self.sae.W_dec + self.sae.b_dec
+
+
 class _UnitDecoder(Callback):
     """train_sae's step and callbacks: the reconstruction (+ L1) loss; decoder rows kept on the
     unit sphere (the gradient along each row removed before the step, the rows renormalised
@@ -95,10 +113,9 @@ class _UnitDecoder(Callback):
 
     def step(self, batch):
         (x,) = batch
-        inner = self.loop.unwrapped_model
+        inner = self.loop.unwrapped_model.sae
         with self.loop.autocast():
-            feats = inner.encode(x)
-            recon = feats @ inner.W_dec + inner.b_dec
+            feats, recon = self.loop.model(x)
             sq = (recon.float() - x).pow(2).sum(-1)
             loss = sq.mean()
             if self.architecture == "relu" and self.l1:
@@ -115,17 +132,18 @@ class _UnitDecoder(Callback):
 
     @torch.no_grad()
     def on_before_optimizer_step(self, loop):
-        w = loop.unwrapped_model.W_dec
+        w = loop.unwrapped_model.sae.W_dec
         if w.grad is not None:  # no gradient along a decoder row ...
             w.grad -= (w.grad * w).sum(1, keepdim=True) * w
 
     @torch.no_grad()
     def on_step_end(self, loop, loss, stats):
-        w = loop.unwrapped_model.W_dec  # ... and renormalise what the step left
+        w = loop.unwrapped_model.sae.W_dec  # ... and renormalise what the step left
         w /= w.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     def on_epoch_end(self, loop, entry):
-        s, n = loop.epoch_sums, loop.epoch_sums["n"]
+        s, n = loop.epoch_sums, loop.epoch_sums["n"]  # summed over processes by the loop
+        self.fired = loop.reduce(self.fired.to(torch.int32), "max").bool()
         entry.update({"epoch": loop.epoch, "loss": s["loss"] / n, "mse": s["sq"] / n,
                       "fvu": s["sq"] / self.total_var if self.total_var > 0 else float("nan"),
                       "l0": s["l0"] / n, "dead": int((~self.fired).sum())})
@@ -172,10 +190,10 @@ def train_sae(activations: torch.Tensor | Sequence[torch.Tensor] | Dataset, d_sa
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     total_var = float((x - x.mean(0)).pow(2).sum())
     unit = _UnitDecoder(d_sae, architecture, l1, total_var)
-    loop = TrainLoop(unit.step, model=sae, optimizer=optimizer, loader=loader, epochs=epochs,
+    loop = TrainLoop(unit.step, model=_Reconstruct(sae), optimizer=optimizer, loader=loader, epochs=epochs,
                      mixed_precision=mixed_precision, callbacks=[unit], show_progress=show_progress,
                      desc="train_sae")
     unit.loop = loop
     run = loop.run()
-    out = loop.unwrapped_model.cpu().requires_grad_(False)
+    out = loop.unwrapped_model.sae.cpu().requires_grad_(False)
     return SAETrainResult(out, run.history)

@@ -13,6 +13,7 @@ from ..engine.runner import call_model
 from ..errors import ConfigError, ShapeError
 from ..modes import evaluating
 from .data import CounterfactualCollator, check_columns
+from .distributed import gather_rows, process_state, shard_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -135,6 +136,10 @@ def evaluate(
     ``metric_fn(logits, labels)`` returns per-example scores ``[batch]`` (default: argmax
     equals label) that are averaged overall and per id; a metric returning a dict instead is
     called once on all logits and labels and reported under ``metrics``.
+
+    Under a multi-process launch (``torchrun``, ``accelerate launch``) each process runs the
+    model on its own contiguous share of the rows; the logits are gathered in row order, so
+    every process returns the same result, on the whole set, each example counted once.
     """
     if collator is None:
         collator = CounterfactualCollator(
@@ -148,17 +153,20 @@ def evaluate(
     logits_fn = logits_fn or default_logits
     metric = metric_fn or default_metric
     device = _device_of(intervenable)
+    state = process_state()
+    rows = shard_rows(n, state)  # all rows in one process; this process's share in several
     with evaluating(intervenable):
         cf_logits, base_logits = [], []
-        for start in range(0, n, batch_size):
-            b = _move(collator(_take(cols, slice(start, start + batch_size))), device)
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size] if state is not None else slice(start, start + batch_size)
+            b = _move(collator(_take(cols, part)), device)
             _, out = intervenable(
                 b["base"], b["sources"], b["unit_locations"], subspaces=b["subspaces"],
             )
             cf_logits.append(logits_fn(out).float())
             if factual and "base_labels" in b:
                 base_logits.append(logits_fn(call_model(intervenable.model, b["base"])).float())
-    logits = torch.cat(cf_logits)
+    logits = gather_rows(torch.cat(cf_logits), n, state)
     labels = cols["labels"].to(logits.device)
     scores = metric(logits, labels)
     result = EvalResult(iia=float("nan"), n_examples=n)
@@ -184,6 +192,6 @@ def evaluate(
                 result.iia_per_id[name] = s / c
                 result.n_per_id[name] = c
     if base_logits:
-        bl = torch.cat(base_logits)
+        bl = gather_rows(torch.cat(base_logits), n, state)
         result.factual_accuracy = default_metric(bl, cols["base_labels"].to(bl.device)).mean().item()
     return result

@@ -27,9 +27,14 @@ history ``entry``; a non-empty one is appended), then the checkpoint, then ``sho
 Under gradient accumulation the optimizer, schedule and zero_grad only act on the micro-batch
 that syncs (``loop.sync_gradients``); ``global_step`` counts optimizer steps.
 
-Multi-process notes: only the main process writes checkpoints and shows the bar; step counts
-(``total_steps``, what annealing callbacks see) come from the prepared, per-process loader,
-while the schedule is sized on the whole loader as ``accelerate`` steps it once per process.
+Multi-process runs (``torchrun``, ``accelerate launch``) need no flag, also on CPU-only machines
+(see :mod:`.distributed`). Every count is of this process's optimizer steps, from the prepared,
+per-process loader: ``total_steps``, what annealing callbacks see, and the learning-rate
+schedule, which the loop steps once per optimizer step (not through ``accelerate``, which
+would step it once per process). The epoch's summed stats are summed over the processes
+before ``on_epoch_end`` (so every process writes the same history), ``loop.reduce`` does the
+same for a callback's own tensors, and only the main process writes checkpoints and shows the
+bar. A checkpoint holds no per-process state, so a run resumes under any number of processes.
 
 This module imports nothing of the DAS machinery, so the feature packages (``sae``,
 ``codebook``, ``analysis``) can build on it.
@@ -53,6 +58,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..errors import ConfigError, accepted
 from ..validation import is_int
 from .checkpoint import read_checkpoint, write_checkpoint
+from .distributed import resolve_cpu
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
 
@@ -67,6 +73,9 @@ def make_accelerator(mixed_precision: str = "no", *, gradient_accumulation_steps
     ordinary use, so outside a distributed launch the per-accelerator part of that state
     (not the process group) is dropped when the precision changes. Inside a launch
     (``accelerate launch``, ``torchrun``) the state is left alone and a mismatch is an error.
+
+    A multi-process launch on a machine with no GPU gets ``cpu=True`` (gloo) without asking:
+    without it ``accelerate`` would run every process on its own over all the data.
     """
     if mixed_precision not in PRECISIONS:
         raise ConfigError(f"mixed_precision: got {mixed_precision!r}; accepted: {accepted(PRECISIONS)}")
@@ -76,6 +85,7 @@ def make_accelerator(mixed_precision: str = "no", *, gradient_accumulation_steps
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         if PartialState().distributed_type == DistributedType.NO:
             AcceleratorState._reset_state()
+    cpu = resolve_cpu(cpu)
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
                        cpu=cpu)
 
@@ -207,7 +217,8 @@ class TrainLoop:
         epochs / max_steps: passes over the loader, and/or a cap on optimizer steps
             (``epochs=None``: as many passes as ``max_steps`` needs).
         scheduler, warmup_steps, warmup_ratio: see :func:`make_scheduler`; its length is the
-            run's optimizer steps.
+            run's optimizer steps (of this process); a ready schedule is stepped once per
+            optimizer step.
         gradient_accumulation_steps, max_grad_norm (clipping ``clip_parameters``, default the
             optimizer's), mixed_precision, cpu: handled by ``accelerate``; ``place_model=False``
             leaves the model where it is (default: unless it has an ``hf_device_map``).
@@ -256,38 +267,43 @@ class TrainLoop:
         self.state.setdefault("global_step", 0)
         self.state.setdefault("history", [])
 
-        # The schedule counts the steps of the whole loader: under data parallel accelerate
-        # steps it once per process.
-        schedule_steps = self._run_steps(len(loader))
-        scheduler = make_scheduler(scheduler, optimizer, total_steps=schedule_steps, warmup_steps=warmup_steps,
-                                   warmup_ratio=warmup_ratio)
         if use_accelerate:
             self.accelerator = make_accelerator(mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
                                                 cpu=cpu)
             # A model dispatched with device_map already sits where it should: accelerate must not
             # move it to one device (its own hooks move activations between the parts).
             place = not getattr(model, "hf_device_map", None) if place_model is None else place_model
-            objs, placement = [model, optimizer, loader], [place, True, True]
-            if scheduler is not None:
-                objs.append(scheduler)
-                placement.append(True)
-            prepared = self.accelerator.prepare(*objs, device_placement=placement)
-            self.model, self.optimizer, self.loader = prepared[:3]
-            self.scheduler = prepared[3] if scheduler is not None else None
+            # The schedule is not prepared: accelerate would step it once per process, sized on
+            # the unsplit loader; the loop steps it once per optimizer step of this process.
+            # DistributedDataParallel syncs the gradients of the parameters that require grad
+            # when it is built, and expects them every step: it must see only those the
+            # optimizer trains (a trainer freezes the rest later, in on_train_begin).
+            trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            others = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+            for p in others:
+                p.requires_grad_(False)
+            try:
+                self.model, self.optimizer, self.loader = self.accelerator.prepare(
+                    model, optimizer, loader, device_placement=[place, True, True])
+            finally:
+                for p in others:
+                    p.requires_grad_(True)
             self.device = self.accelerator.device
         else:
             if mixed_precision != "no":
                 raise ConfigError("TrainLoop: mixed_precision needs use_accelerate=True")
             self.accelerator = None
-            self.model, self.optimizer, self.loader, self.scheduler = model, optimizer, loader, scheduler
+            self.model, self.optimizer, self.loader = model, optimizer, loader
             param = next(model.parameters(), None)
             self.device = param.device if param is not None else torch.device("cpu")
         #: the model without accelerate's wrappers (DDP ...), for step functions that call its methods;
         #: computed once (unwrapping looks up installed packages on every call)
         self.unwrapped_model = self.model if self.accelerator is None else self.accelerator.unwrap_model(self.model)
         self.clip_parameters = clip_parameters
-        #: optimizer steps of this process's run (what annealing callbacks count towards)
+        #: optimizer steps of this process's run (what schedules and annealing callbacks count towards)
         self.total_steps = self._run_steps(len(self.loader))
+        self.scheduler = make_scheduler(scheduler, optimizer, total_steps=self.total_steps,
+                                        warmup_steps=warmup_steps, warmup_ratio=warmup_ratio)
         self.epoch = self.state["epoch"]
         self.epoch_sums: dict = {}
         self.sync_gradients = True
@@ -315,12 +331,50 @@ class TrainLoop:
     def is_main_process(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
 
+    @property
+    def num_processes(self) -> int:
+        return 1 if self.accelerator is None else self.accelerator.num_processes
+
+    def reduce(self, value: Any, op: str = "sum") -> Any:
+        """``value`` (a tensor or a number) reduced over the processes with ``op`` (``"sum"``,
+        ``"mean"``, ``"max"``, ``"min"``); as it is in a one-process run. Every process must call it."""
+        if self.num_processes == 1:
+            return value
+        from accelerate.utils import reduce
+
+        t = torch.as_tensor(value, dtype=torch.float64 if isinstance(value, float) else None, device=self.device)
+        dtype = t.dtype
+        work = t.double() if op == "mean" or not dtype.is_floating_point else t
+        if op in ("max", "min"):
+            # accelerate.utils.reduce sums or averages; max / min go through torch.distributed
+            work = work.clone()
+            torch.distributed.all_reduce(work, torch.distributed.ReduceOp.MAX if op == "max"
+                                         else torch.distributed.ReduceOp.MIN)
+        else:
+            work = reduce(work, reduction=op)
+        out = work.to(dtype) if op != "mean" else work.float()
+        if isinstance(value, torch.Tensor):
+            return out.to(value.device)
+        return out.item()
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` overwritten in place with the main process's values (every process must
+        call it); for state a callback changes from per-process data, which must stay equal."""
+        if self.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            out = broadcast(tensor, from_process=0)
+            if out is not tensor:
+                tensor.copy_(out)
+        return tensor
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context for a step function's forward (a no-op without accelerate)."""
         return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
 
     def epoch_seconds(self) -> float:
-        return round(time.perf_counter() - self._epoch_start, 3)
+        """Seconds since the epoch began (of the slowest process: every process must call it)."""
+        return round(self.reduce(time.perf_counter() - self._epoch_start, "max"), 3)
 
     def log(self, entry: dict) -> None:
         """Append a record to the history (callbacks logging every n steps use this)."""
@@ -355,9 +409,11 @@ class TrainLoop:
                 torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
             else:
                 acc.clip_grad_norm_(params, self.max_grad_norm)
-        # Prepared optimizer and schedule only act on the micro-batch whose gradients sync.
+        # A prepared optimizer only acts on the micro-batch whose gradients sync; the schedule
+        # follows the steps it took (fp16's scaler skips a step with inf gradients).
         self.optimizer.step()
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.sync_gradients and not getattr(self.optimizer, "step_was_skipped",
+                                                                              False):
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -365,6 +421,24 @@ class TrainLoop:
         sums = self.epoch_sums
         for k, v in stats.items():
             sums[k] = v if k not in sums else sums[k] + v
+
+    def _reduce_sums(self) -> None:
+        """The epoch's stats summed over the processes (one collective for the scalars)."""
+        sums = self.epoch_sums
+        keys = sorted(sums)
+        scalars = [k for k in keys if not isinstance(sums[k], torch.Tensor) or sums[k].dim() == 0]
+        if scalars:
+            total = self.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu()
+                                             for k in scalars]).to(self.device))
+            for k, v in zip(scalars, total.cpu()):
+                old = sums[k]
+                if isinstance(old, torch.Tensor):
+                    sums[k] = v.to(old.dtype).to(old.device)
+                else:
+                    sums[k] = int(v) if isinstance(old, int) else float(v)
+        for k in keys:
+            if k not in scalars:
+                sums[k] = self.reduce(sums[k])
 
     def _out_of_steps(self) -> bool:
         return self.max_steps is not None and self.state["global_step"] >= self.max_steps
@@ -411,6 +485,8 @@ class TrainLoop:
                         break
                 if empty and self.epochs is None:
                     raise ConfigError("TrainLoop: the loader gave no batch; max_steps can never be reached")
+                if self.num_processes > 1:
+                    self._reduce_sums()
                 entry: dict = {}
                 self._call("on_epoch_end", entry)
                 if entry:

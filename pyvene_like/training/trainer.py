@@ -24,6 +24,7 @@ from ..errors import ConfigError, ShapeError
 from ..modes import evaluating, restore_flags, training_flags
 from ..validation import check_number, is_int
 from .data import CounterfactualCollator, check_columns
+from .distributed import gather_rows, process_state, shard_rows
 from .evaluate import (
     EvalResult,
     _columns,
@@ -302,15 +303,20 @@ class Trainer:
     # -- source caching -------------------------------------------------------------------------
     @torch.no_grad()
     def _build_source_cache(self) -> list:
-        """Every training example's source activations at every site, computed once."""
+        """Every training example's source activations at every site, computed once: each
+        process computes its share of the rows and the shares are gathered (data parallel
+        hands each process different rows every epoch)."""
         n = len(self.cols["labels"])
+        state = process_state() if self.loop.num_processes > 1 else None
+        rows = shard_rows(n, state)
         parts: list[list] = []
         im = self.intervenable
         with evaluating(im):
-            for start in range(0, n, self.eval_batch_size):
-                b = _move(self.collator(_take(self.cols, slice(start, start + self.eval_batch_size))), self.device)
+            for start in range(0, len(rows), self.eval_batch_size):
+                idx = rows[start:start + self.eval_batch_size]
+                b = _move(self.collator(_take(self.cols, idx)), self.device)
                 parts.append(im.collect_source_representations(b["sources"], b["unit_locations"]))
-        return [None if chunk[0] is None else torch.cat(chunk) for chunk in zip(*parts)]
+        return [None if chunk[0] is None else gather_rows(torch.cat(chunk), n, state) for chunk in zip(*parts)]
 
     # -- the step and the run ---------------------------------------------------------------------
     def _step_batch(self, idx: torch.Tensor):
