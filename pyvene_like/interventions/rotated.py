@@ -214,10 +214,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
         rows = [ids[0].tolist()] if bool((ids == ids[0]).all()) else None
     else:
         rows = rectangular_subspaces(subspaces, bsz)
-        flat = [i for r in rows for i in r]
-        if any(not is_int(i) for i in flat):
-            raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
-        lo, hi = min(flat), max(flat)
+        lo, hi = min(min(r) for r in rows), max(max(r) for r in rows)  # ints: checked there
         first = rows[0]
         ids = None if all(r == first for r in rows) else torch.as_tensor(rows, dtype=torch.long, device=device)
         rows = [first] if ids is None else None

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..interventions.base import Intervention, check_partition, rectangular_subspaces
+from ..interventions.base import Intervention, check_partition, subspace_rows
 from ..registry import register_intervention
 from ..validation import check_bool, check_number, check_optional_positive_int, is_int
 from .sae import SAE
@@ -119,23 +119,19 @@ class SAEIntervention(Intervention):
                 mask[self.features] = True
                 self._masks[device] = mask
             return mask
-        ids = torch.as_tensor(rectangular_subspaces(subspaces, feats.shape[0]), dtype=torch.long, device=device)
         if self.subspace_partition is None:
-            if ids.numel() and (int(ids.max()) >= d_sae or int(ids.min()) < 0):
-                bad = int(ids.max()) if int(ids.max()) >= d_sae else int(ids.min())
-                raise LocationError(
-                    f"subspaces: feature {bad} is outside the SAE's {d_sae} features (accepted: "
-                    f"0..{d_sae - 1}, or set subspace_partition to address ranges of features)"
-                )
+            rows = subspace_rows(subspaces, feats.shape[0], d_sae, lambda bad: (
+                f"subspaces: feature {bad} is outside the SAE's {d_sae} features (accepted: "
+                f"0..{d_sae - 1}, or set subspace_partition to address ranges of features)"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=device)
             mask = torch.zeros(feats.shape[0], d_sae, dtype=torch.bool, device=device)
             mask.scatter_(1, ids, True)
         else:
             table = self._table(d_sae, device)
-            if ids.numel() and int(ids.max()) >= table.shape[0]:
-                raise LocationError(
-                    f"subspaces: subspace id {int(ids.max())} is past subspace_partition "
-                    f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"
-                )
+            rows = subspace_rows(subspaces, feats.shape[0], table.shape[0], lambda bad: (
+                f"subspaces: subspace id {bad} is past subspace_partition "
+                f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=device)
             mask = table[ids].any(dim=1)
         return mask.unsqueeze(1)
 

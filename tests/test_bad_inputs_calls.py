@@ -1,0 +1,97 @@
+"""Bad call-time inputs: subspace ids and what function interventions return.
+
+Each case is either refused with a library error naming the value and what is accepted, or
+(where pyvene accepts it) checked to work; nothing is truncated, wrapped or cast silently.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyvene_like as pv
+from pyvene_like.errors import LocationError
+
+PART = [[0, 32], [32, 64]]
+
+
+def _ids(seed, bsz=2, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 1000, (bsz, n), generator=g)}
+
+
+def _call(gpt2, subspaces, itype="vanilla", **rep):
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type=itype, **rep), gpt2)
+    return im(_ids(1), [_ids(2)], {"sources->base": 1}, subspaces=subspaces)[1]
+
+
+# -- subspace ids --------------------------------------------------------------------------------
+@pytest.mark.parametrize("itype", ["vanilla", "addition", "zero", "collect", "rotated_space"])
+@pytest.mark.parametrize("subspaces, match", [
+    ([[[-1]] * 2], r"subspace id -1 is past subspace_partition \[\[0, 32\], \[32, 64\]\] \(accepted ids: 0\.\.1\)"),
+    ([-2], r"subspace id -2 is past subspace_partition"),
+    ([[[-100]] * 2], r"subspace id -100 is past subspace_partition"),
+    ([[[10**30]] * 2], r"subspace id 1000000000000000000000000000000 is past subspace_partition"),
+    ([[[2**63]] * 2], r"subspace id 9223372036854775808 is past"),
+])
+def test_out_of_range_partition_ids_are_refused_not_wrapped(gpt2, itype, subspaces, match):
+    """A negative id with a partition indexed the partition table from the end (id -1 silently
+    meant the last group); ids beyond int64 overflowed in torch.as_tensor."""
+    with pytest.raises(LocationError, match=match):
+        _call(gpt2, subspaces, itype, subspace_partition=PART)
+
+
+@pytest.mark.parametrize("itype", ["vanilla", "addition", "zero", "rotated_space"])
+@pytest.mark.parametrize("subspaces, shown", [
+    ([[[0.0]] * 2], "0.0"), ([[[1.5]] * 2], "1.5"), ([[[True]] * 2], "True"),
+    ([[[float("nan")]] * 2], "nan"), ([[[[0]], [[0]]]], r"\[0\]"), ([["a"]], "'a'"),
+    ([torch.tensor([[0.0], [1.0]])], "0.0"), ([torch.tensor([[True], [False]])], "True"),
+])
+@pytest.mark.parametrize("partition", [None, PART])
+def test_non_int_subspace_ids_are_refused_not_truncated(gpt2, itype, subspaces, shown, partition):
+    """A float id was truncated (1.5 -> dimension 1), a bool was read as 0/1, NaN overflowed
+    raw, and per-unit nesting failed inside torch."""
+    with pytest.raises(LocationError, match=rf"subspaces: ids must be ints \(not bools, floats or deeper lists\).*got {shown}"):
+        _call(gpt2, subspaces, itype, subspace_partition=partition)
+
+
+@pytest.mark.parametrize("subspaces", [[[[10**30]] * 2], [10**30], [[[2**63]] * 2]])
+def test_huge_dimension_ids_are_refused_without_overflow(gpt2, subspaces):
+    with pytest.raises(LocationError, match=r"dimension \d{19,} is outside the site's width 64"):
+        _call(gpt2, subspaces)
+
+
+def test_numpy_int_ids_work_like_ints(gpt2):
+    np = pytest.importorskip("numpy")
+    ref = _call(gpt2, [[[1]] * 2], subspace_partition=PART).logits
+    for sub in ([[[np.int64(1)]] * 2], [np.int64(1)], [torch.tensor([[1], [1]])]):
+        torch.testing.assert_close(_call(gpt2, sub, subspace_partition=PART).logits, ref)
+
+
+def test_sae_subspace_ids_use_the_same_rules():
+    from pyvene_like.sae import SAE, SAEInterchangeIntervention
+
+    torch.manual_seed(0)
+    sae = SAE(d_in=8, d_sae=16)
+    iv = SAEInterchangeIntervention(sae)
+    base = torch.randn(2, 1, 8)
+    with pytest.raises(LocationError, match=r"ids must be ints.*got 1\.0"):
+        iv(base, base, [[1.0], [1.0]])
+    with pytest.raises(LocationError, match=r"feature 99999999999999999999 is outside the SAE's 16 features"):
+        iv(base, base, [[99999999999999999999]] * 2)
+    part = SAEInterchangeIntervention(sae, subspace_partition=[[0, 8], [8, 16]])
+    with pytest.raises(LocationError, match=r"subspace id -1 is past subspace_partition"):
+        part(base, base, [[-1], [-1]])
+
+
+@pytest.mark.parametrize("subspaces, match", [
+    ([-1], r"subspace id -1 is past subspace_partition"),
+    ([[[1.5]] * 2], r"ids must be ints.*got 1\.5"),
+    ([[[10**30]] * 2], r"subspace id 1000000000000000000000000000000 is past"),
+])
+def test_generate_checks_subspace_ids_the_same_way(gpt2, subspaces, match):
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="addition",
+                                                      subspace_partition=PART), gpt2)
+    with pytest.raises(LocationError, match=match):
+        im.generate(_ids(1), unit_locations={"base": 1}, source_representations=torch.ones(64),
+                    subspaces=subspaces, max_new_tokens=2)
