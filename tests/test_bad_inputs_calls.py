@@ -95,3 +95,134 @@ def test_generate_checks_subspace_ids_the_same_way(gpt2, subspaces, match):
     with pytest.raises(LocationError, match=match):
         im.generate(_ids(1), unit_locations={"base": 1}, source_representations=torch.ones(64),
                     subspaces=subspaces, max_new_tokens=2)
+
+
+# -- function interventions ----------------------------------------------------------------------
+def _fn_list(b, s):
+    return b.tolist()
+
+
+def _fn_numpy(b, s):
+    return b.detach().numpy()
+
+
+def _fn_int(b, s):
+    return b.long()
+
+
+def _fn_complex(b, s):
+    return b.to(torch.complex64)
+
+
+def _fn_bool(b, s):
+    return b > 0
+
+
+def _fn_narrow(b, s):
+    return b[..., :3]
+
+
+def _fn_scalar(b, s):
+    return 1.0
+
+
+@pytest.mark.parametrize("how", ["intervention_type", "intervention_kwargs"])
+@pytest.mark.parametrize("fn, got", [
+    (_fn_list, "a list"), (_fn_numpy, "a ndarray"), (_fn_scalar, "a float"),
+    (_fn_int, r"a tensor .*dtype torch\.int64"), (_fn_complex, r"a tensor .*dtype torch\.complex64"),
+    (_fn_bool, r"a tensor .*dtype torch\.bool"),
+    (_fn_narrow, r"a tensor of shape \(2, 1, 3\)"),
+])
+def test_a_function_returning_anything_but_a_float_tensor_or_none_is_refused(gpt2, how, fn, got):
+    """A list failed with AttributeError in the runner; int, bool and complex results were cast
+    to the activation's dtype without a word."""
+    spec = ({"intervention_type": fn} if how == "intervention_type"
+            else {"intervention_type": "lambda", "intervention_kwargs": {"fn": fn}})
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", **spec}, gpt2)
+    with pytest.raises(pv.ShapeError, match=rf"LambdaIntervention: fn '{fn.__name__}' returned {got}.*accepted: "
+                                            r"None \(no change\) or a floating-point tensor shaped like its base "
+                                            r"units \(2, 1, 64\)"):
+        im(_ids(1), [_ids(2)], {"sources->base": 1})
+    with pytest.raises(pv.ShapeError, match=rf"fn '{fn.__name__}' returned {got}"):
+        im.generate(_ids(1), [_ids(2)], {"sources->base": 1}, max_new_tokens=2)
+
+
+def test_a_function_returning_another_float_dtype_is_cast_like_other_interventions(gpt2):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": lambda b, s: s.double()},
+                              gpt2)
+    ref = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2)
+    args = (_ids(1), [_ids(2)], {"sources->base": 1})
+    torch.testing.assert_close(im(*args)[1].logits, ref(*args)[1].logits)
+
+
+def _one(b):
+    return b
+
+
+def _four(b, s, sub, extra):
+    return b
+
+
+def _kw_only(b, s, *, scale=2.0):
+    return b * scale
+
+
+def _star(*args):
+    return args[0] * 0 + args[1]
+
+
+@pytest.mark.parametrize("fn, sig", [(_one, r"\(b\)"), (_four, r"\(b, s, sub, extra\)")])
+def test_a_function_of_the_wrong_arity_is_refused_when_built(gpt2, fn, sig):
+    """It failed at the first call with a raw TypeError from inside the hook."""
+    for spec in ({"intervention_type": fn}, {"intervention_type": "lambda", "intervention_kwargs": {"fn": fn}}):
+        with pytest.raises(pv.ConfigError, match=rf"LambdaIntervention: fn '{fn.__name__}' has signature {sig}; "
+                                                 r"accepted: a function of \(base, source\) or \(base, source, subspaces\)"):
+            pv.IntervenableModel({"layer": 0, "component": "block_output", **spec}, gpt2)
+
+
+def test_keyword_only_and_star_args_functions_are_called_positionally(gpt2):
+    """A keyword-only parameter was counted as a third positional one (TypeError at call)."""
+    args = (_ids(1), [_ids(2)], {"sources->base": 1})
+    base_out = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": lambda b, s: b * 2.0},
+                                    gpt2)(*args)[1].logits
+    kw = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": _kw_only}, gpt2)
+    torch.testing.assert_close(kw(*args)[1].logits, base_out)
+    star = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": _star}, gpt2)
+    vanilla = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2)
+    torch.testing.assert_close(star(*args)[1].logits, vanilla(*args)[1].logits)
+
+
+class _ReturnsList(pv.Intervention):
+    source_from = None
+
+    def forward(self, base, source=None, subspaces=None):
+        return base.tolist()
+
+
+class _ReadsNothing(pv.Intervention):
+    source_from = None
+    modifies_output = False
+
+    def forward(self, base, source=None, subspaces=None):
+        return None
+
+
+class _ReturnsInt(pv.Intervention):
+    source_from = None
+
+    def forward(self, base, source=None, subspaces=None):
+        return base.long()
+
+
+@pytest.mark.parametrize("cls, match", [
+    (_ReturnsList, r"_ReturnsList at .*\) returned list; expected a floating-point tensor of shape \(2, 1, 64\) or None"),
+    (_ReadsNothing, r"_ReadsNothing at .*\) returned None; expected a floating-point tensor of shape \(2, 1, 64\) "
+                    r"\(the values it collects\)"),
+    (_ReturnsInt, r"_ReturnsInt at .*\) returned a torch\.int64 tensor; .*not cast silently"),
+])
+def test_intervention_subclasses_returning_the_wrong_kind_of_value(gpt2, cls, match):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": cls}, gpt2)
+    with pytest.raises(pv.ShapeError, match=match):
+        im(_ids(1), unit_locations={"base": 1})
+    with pytest.raises(pv.ShapeError, match=match):
+        im.generate(_ids(1), unit_locations={"base": 1}, max_new_tokens=2)

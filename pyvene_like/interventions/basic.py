@@ -6,7 +6,7 @@ import inspect
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..registry import register_intervention
 from ..validation import check_bool, check_non_negative_int, check_number
 from .base import Intervention
@@ -160,11 +160,7 @@ class LambdaIntervention(Intervention):
             raise ConfigError(f"LambdaIntervention needs a callable fn(base, source[, subspaces]), got {fn!r}")
         self.fn = fn
         self.source_from = "source" if check_bool(needs_source, "LambdaIntervention: needs_source") else None
-        try:
-            n_params = len(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            n_params = 2
-        self._pass_subspaces = n_params >= 3
+        self._pass_subspaces = _arity(fn) == 3
 
     def get_config(self):
         """The settings besides ``fn``: a function is code, not data, and is given back at load
@@ -181,11 +177,48 @@ class LambdaIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         if self._pass_subspaces:
-            return self.fn(base, source, subspaces)
-        return self.fn(base, source)
+            new = self.fn(base, source, subspaces)
+        else:
+            new = self.fn(base, source)
+        if new is None:  # the function only looked: the units stay as they are (pyvene's convention)
+            return None
+        if (not isinstance(new, torch.Tensor) or new.shape != base.shape or new.device != base.device
+                or (base.dtype.is_floating_point and not new.dtype.is_floating_point)):
+            got = (f"a {type(new).__name__}" if not isinstance(new, torch.Tensor) else
+                   f"a tensor of shape {tuple(new.shape)}, dtype {new.dtype}, on {new.device}")
+            raise ShapeError(
+                f"LambdaIntervention: fn {_fn_name(self.fn)} returned {got}; accepted: None (no change) "
+                f"or a floating-point tensor shaped like its base units {tuple(base.shape)} on "
+                f"{base.device} (any float dtype; it is cast to {base.dtype}). Integer, bool and "
+                f"complex results are not cast silently; lists and numpy arrays are not tensors"
+            )
+        return new
 
     def extra_repr(self) -> str:
         return f"fn={getattr(self.fn, '__qualname__', self.fn)!r}"
+
+
+def _fn_name(fn) -> str:
+    return repr(getattr(fn, "__qualname__", fn))
+
+
+def _arity(fn) -> int:
+    """How LambdaIntervention calls ``fn``: 3 (base, source, subspaces) when it takes three
+    positional arguments, else 2 (base, source); a ConfigError when it takes neither."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: called as fn(base, source)
+        return 2
+    for n in (3, 2):
+        try:
+            sig.bind(*range(n))
+        except TypeError:
+            continue
+        return n
+    raise ConfigError(
+        f"LambdaIntervention: fn {_fn_name(fn)} has signature {sig}; accepted: a function of "
+        f"(base, source) or (base, source, subspaces) (give source a default if you do not use it)"
+    )
 
 
 def _example_mix(base, source):
