@@ -8,7 +8,7 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from ..registry import register_intervention
-from ..validation import check_bool, check_non_negative_int, check_number
+from ..validation import check_bool, check_fits_dtype, check_non_negative_int, check_number
 from .base import Intervention
 
 
@@ -108,6 +108,10 @@ class SkipIntervention(Intervention):
         return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
+# noise_level times a standard normal draw must stay finite: |N(0, 1)| > 16 has probability ~1e-57.
+_NOISE_HEADROOM = 16.0
+
+
 @register_intervention("noise")
 class NoiseIntervention(Intervention):
     """Adds Gaussian noise ``noise_level * N(0, 1)``; with ``seed`` every call draws the same noise."""
@@ -116,7 +120,9 @@ class NoiseIntervention(Intervention):
 
     def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
         super().__init__(embed_dim, subspace_partition)
-        self.noise_level = check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True)
+        self.noise_level = check_fits_dtype(
+            check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True),
+            "NoiseIntervention: noise_level", "float32", headroom=_NOISE_HEADROOM)
         if seed is not None:
             seed = check_non_negative_int(seed, "NoiseIntervention: seed (an int or None)")
         self.seed = seed
@@ -133,6 +139,12 @@ class NoiseIntervention(Intervention):
         return {"intervention_kwargs": {"noise_level": 0.0, "seed": 7}}
 
     def forward(self, base, source=None, subspaces=None):
+        if self.noise_level * _NOISE_HEADROOM > torch.finfo(base.dtype).max:
+            # Fits float32 (checked when built) but not these activations (float16: 65504).
+            raise ConfigError(
+                f"NoiseIntervention: noise_level={self.noise_level!r} overflows {base.dtype} activations "
+                f"(noise_level <= {torch.finfo(base.dtype).max / _NOISE_HEADROOM:.4g} for them)"
+            )
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=base.device).manual_seed(self.seed)

@@ -30,7 +30,13 @@ import torch
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
 from ..interventions.base import Intervention, check_partition, subspace_rows
 from ..registry import register_intervention
-from ..validation import check_bool, check_number, check_optional_positive_int, is_int
+from ..validation import (
+    check_bool,
+    check_fits_dtype,
+    check_number,
+    check_optional_positive_int,
+    is_int,
+)
 from .sae import SAE
 
 
@@ -105,6 +111,11 @@ class SAEIntervention(Intervention):
                 f"(accepted: 0..{self.sae.d_sae - 1})"
             )
         return list(features)
+
+    def _fits(self, value: float, field: str) -> float:
+        """A number the features are set to or scaled by: finite in the SAE's dtype, where it
+        is used (``1e308`` would be ``inf`` in float32)."""
+        return check_fits_dtype(value, field, self.sae.W_enc.dtype)
 
     # -- which features ------------------------------------------------------------------------
     def feature_mask(self, subspaces: Sequence[Sequence[int]] | None, feats: torch.Tensor) -> torch.Tensor | None:
@@ -214,9 +225,11 @@ class SAESteerIntervention(SAEIntervention):
                     f"sae_steer: value has {len(value)} entries but the intervention has {n}; give "
                     f"one number, or one per entry of features"
                 )
-            value = [check_number(v, f"sae_steer: value[{i}]") for i, v in enumerate(value)]
+            value = [self._fits(check_number(v, f"sae_steer: value[{i}]"), f"sae_steer: value[{i}]")
+                     for i, v in enumerate(value)]
         else:
-            value = check_number(value, "sae_steer: value (a number or a list of numbers)")
+            value = self._fits(check_number(value, "sae_steer: value (a number or a list of numbers)"),
+                               "sae_steer: value")
         self.mode = mode
         self.value = value
         self._values: dict = {}
@@ -317,7 +330,8 @@ class SAESwapIntervention(SAEIntervention):
                 raise ConfigError("sae_swap: give features= or weights=, not both")
             if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae:
                 raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
-            weights = [check_number(w, f"sae_swap: weights[{i}]") for i, w in enumerate(weights)]
+            weights = [self._fits(check_number(w, f"sae_swap: weights[{i}]"), f"sae_swap: weights[{i}]")
+                       for i, w in enumerate(weights)]
         self.weights = weights
         self._weight_vecs: dict = {}
 
