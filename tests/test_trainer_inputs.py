@@ -94,3 +94,108 @@ def test_generated_learning_rates(lr):
         with pytest.raises(pv.PyveneLikeError, match="lr must be a non-negative finite number"):
             trainer(im, data, lr=lr)
     assert state(im) == before
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(ds, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ck")
+    trainer(rotated(MLP()), ds, checkpoint_dir=root).train()
+    return root / "epoch-1"
+
+
+def _copy(src, dst, state=None, doc=None, files=None):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "checkpoint.json").read_text())
+    if state:
+        state(meta["state"])
+    if doc:
+        doc(meta)
+    if files:
+        files(dst, meta)
+    (dst / "checkpoint.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _rewrite(group, fn):
+    """Rewrite a tensor file with fn(tensors) and drop its sha256 (a consistent but wrong folder)."""
+    def edit(folder, meta):
+        from safetensors.torch import load_file, save_file
+
+        path = folder / f"checkpoint-{group}.safetensors"
+        save_file(fn(load_file(path)), path)
+        meta["tensors"][group].pop("sha256")
+    return edit
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(d):
+        for k in path[:-1]:
+            d = d[k]
+        if value is _DROP:
+            d.pop(path[-1])
+        else:
+            d[path[-1]] = value
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (dict(state=_set("trainer_state", "epoch", _DROP)), r"the loop state lacks \['epoch'\]"),
+    (dict(state=_set("trainer_state", "epoch", "x")), r"the loop state has epoch='x'; accepted: a non-negative int"),
+    (dict(state=_set("trainer_state", "global_step", -3)), r"global_step=-3; accepted: a non-negative int"),
+    (dict(state=_set("trainer_state", "epoch", 1.5)), r"epoch=1.5"),
+    (dict(state=_set("trainer_state", "history", 3)), r"history=3; accepted: a list"),
+    (dict(state=_set("trainer_state", "best_eval_iia", "high")), r"best_eval_iia='high'; accepted: None or a finite number"),
+    (dict(state=_set("trainer_state", [1])), r"the loop state is \[1\]; accepted: a dict"),
+    (dict(state=_set("optimizer_param_groups", "x")), r"optimizer_param_groups is 'x'; accepted: a list of param groups"),
+    (dict(state=_set("optimizer_param_groups", [])), r"the optimizer has \[1\] parameters per group, the checkpoint \[\]"),
+    (dict(state=lambda s: s["optimizer_param_groups"][0].__setitem__("lr", "fast")),
+     r"param group 0 has lr='fast'; AdamW takes a value like"),
+    (dict(state=_set("optimizer_plain_state", {"99.step": 1})), r"optimizer state entry '99.step' names no parameter"),
+    (dict(state=_set("optimizer_plain_state", {"step": 1})), r"optimizer state entry 'step' names no parameter"),
+    (dict(state=_set("optimizer_class", "SGD")), r"trained with optimizer SGD, this run uses AdamW"),
+    (dict(state=_set("scheduler", {"a": 1})), r"the saved schedule \{'a': 1\} lacks \['_get_lr_called_within_step'"),
+    (dict(state=_set("scheduler", None)), r"the checkpoint has no schedule, but this run has one \(LambdaLR\)"),
+    (dict(state=_set("scheduler", _DROP)), r"checkpoint.json's state lacks \['scheduler'\]"),
+    (dict(doc=_set("tensors", "optimizer", "sha256", 5)), r"the sha256 of tensor group 'optimizer' is 5"),
+    (dict(doc=_set("tensors", "optimizer", "aliases", ["a"])), r"the aliases of tensor group 'optimizer' are \['a'\]"),
+    (dict(doc=_set("tensors", "optimizer", "file", "../epoch-1/checkpoint-optimizer.safetensors")),
+     r"names the file '../epoch-1/checkpoint-optimizer.safetensors'; accepted: a file name inside the checkpoint folder"),
+    (dict(files=_rewrite("optimizer", lambda t: {k: v[:1] if v.dim() else v for k, v in t.items()})),
+     r"optimizer state '0.exp_avg' has shape \[1, 16\] but its parameter has shape \[16, 16\]"),
+    (dict(files=_rewrite("interventions", lambda t: {k: (v * 100).long() for k, v in t.items()})),
+     r"has dtype torch.int64; accepted: torch.float32, the dtype it is trained in \(nothing is cast on load\)"),
+    (dict(files=_rewrite("interventions", lambda t: {k: v[:8] for k, v in t.items()})),
+     r"size mismatch for 0.rotate_layer.parametrizations.weight.original: the checkpoint has shape \[8, 16\]"),
+])
+def test_a_damaged_checkpoint_is_a_load_error_and_changes_nothing(ds, checkpoint, tmp_path, edit, match):
+    """A missing 'epoch' was a raw KeyError, a list state a TypeError, a wrong sha256 or aliases
+    type a TypeError/AttributeError; lr='fast', a wrong-shaped optimizer tensor, integer weights
+    and another optimizer's settings were loaded (failing later, or cast silently); and a
+    failure after the weights were loaded left them loaded."""
+    folder = _copy(checkpoint, tmp_path / "damaged", **edit)
+    im = rotated(MLP())
+    tr = trainer(im, ds)
+    weights = {k: v.clone() for k, v in im.interventions.state_dict().items()}
+    opt, sched, loop_state = (repr(tr.optimizer.state_dict()), repr(tr.scheduler.state_dict()), repr(tr.state))
+    with pytest.raises(pv.LoadError, match=match):
+        tr.train(resume_from_checkpoint=folder)
+    assert all(torch.equal(v, im.interventions.state_dict()[k]) for k, v in weights.items())
+    assert (repr(tr.optimizer.state_dict()), repr(tr.scheduler.state_dict()), repr(tr.state)) == (opt, sched, loop_state)
+
+
+def test_a_checkpoint_resumes_only_into_the_optimizer_it_was_trained_with(ds, checkpoint):
+    """SGD took AdamW's param groups (betas, eps ...) and failed at its first step with KeyError."""
+    with pytest.raises(pv.LoadError, match="trained with optimizer AdamW, this run uses SGD"):
+        trainer(rotated(MLP()), ds, optimizer=torch.optim.SGD).load_checkpoint(checkpoint)
+    tr = trainer(rotated(MLP()), ds)
+    tr.load_checkpoint(checkpoint)  # the same setup resumes
+    assert tr.state["epoch"] == 1
