@@ -96,6 +96,83 @@ def test_generated_learning_rates(lr):
     assert state(im) == before
 
 
+# -- location and id columns ---------------------------------------------------------------------------
+def _with(ds, **cols):
+    for name, value in cols.items():
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+        ds = ds.add_column(name, value)
+    return ds.with_format("torch")
+
+
+@pytest.mark.parametrize("cols, err, match", [
+    (dict(base_locations=[0] * 64), pv.ShapeError,
+     r"train_dataset: column 'base_locations' has shape \(64,\), dtype torch.int64; accepted: integer positions "
+     r"shaped \[n_examples, n_interventions, n_units\]"),
+    (dict(base_locations=[[0, 0]] * 64), pv.ShapeError, r"column 'base_locations' has shape \(64, 2\)"),
+    (dict(base_locations=[[[0.0]]] * 64), pv.ShapeError, r"column 'base_locations' has shape \(64, 1, 1\), dtype torch.float"),
+    (dict(base_locations=[[[True]]] * 64), pv.ShapeError, r"dtype torch.bool"),
+    (dict(base_locations=[[[0], [0]]] * 64), pv.ShapeError,
+     r"column 'base_locations' has positions for 2 intervention\(s\) \(shape \(64, 2, 1\)\), but the model has 1"),
+    (dict(source_locations=[[[0]]] * 64), pv.ConfigError, r"has a 'source_locations' column but no 'base_locations'"),
+    (dict(base_locations=[[[0]]] * 64, source_locations=[[0]] * 64), pv.ShapeError,
+     r"column 'source_locations' has shape \(64, 1\)"),
+    (dict(intervention_id=[0.0, 1.0, 2.0, 0.5] * 16), pv.ShapeError,
+     r"intervention_id: expected one integer id per example \(shape \[n_examples\]\), got shape \(64,\), dtype torch.float"),
+])
+def test_mis_shaped_location_and_id_columns_are_refused_before_training(ds, cols, err, match):
+    """A 1-d location column failed with a raw IndexError in the collator, a [n, units] one was
+    transposed into the wrong axes, a lone source_locations column was silently ignored and a
+    float intervention_id (0.5) was truncated to id 0."""
+    im = rotated(MLP())
+    before = state(im)
+    with pytest.raises(err, match=match):
+        trainer(im, _with(ds, **cols))
+    assert state(im) == before
+    if "intervention_id" not in cols:  # the evaluator's collator checks each batch the same way
+        with pytest.raises(err, match=match.replace("train_dataset", "batch")):
+            pv.evaluate(im, _with(ds, **cols), subspaces=SUBSPACES)
+
+
+def test_sparse_intervention_ids_select_their_own_subspaces():
+    """Ids {0, 2} built a dense table with a padding row (-1) for the missing id 1, which the
+    intervention refused ('subspace id -1 is past subspace_partition'); an id of 10**12 made it
+    try to allocate 16 TB."""
+    data = pv.generate_counterfactual_dataset(pv.hierarchical_equality(), 64, {0: ["WX"], 2: ["YZ"]}, seed=0)
+    pv.Trainer(rotated(MLP()), data, subspaces={0: [0], 2: [1]}, epochs=1, batch_size=32, show_progress=False).train()
+    collator = pv.training.CounterfactualCollator({0: [0], 2: [1], 10**12: [0, 1]})
+    got = collator.subspaces_for(torch.tensor([2, 0, 10**12, 2]))[0]
+    assert got.tolist() == [[1, 1], [0, 0], [0, 1], [1, 1]]
+
+
+@pytest.mark.parametrize("subspaces, match", [
+    ({0: [0], 1: [-1], 2: [0, 1]}, r"subspaces\[1\]\[0\] must be a non-negative int, got -1"),
+    ({0: [0], 1: [1.0], 2: [0, 1]}, r"subspaces\[1\] must be a non-empty list of non-negative ints, got 1.0"),
+    ({0: [0], 1: [10**30], 2: [0, 1]}, r"subspaces\[1\]: subspace id 1000000000000000000000000000000 is past any"),
+    ({0: [0], 1: [True], 2: [0, 1]}, r"subspaces\[1\] must be a non-empty list of non-negative ints, got True"),
+    ({}, r"subspaces: expected \{intervention id: subspaces\}"),
+])
+def test_bad_subspace_tables_are_config_errors(ds, subspaces, match):
+    """A float id failed with a raw TypeError, an id past int64 overflowed raw."""
+    with pytest.raises(pv.ConfigError, match=match):
+        pv.Trainer(rotated(MLP()), ds, subspaces=subspaces, show_progress=False)
+
+
+@pytest.mark.parametrize("loc, match", [
+    ([[0.5]], r"base_locations\[0\]\[0\] must be an int, got 0.5"),
+    ([[True]], r"base_locations\[0\]\[0\] must be an int, got True"),
+    ([[0], [0, 1]], r"base_locations: rows of different lengths \[1, 2\]"),
+    ([[[0]]], r"base_locations\[0\]\[0\] must be an int, got \[0\]"),
+    (torch.tensor([[0.0]]), r"base_locations: got a tensor of shape \(1, 1\), dtype torch.float32"),
+])
+def test_generated_datasets_take_integer_locations_only(loc, match):
+    """Float and bool positions were cast to long (0.5 -> 0) without a word."""
+    with pytest.raises(pv.ConfigError, match=match):
+        pv.generate_counterfactual_dataset(pv.hierarchical_equality(), 4, IDS, base_locations=loc)
+    with pytest.raises(pv.ConfigError, match="source_locations: give base_locations too"):
+        pv.generate_counterfactual_dataset(pv.hierarchical_equality(), 4, IDS, source_locations=[[0]])
+
+
 # -- checkpoints ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(ds, tmp_path_factory):
