@@ -226,3 +226,19 @@ def test_intervention_subclasses_returning_the_wrong_kind_of_value(gpt2, cls, ma
         im(_ids(1), unit_locations={"base": 1})
     with pytest.raises(pv.ShapeError, match=match):
         im.generate(_ids(1), unit_locations={"base": 1}, max_new_tokens=2)
+
+
+# -- values outside the subspaces -----------------------------------------------------------------
+@pytest.mark.parametrize("cls, call", [
+    (pv.AdditionIntervention, lambda iv, b, s: iv(b, s, [[0, 1]] * 2)),
+    (pv.SubtractionIntervention, lambda iv, b, s: iv(b, s, [[0, 1]] * 2)),
+    (pv.CollectIntervention, lambda iv, b, s: iv(s, None, [[0, 1]] * 2)),
+])
+def test_nan_and_inf_outside_the_subspaces_do_not_leak_into_them(cls, call):
+    """The unselected dims were multiplied by the mask: NaN * 0 = NaN reached dims the subspaces
+    leave alone (a NaN in dim 2 of a steering vector made the whole output NaN downstream)."""
+    base = torch.zeros(2, 1, 4)
+    source = torch.tensor([1.0, 2.0, float("nan"), float("inf")]).expand(2, 1, 4)
+    out = call(cls(), base, source)
+    assert torch.isfinite(out).all()
+    assert out[..., :2].abs().tolist() == [[[1.0, 2.0]]] * 2 and out[..., 2:].tolist() == [[[0.0, 0.0]]] * 2

@@ -17,10 +17,12 @@ def _like(source, base):
 
 
 def _selected(iv, base, source, subspaces):
-    """The source, cast to the base's dtype and zero outside the chosen subspaces."""
+    """The source, cast to the base's dtype and zero outside the chosen subspaces (zeroed, not
+    multiplied by the mask: NaN * 0 is NaN, and a NaN or inf outside the subspaces must not
+    reach the dims they leave alone)."""
     mask = iv.subspace_mask(subspaces, base)
     source = _like(source, base)
-    return source if mask is None else source * mask
+    return source if mask is None else source.masked_fill(~mask, 0)
 
 
 def _blend(base, new, mask):
@@ -92,7 +94,7 @@ class CollectIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
-        return base if mask is None else base * mask
+        return base if mask is None else base.masked_fill(~mask, 0)
 
 
 @register_intervention("skip")
@@ -152,7 +154,7 @@ class NoiseIntervention(Intervention):
         noise = noise * self.noise_level
         mask = self.subspace_mask(subspaces, base)
         if mask is not None:
-            noise = noise * mask
+            noise = noise.masked_fill(~mask, 0)
         return base + noise
 
     def extra_repr(self) -> str:
