@@ -242,3 +242,27 @@ def test_nan_and_inf_outside_the_subspaces_do_not_leak_into_them(cls, call):
     out = call(cls(), base, source)
     assert torch.isfinite(out).all()
     assert out[..., :2].abs().tolist() == [[[1.0, 2.0]]] * 2 and out[..., 2:].tolist() == [[[0.0, 0.0]]] * 2
+
+
+# -- indices past int64 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("loc, match", [
+    ([[[10**30]] * 2], r"position 1000000000000000000000000000000 is out of range"),
+    ([[[0], [-(10**30)]]], r"position -1000000000000000000000000000000 is out of range"),
+])
+def test_positions_past_int64_are_out_of_range_not_ragged(gpt2, loc, match):
+    """They were reported as 'expected [batch][n] ... with the same n for every example'."""
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": "zero"}, gpt2)
+    with pytest.raises(LocationError, match=match):
+        im(_ids(1), unit_locations={"base": loc})
+    with pytest.raises(LocationError, match=match):
+        im.generate(_ids(1), unit_locations={"base": loc}, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("loc", [10**30, [[[10**30]] * 2]])
+def test_heads_past_int64_are_out_of_range_not_an_overflow(gpt2, loc):
+    """An int head of 10**30 was a raw OverflowError from torch.full."""
+    im = pv.IntervenableModel({"layer": 0, "component": "head_attention_value_output", "unit": "h",
+                               "intervention_type": "zero"}, gpt2)
+    with pytest.raises(LocationError, match=r"head 1000000000000000000000000000000 is out of range \(accepted: "
+                                            r"indices within the model's heads\)"):
+        im(_ids(1), unit_locations={"base": loc})
