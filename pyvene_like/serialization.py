@@ -893,6 +893,19 @@ def read_checkpoint(folder: str | os.PathLike, groups: Iterable[str] | None = No
         isinstance(info, dict) and isinstance(info.get("file"), str) for info in files.values()
     ):
         raise LoadError(f"{caller}: cannot read {str(path)!r}: fields 'tensors' and 'state' are incomplete")
+    for group, info in files.items():
+        name, digest, aliases = info["file"], info.get("sha256"), info.get("aliases")
+        if name != Path(name).name or name in ("", ".", "..") or "\\" in name:
+            # save_checkpoint writes a plain file name; a path would read a file outside the folder
+            raise LoadError(f"{caller}: cannot read {str(path)!r}: tensor group {group!r} names the file "
+                            f"{name!r}; accepted: a file name inside the checkpoint folder")
+        if digest is not None and not isinstance(digest, str):
+            raise LoadError(f"{caller}: cannot read {str(path)!r}: the sha256 of tensor group {group!r} is "
+                            f"{digest!r}; accepted: a 'sha256:<hex>' string")
+        if aliases is not None and not (isinstance(aliases, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+            raise LoadError(f"{caller}: cannot read {str(path)!r}: the aliases of tensor group {group!r} are "
+                            f"{aliases!r}; accepted: a dict of tensor name -> stored tensor name")
     wanted = list(files) if groups is None else list(groups)
     absent = [g for g in wanted if g not in files]
     if absent:

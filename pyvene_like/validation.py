@@ -146,3 +146,27 @@ def check_floating_tensor(value: object, field: str, *, error: type[Exception] =
             f"bfloat16, float32, float64 (cast it yourself, e.g. .float(), so nothing is lost silently)"
         )
     return value
+
+
+def check_fits_dtype(value: float, field: str, dtype: object = "float32", *, headroom: float = 1.0,
+                     error: type[Exception] = ConfigError) -> float:
+    """A checked finite number that stays a number in the ``dtype`` it is used in: ``|value| *
+    headroom`` within the dtype's range (``1e308`` is finite as a Python float but ``inf`` in
+    float32), and a non-zero value not rounded to zero (a temperature of ``1e-50`` would divide
+    by zero). ``headroom`` leaves room for what the value is multiplied by (a noise level times
+    a normal draw). Imports torch lazily."""
+    import torch
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    info = torch.finfo(dtype)
+    name = str(dtype).removeprefix("torch.")
+    if abs(value) * headroom > info.max:
+        limit = info.max / headroom
+        raise error(
+            f"{field} must fit in {name} (|value| <= {limit:.4g}"
+            + (f", leaving room for {headroom:g}x" if headroom != 1.0 else "") + f"), got {value!r}"
+        )
+    if value != 0 and float(torch.tensor(value, dtype=dtype)) == 0.0:
+        smallest = float(torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)))
+        raise error(f"{field} rounds to 0 in {name} (its smallest positive value is {smallest:.4g}), got {value!r}")
+    return value

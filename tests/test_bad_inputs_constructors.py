@@ -260,3 +260,57 @@ def test_negative_ids_are_refused():
         pv.CodebookIntervention(codes=[-3])
     with pytest.raises(ConfigError, match=r"layer must be a non-negative int, got -1"):
         pv.RepresentationConfig(layer=-1)
+
+
+# -- finite but absurd numbers -----------------------------------------------------------------------
+HUGE_OR_TINY = [1e308, -1e308, 1e39, 3e38, 1e-50, 1e-320, 2**200]
+
+
+def _number_params(cls):
+    sig = inspect.signature(cls.__init__).parameters
+    return [p for p, v in sig.items() if p != "self" and (isinstance(v.default, float) or v.annotation in ("float",))]
+
+
+@pytest.mark.parametrize("cls", [c for c in CLASSES if _number_params(c)], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("value", HUGE_OR_TINY, ids=repr)
+def test_finite_but_absurd_numbers_are_refused_or_stay_finite(cls, value):
+    """1e308 is a finite Python float but inf in float32: a noise level of 1e308 filled the
+    activations with inf; a temperature of 1e-50 is 0 in float32 and the mask became NaN.
+    Each number setting is either refused (naming it) or the intervention's output is finite."""
+    torch.manual_seed(0)
+    for name in _number_params(cls):
+        kwargs = {**_example(cls), name: value}
+        iv = _check(lambda kwargs=kwargs: cls(**kwargs), name)
+        if iv is None:
+            continue
+        base, source = torch.randn(2, 1, W), torch.randn(2, 1, W)
+        out = iv(base, source if iv.source_from == "source" else None)
+        assert torch.isfinite(out).all(), f"{cls.__name__}({name}={value!r}) gave non-finite output"
+
+
+def test_noise_level_is_checked_against_the_activations_dtype(gpt2):
+    with pytest.raises(ConfigError, match=r"NoiseIntervention: noise_level must fit in float32 \(\|value\| <= 2.127e\+37, "
+                                          r"leaving room for 16x\), got 1e\+308"):
+        pv.NoiseIntervention(noise_level=1e308)
+    with pytest.raises(ConfigError, match=r"NoiseIntervention: noise_level rounds to 0 in float32"):
+        pv.NoiseIntervention(noise_level=1e-50)
+    iv = pv.NoiseIntervention(noise_level=1e30, seed=0)
+    assert torch.isfinite(iv(torch.zeros(2, 1, W))).all()
+    with pytest.raises(ConfigError, match=r"noise_level=1e\+30 overflows torch.float16 activations \(noise_level <= 4094"):
+        iv(torch.zeros(2, 1, W, dtype=torch.float16))
+
+
+def test_sae_numbers_must_fit_the_sae_dtype():
+    from pyvene_like.sae import SAE
+
+    with pytest.raises(ConfigError, match=r"sae_steer: value must fit in float32 \(\|value\| <= 3.403e\+38\), got 1e\+308"):
+        pv.SAESteerIntervention(sae=SAE(4, 8), value=1e308)
+    with pytest.raises(ConfigError, match=r"sae_steer: value must fit in float16 .*got 100000.0"):
+        pv.SAESteerIntervention(sae=SAE(4, 8, dtype="float16"), value=1e5)
+    with pytest.raises(ConfigError, match=r"sae_swap: weights\[3\] must fit in float32"):
+        pv.SAESwapIntervention(sae=SAE(4, 8), weights=[1.0] * 3 + [1e39] + [1.0] * 4)
+    with pytest.raises(ConfigError, match=r"SAE layer_norm_eps rounds to 0 in float32 \(its smallest positive value "
+                                          r"is 1.401e-45\), got 1e-50"):
+        SAE(4, 8, normalize_activations="layer_norm", layer_norm_eps=1e-50)
+    with pytest.raises(ConfigError, match=r"SAE norm_scaling_factor must fit in float32"):
+        SAE(4, 8, normalize_activations="expected_average_only_in", norm_scaling_factor=1e300)

@@ -14,6 +14,7 @@ from pyvene_like.errors import ConfigError, LocationError
 from pyvene_like.validation import (
     check_bool,
     check_choice,
+    check_fits_dtype,
     check_int,
     check_int_list,
     check_number,
@@ -98,3 +99,25 @@ def test_check_int_list_names_the_bad_entry(values):
     else:
         with pytest.raises(ConfigError, match=rf"heads\[{bad[0]}\] must be a non-negative int, got "):
             check_int_list(values, "heads", minimum=0)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_check_fits_dtype_keeps_exactly_the_numbers_within_float32s_range_and_not_rounded_to_0(value):
+    import torch
+
+    as_f32 = torch.tensor(value, dtype=torch.float32)
+    stays = abs(value) <= torch.finfo(torch.float32).max and (value == 0 or float(as_f32) != 0)
+    try:
+        assert check_fits_dtype(value, "scale") == value and stays
+    except ConfigError as e:
+        assert not stays and "scale" in str(e) and repr(value) in str(e)
+
+
+def test_check_fits_dtype_headroom_and_other_dtypes():
+    import torch
+
+    with pytest.raises(ConfigError, match=r"level must fit in float16 \(\|value\| <= 6550, leaving room for 10x\), got 7000"):
+        check_fits_dtype(7000, "level", torch.float16, headroom=10)
+    assert check_fits_dtype(6000.0, "level", "float16") == 6000.0
+    with pytest.raises(LocationError, match=r"eps rounds to 0 in bfloat16"):
+        check_fits_dtype(1e-45, "eps", "bfloat16", error=LocationError)

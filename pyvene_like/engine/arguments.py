@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError
+from ..validation import is_int
 from .plan import Slot
 
 
@@ -253,7 +254,7 @@ def normalize_subspaces(subspaces, slots: list[Slot]):
     if subspaces is None:
         return None
     n = len(slots)
-    if isinstance(subspaces, (list, tuple)) and subspaces and all(type(v) is int for v in subspaces):
+    if isinstance(subspaces, (list, tuple)) and subspaces and all(is_int(v) for v in subspaces):
         subspaces = [list(subspaces)] * n  # one flat list of ids: the same for every intervention
     if isinstance(subspaces, (list, tuple)) and len(subspaces) != n and n > 1:
         raise LocationError(f"subspaces: got {len(subspaces)} entries for {n} interventions")

@@ -362,7 +362,7 @@ def _build_schedule(slot, base_loc, src_t, subs, intervene_on_prompt, steps, len
     else:
         if isinstance(subs, torch.Tensor):
             subs = subs.tolist()
-        if isinstance(subs, int) or (isinstance(subs, (list, tuple)) and all(isinstance(s, int) for s in subs)):
+        if is_int(subs) or (isinstance(subs, (list, tuple)) and all(is_int(s) for s in subs)):
             sc.subs, sc.subs_per_example = subs, False  # the same subspaces for every example
         elif isinstance(subs, (list, tuple)) and len(subs) == bsz:
             sc.subs, sc.subs_per_example = list(subs), True

@@ -89,6 +89,15 @@ def apply_members(members, window, x, args, kwargs, inplace: bool):
             new = iv(vals, src, subs)
         else:
             new = iv.forward(vals, src, subs)
+        if (new is None and not iv.modifies_output) or new is not None and (
+                not isinstance(new, torch.Tensor) or (new.dtype != vals.dtype and not new.dtype.is_floating_point)):
+            got = "None" if new is None else type(new).__name__ if not isinstance(new, torch.Tensor) else f"a {new.dtype} tensor"
+            raise ShapeError(
+                f"{slot.label} returned {got}; expected a floating-point tensor of shape "
+                f"{tuple(vals.shape)}" + (" (the values it collects)" if not iv.modifies_output else
+                                          " or None (no change)")
+                + "; integer, bool and complex results are not cast silently"
+            )
         if not iv.modifies_output:
             if new.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 # A view of the activation (Collect returns its input): copy the units, so the

@@ -53,12 +53,20 @@ class Units:
         return p * h
 
 
+def _fits_int64(v: int, label: str, what: str) -> int:
+    """An index torch can hold; a larger one is out of range anyway (not an OverflowError)."""
+    if not -(2**63) <= v < 2**63:
+        where = "the sequence, or negative from the end" if what == "position" else "the model's heads"
+        raise LocationError(f"{label}: {what} {v} is out of range (accepted: indices within {where})")
+    return v
+
+
 def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
     """``[batch][n]`` ints (or an int) -> LongTensor ``[batch, n]``."""
     if isinstance(value, bool):
         raise LocationError(f"{label}: expected {what} indices, got {value!r}")
     if isinstance(value, int):
-        return torch.full((bsz, 1), value, dtype=torch.long)
+        return torch.full((bsz, 1), _fits_int64(value, label, what), dtype=torch.long)
     if isinstance(value, torch.Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise LocationError(f"{label}: {what} indices must be integers, got a {value.dtype} tensor")
@@ -78,6 +86,7 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
                         f"{label}: {what} indices must be ints (a bool or a float is not an index), got "
                         f"{v!r} in {value!r}"
                     )
+                _fits_int64(v, label, what)
         try:
             t = torch.tensor(rows, dtype=torch.long)
         except (ValueError, TypeError):

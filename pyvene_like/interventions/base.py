@@ -136,24 +136,19 @@ class Intervention(nn.Module):
             return None
         width = base.shape[-1]
         bsz = base.shape[0]
-        rows = rectangular_subspaces(subspaces, bsz)
-        ids = torch.as_tensor(rows, dtype=torch.long, device=base.device)  # [B, K]
         if self.subspace_partition is None:
-            if ids.numel() and (int(ids.max()) >= width or int(ids.min()) < 0):
-                raise LocationError(
-                    f"subspaces: dimension {int(ids.max()) if int(ids.max()) >= width else int(ids.min())} "
-                    f"is outside the site's width {width} (accepted: 0..{width - 1}, or set "
-                    f"subspace_partition to address groups of dimensions)"
-                )
+            rows = subspace_rows(subspaces, bsz, width, lambda bad: (
+                f"subspaces: dimension {bad} is outside the site's width {width} (accepted: "
+                f"0..{width - 1}, or set subspace_partition to address groups of dimensions)"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=base.device)  # [B, K]
             mask = torch.zeros(bsz, width, dtype=torch.bool, device=base.device)
             mask.scatter_(1, ids, True)
         else:
             table = self._table(width, base.device)
-            if ids.numel() and int(ids.max()) >= table.shape[0]:
-                raise LocationError(
-                    f"subspaces: subspace id {int(ids.max())} is past subspace_partition "
-                    f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"
-                )
+            rows = subspace_rows(subspaces, bsz, table.shape[0], lambda bad: (
+                f"subspaces: subspace id {bad} is past subspace_partition "
+                f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=base.device)  # [B, K]
             mask = table[ids].any(dim=1)  # [B, width]
         return mask.unsqueeze(1)
 
@@ -177,22 +172,30 @@ class Intervention(nn.Module):
 
 
 def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
-    """Normalise ``[k]`` or ``[batch][k]`` subspace ids into a padded ``[batch][k]`` list."""
+    """Normalise ``[k]`` or ``[batch][k]`` subspace ids into a padded ``[batch][k]`` list.
+
+    Every id must be an int (Python or numpy, not a bool, not a float: ``1.0`` and ``True``
+    are refused rather than truncated); ranges are checked by the caller, which knows them
+    (:func:`subspace_rows`)."""
     if isinstance(subspaces, torch.Tensor):
         subspaces = subspaces.tolist()
-    if isinstance(subspaces, int):
+    if is_int(subspaces):
         subspaces = [subspaces]
     if not isinstance(subspaces, (list, tuple)) or len(subspaces) == 0:
         raise LocationError(
             f"subspaces: expected a list of ids or a [batch][ids] list, got {subspaces!r}"
         )
-    if all(isinstance(s, int) for s in subspaces):
-        return [list(subspaces)] * bsz
+    if not any(isinstance(s, (list, tuple, torch.Tensor)) for s in subspaces):
+        return [_int_ids(subspaces, subspaces)] * bsz
     if len(subspaces) != bsz:
         raise LocationError(
             f"subspaces: got {len(subspaces)} per-example lists for a batch of {bsz}"
         )
-    rows = [[s] if isinstance(s, int) else list(s) for s in subspaces]
+    rows = []
+    for s in subspaces:
+        if isinstance(s, torch.Tensor):
+            s = s.tolist()
+        rows.append(_int_ids(s if isinstance(s, (list, tuple)) else [s], subspaces))
     if any(len(r) == 0 for r in rows):
         raise LocationError(
             "subspaces: an example selected no subspace; give at least one id per example, "
@@ -201,6 +204,30 @@ def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
     width = max(len(r) for r in rows)
     # Repeating an id is harmless for a mask, so ragged rows are padded with their first id.
     return [r + [r[0]] * (width - len(r)) for r in rows]
+
+
+def _int_ids(row, subspaces) -> list[int]:
+    """The ids of one example as Python ints; anything else (a bool, a float, NaN, a nested
+    list such as per-unit ids) is a LocationError naming it."""
+    for v in row:
+        if not is_int(v):
+            raise LocationError(
+                f"subspaces: ids must be ints (not bools, floats or deeper lists), given as [ids] "
+                f"or [batch][ids]; got {v!r} in {subspaces!r}"
+            )
+    return [int(v) for v in row]
+
+
+def subspace_rows(subspaces, bsz: int, count: int, out_of_range) -> list[list[int]]:
+    """:func:`rectangular_subspaces`, with every id in ``0..count-1``: a negative id does not
+    count from the end, and an id too large for an int64 is reported, not overflowed.
+    ``out_of_range(bad_id)`` words the LocationError."""
+    rows = rectangular_subspaces(subspaces, bsz)
+    lo = min(min(r) for r in rows)
+    hi = max(max(r) for r in rows)
+    if lo < 0 or hi >= count:
+        raise LocationError(out_of_range(hi if hi >= count else lo))
+    return rows
 
 
 def check_partition(partition, embed_dim):

@@ -6,9 +6,9 @@ import inspect
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..registry import register_intervention
-from ..validation import check_bool, check_non_negative_int, check_number
+from ..validation import check_bool, check_fits_dtype, check_non_negative_int, check_number
 from .base import Intervention
 
 
@@ -17,10 +17,12 @@ def _like(source, base):
 
 
 def _selected(iv, base, source, subspaces):
-    """The source, cast to the base's dtype and zero outside the chosen subspaces."""
+    """The source, cast to the base's dtype and zero outside the chosen subspaces (zeroed, not
+    multiplied by the mask: NaN * 0 is NaN, and a NaN or inf outside the subspaces must not
+    reach the dims they leave alone)."""
     mask = iv.subspace_mask(subspaces, base)
     source = _like(source, base)
-    return source if mask is None else source * mask
+    return source if mask is None else source.masked_fill(~mask, 0)
 
 
 def _blend(base, new, mask):
@@ -92,7 +94,7 @@ class CollectIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
-        return base if mask is None else base * mask
+        return base if mask is None else base.masked_fill(~mask, 0)
 
 
 @register_intervention("skip")
@@ -108,6 +110,10 @@ class SkipIntervention(Intervention):
         return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
+# noise_level times a standard normal draw must stay finite: |N(0, 1)| > 16 has probability ~1e-57.
+_NOISE_HEADROOM = 16.0
+
+
 @register_intervention("noise")
 class NoiseIntervention(Intervention):
     """Adds Gaussian noise ``noise_level * N(0, 1)``; with ``seed`` every call draws the same noise."""
@@ -116,7 +122,9 @@ class NoiseIntervention(Intervention):
 
     def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
         super().__init__(embed_dim, subspace_partition)
-        self.noise_level = check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True)
+        self.noise_level = check_fits_dtype(
+            check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True),
+            "NoiseIntervention: noise_level", "float32", headroom=_NOISE_HEADROOM)
         if seed is not None:
             seed = check_non_negative_int(seed, "NoiseIntervention: seed (an int or None)")
         self.seed = seed
@@ -133,6 +141,12 @@ class NoiseIntervention(Intervention):
         return {"intervention_kwargs": {"noise_level": 0.0, "seed": 7}}
 
     def forward(self, base, source=None, subspaces=None):
+        if self.noise_level * _NOISE_HEADROOM > torch.finfo(base.dtype).max:
+            # Fits float32 (checked when built) but not these activations (float16: 65504).
+            raise ConfigError(
+                f"NoiseIntervention: noise_level={self.noise_level!r} overflows {base.dtype} activations "
+                f"(noise_level <= {torch.finfo(base.dtype).max / _NOISE_HEADROOM:.4g} for them)"
+            )
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=base.device).manual_seed(self.seed)
@@ -140,7 +154,7 @@ class NoiseIntervention(Intervention):
         noise = noise * self.noise_level
         mask = self.subspace_mask(subspaces, base)
         if mask is not None:
-            noise = noise * mask
+            noise = noise.masked_fill(~mask, 0)
         return base + noise
 
     def extra_repr(self) -> str:
@@ -160,11 +174,7 @@ class LambdaIntervention(Intervention):
             raise ConfigError(f"LambdaIntervention needs a callable fn(base, source[, subspaces]), got {fn!r}")
         self.fn = fn
         self.source_from = "source" if check_bool(needs_source, "LambdaIntervention: needs_source") else None
-        try:
-            n_params = len(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            n_params = 2
-        self._pass_subspaces = n_params >= 3
+        self._pass_subspaces = _arity(fn) == 3
 
     def get_config(self):
         """The settings besides ``fn``: a function is code, not data, and is given back at load
@@ -181,11 +191,48 @@ class LambdaIntervention(Intervention):
 
     def forward(self, base, source=None, subspaces=None):
         if self._pass_subspaces:
-            return self.fn(base, source, subspaces)
-        return self.fn(base, source)
+            new = self.fn(base, source, subspaces)
+        else:
+            new = self.fn(base, source)
+        if new is None:  # the function only looked: the units stay as they are (pyvene's convention)
+            return None
+        if (not isinstance(new, torch.Tensor) or new.shape != base.shape or new.device != base.device
+                or (base.dtype.is_floating_point and not new.dtype.is_floating_point)):
+            got = (f"a {type(new).__name__}" if not isinstance(new, torch.Tensor) else
+                   f"a tensor of shape {tuple(new.shape)}, dtype {new.dtype}, on {new.device}")
+            raise ShapeError(
+                f"LambdaIntervention: fn {_fn_name(self.fn)} returned {got}; accepted: None (no change) "
+                f"or a floating-point tensor shaped like its base units {tuple(base.shape)} on "
+                f"{base.device} (any float dtype; it is cast to {base.dtype}). Integer, bool and "
+                f"complex results are not cast silently; lists and numpy arrays are not tensors"
+            )
+        return new
 
     def extra_repr(self) -> str:
         return f"fn={getattr(self.fn, '__qualname__', self.fn)!r}"
+
+
+def _fn_name(fn) -> str:
+    return repr(getattr(fn, "__qualname__", fn))
+
+
+def _arity(fn) -> int:
+    """How LambdaIntervention calls ``fn``: 3 (base, source, subspaces) when it takes three
+    positional arguments, else 2 (base, source); a ConfigError when it takes neither."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: called as fn(base, source)
+        return 2
+    for n in (3, 2):
+        try:
+            sig.bind(*range(n))
+        except TypeError:
+            continue
+        return n
+    raise ConfigError(
+        f"LambdaIntervention: fn {_fn_name(fn)} has signature {sig}; accepted: a function of "
+        f"(base, source) or (base, source, subspaces) (give source a default if you do not use it)"
+    )
 
 
 def _example_mix(base, source):

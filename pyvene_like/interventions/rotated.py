@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
-from ..validation import check_number, check_positive_int, is_int
+from ..validation import check_fits_dtype, check_number, check_positive_int, is_int
 from .base import Intervention, check_partition, rectangular_subspaces
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -133,15 +133,12 @@ def _temperature_value(value, cls_name: str) -> float:
                           f"{cls_name}: temperature")
 
 
-_F32_MAX = torch.finfo(torch.float32).max
 
 
 def float32_number(value: float, field: str) -> float:
     """A checked number that must also fit the float32 buffer or parameter it starts (no
-    silent overflow to inf)."""
-    if abs(value) > _F32_MAX:
-        raise ConfigError(f"{field} must fit in float32 (|value| <= {_F32_MAX:.4g}), got {value!r}")
-    return value
+    silent overflow to inf, no positive temperature rounded to 0)."""
+    return check_fits_dtype(value, field, torch.float32)
 
 
 class TrainableIntervention(Intervention):
@@ -214,10 +211,7 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
         rows = [ids[0].tolist()] if bool((ids == ids[0]).all()) else None
     else:
         rows = rectangular_subspaces(subspaces, bsz)
-        flat = [i for r in rows for i in r]
-        if any(not is_int(i) for i in flat):
-            raise LocationError(f"subspaces: ids must be ints, got {subspaces!r}")
-        lo, hi = min(flat), max(flat)
+        lo, hi = min(min(r) for r in rows), max(max(r) for r in rows)  # ints: checked there
         first = rows[0]
         ids = None if all(r == first for r in rows) else torch.as_tensor(rows, dtype=torch.long, device=device)
         rows = [first] if ids is None else None

@@ -28,9 +28,15 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError, accepted, did_you_mean
-from ..interventions.base import Intervention, check_partition, rectangular_subspaces
+from ..interventions.base import Intervention, check_partition, subspace_rows
 from ..registry import register_intervention
-from ..validation import check_bool, check_number, check_optional_positive_int, is_int
+from ..validation import (
+    check_bool,
+    check_fits_dtype,
+    check_number,
+    check_optional_positive_int,
+    is_int,
+)
 from .sae import SAE
 
 
@@ -106,6 +112,11 @@ class SAEIntervention(Intervention):
             )
         return list(features)
 
+    def _fits(self, value: float, field: str) -> float:
+        """A number the features are set to or scaled by: finite in the SAE's dtype, where it
+        is used (``1e308`` would be ``inf`` in float32)."""
+        return check_fits_dtype(value, field, self.sae.W_enc.dtype)
+
     # -- which features ------------------------------------------------------------------------
     def feature_mask(self, subspaces: Sequence[Sequence[int]] | None, feats: torch.Tensor) -> torch.Tensor | None:
         """Boolean mask over features, broadcastable to ``feats [batch, units, d_sae]``; None: all."""
@@ -119,23 +130,19 @@ class SAEIntervention(Intervention):
                 mask[self.features] = True
                 self._masks[device] = mask
             return mask
-        ids = torch.as_tensor(rectangular_subspaces(subspaces, feats.shape[0]), dtype=torch.long, device=device)
         if self.subspace_partition is None:
-            if ids.numel() and (int(ids.max()) >= d_sae or int(ids.min()) < 0):
-                bad = int(ids.max()) if int(ids.max()) >= d_sae else int(ids.min())
-                raise LocationError(
-                    f"subspaces: feature {bad} is outside the SAE's {d_sae} features (accepted: "
-                    f"0..{d_sae - 1}, or set subspace_partition to address ranges of features)"
-                )
+            rows = subspace_rows(subspaces, feats.shape[0], d_sae, lambda bad: (
+                f"subspaces: feature {bad} is outside the SAE's {d_sae} features (accepted: "
+                f"0..{d_sae - 1}, or set subspace_partition to address ranges of features)"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=device)
             mask = torch.zeros(feats.shape[0], d_sae, dtype=torch.bool, device=device)
             mask.scatter_(1, ids, True)
         else:
             table = self._table(d_sae, device)
-            if ids.numel() and int(ids.max()) >= table.shape[0]:
-                raise LocationError(
-                    f"subspaces: subspace id {int(ids.max())} is past subspace_partition "
-                    f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"
-                )
+            rows = subspace_rows(subspaces, feats.shape[0], table.shape[0], lambda bad: (
+                f"subspaces: subspace id {bad} is past subspace_partition "
+                f"{self.subspace_partition} (accepted ids: 0..{table.shape[0] - 1})"))
+            ids = torch.as_tensor(rows, dtype=torch.long, device=device)
             mask = table[ids].any(dim=1)
         return mask.unsqueeze(1)
 
@@ -218,9 +225,11 @@ class SAESteerIntervention(SAEIntervention):
                     f"sae_steer: value has {len(value)} entries but the intervention has {n}; give "
                     f"one number, or one per entry of features"
                 )
-            value = [check_number(v, f"sae_steer: value[{i}]") for i, v in enumerate(value)]
+            value = [self._fits(check_number(v, f"sae_steer: value[{i}]"), f"sae_steer: value[{i}]")
+                     for i, v in enumerate(value)]
         else:
-            value = check_number(value, "sae_steer: value (a number or a list of numbers)")
+            value = self._fits(check_number(value, "sae_steer: value (a number or a list of numbers)"),
+                               "sae_steer: value")
         self.mode = mode
         self.value = value
         self._values: dict = {}
@@ -321,7 +330,8 @@ class SAESwapIntervention(SAEIntervention):
                 raise ConfigError("sae_swap: give features= or weights=, not both")
             if not isinstance(weights, (list, tuple)) or len(weights) != self.sae.d_sae:
                 raise ConfigError(f"sae_swap: weights must be {self.sae.d_sae} numbers (one per SAE feature)")
-            weights = [check_number(w, f"sae_swap: weights[{i}]") for i, w in enumerate(weights)]
+            weights = [self._fits(check_number(w, f"sae_swap: weights[{i}]"), f"sae_swap: weights[{i}]")
+                       for i, w in enumerate(weights)]
         self.weights = weights
         self._weight_vecs: dict = {}
 

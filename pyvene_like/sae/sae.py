@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, LoadError, ShapeError, accepted, did_you_mean
-from ..validation import check_bool, check_number, check_positive_int, is_int
+from ..validation import check_bool, check_fits_dtype, check_number, check_positive_int, is_int
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -102,7 +102,9 @@ class SAE(nn.Module):
                     f"SAE norm_scaling_factor={norm_scaling_factor!r} is only used with "
                     f"normalize_activations='expected_average_only_in', not {normalize_activations!r}"
                 )
-            norm_scaling_factor = check_number(norm_scaling_factor, "SAE norm_scaling_factor", positive=True)
+            norm_scaling_factor = check_fits_dtype(
+                check_number(norm_scaling_factor, "SAE norm_scaling_factor", positive=True),
+                "SAE norm_scaling_factor", dtype_from_name(dtype))
         if hook_name is not None and not isinstance(hook_name, str):
             raise ConfigError(f"SAE hook_name must be a string or None, got {hook_name!r}")
         self.d_in, self.d_sae = d_in, d_sae
@@ -111,7 +113,8 @@ class SAE(nn.Module):
         self.apply_b_dec_to_input = check_bool(apply_b_dec_to_input, "SAE apply_b_dec_to_input")
         self.normalize_activations = normalize_activations
         self.norm_scaling_factor = norm_scaling_factor
-        self.layer_norm_eps = check_number(layer_norm_eps, "SAE layer_norm_eps", positive=True)
+        self.layer_norm_eps = check_fits_dtype(check_number(layer_norm_eps, "SAE layer_norm_eps", positive=True),
+                                               "SAE layer_norm_eps", dtype_from_name(dtype))
         self.hook_name = hook_name
         dtype = dtype_from_name(dtype)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))

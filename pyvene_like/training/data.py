@@ -21,6 +21,7 @@ import datasets
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..validation import check_int, check_int_list, is_int
 from .causal_model import CausalModel, _generator
 
 
@@ -158,12 +159,38 @@ def generate_counterfactual_dataset(
         "base_labels": enc_out(base_run),
         "intervention_id": id_col,
     }
+    if source_locations is not None and base_locations is None:
+        raise ConfigError("source_locations: give base_locations too (the source positions are only "
+                          "read together with the base positions)")
     for name, loc in (("base_locations", base_locations), ("source_locations", source_locations)):
         if loc is not None:
-            t = torch.as_tensor(loc, dtype=torch.long)
-            t = t.reshape(1, 1) if t.dim() == 0 else t.reshape(1, -1) if t.dim() == 1 else t
+            t = _locations(loc, name)
             columns[name] = t.unsqueeze(0).expand(size, *t.shape).clone()
     return _to_dataset(columns)
+
+
+def _locations(loc, name: str) -> torch.Tensor:
+    """``base_locations`` / ``source_locations`` of generate_counterfactual_dataset as a
+    ``[n_interventions, n_units]`` long tensor: an int, ``[units]`` or ``[[units], ...]``
+    (one row per intervention, all of one length). Floats and bools are refused, not truncated."""
+    accepted_forms = "accepted: an int, a list of ints [units], or one such list per intervention [[units], ...]"
+    if isinstance(loc, torch.Tensor):
+        if loc.dtype.is_floating_point or loc.dtype.is_complex or loc.dtype == torch.bool or loc.dim() > 2:
+            raise ConfigError(f"{name}: got a tensor of shape {tuple(loc.shape)}, dtype {loc.dtype}; {accepted_forms}")
+        loc = loc.tolist()
+    if is_int(loc):
+        rows = [[loc]]
+    elif isinstance(loc, (list, tuple)) and loc and all(is_int(v) for v in loc):
+        rows = [list(loc)]
+    elif isinstance(loc, (list, tuple)) and loc and all(isinstance(r, (list, tuple)) for r in loc):
+        rows = [check_int_list(r, f"{name}[{i}]") for i, r in enumerate(loc)]
+        if len({len(r) for r in rows}) != 1:
+            raise ConfigError(f"{name}: rows of different lengths {[len(r) for r in rows]}; {accepted_forms}")
+    else:
+        raise ConfigError(f"{name}: got {loc!r}; {accepted_forms}")
+    if any(v >= 2**63 or v < -(2**63) for r in rows for v in r):
+        raise ConfigError(f"{name}: got {loc!r}; positions must fit in int64")
+    return torch.tensor(rows, dtype=torch.long)
 
 
 # -- batching -----------------------------------------------------------------------------------
@@ -178,6 +205,55 @@ def check_columns(dataset, label: str, need_ids: bool) -> None:
         raise ConfigError(
             f"{label}: missing column {missing[0]!r} (has {names}); a counterfactual dataset needs "
             f"{need}" + (" because subspaces is given per intervention id" if need_ids and missing == ["intervention_id"] else "")
+        )
+
+
+def check_intervention_ids(ids, label: str = "intervention_id") -> None:
+    """The ``intervention_id`` column: one integer id per example (a float id would be truncated
+    when it picks its subspaces)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point \
+            or ids.dtype.is_complex or ids.dtype == torch.bool:
+        what = (f"shape {tuple(ids.shape)}, dtype {ids.dtype}" if isinstance(ids, torch.Tensor)
+                else type(ids).__name__)
+        raise ShapeError(f"{label}: expected one integer id per example (shape [n_examples]), got {what}")
+
+
+def check_location_columns(columns: Mapping, label: str, n_interventions: int) -> None:
+    """``base_locations`` / ``source_locations`` columns: integer positions shaped
+    ``[n_examples, n_interventions, n_units]`` (what :func:`generate_counterfactual_dataset`
+    stores); ``source_locations`` only together with ``base_locations``, whose first two
+    dimensions it shares."""
+    names = list(columns.keys())
+    if "source_locations" in names and "base_locations" not in names:
+        raise ConfigError(
+            f"{label}: has a 'source_locations' column but no 'base_locations'; the source positions "
+            f"are only read together with the base positions (give both, or neither to use unit_locations)"
+        )
+    shapes = {}
+    for name in ("base_locations", "source_locations"):
+        if name not in names:
+            continue
+        t = columns[name]
+        ok = isinstance(t, torch.Tensor) and t.dim() == 3 and not (
+            t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+        if not ok:
+            what = (f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, torch.Tensor)
+                    else f"{type(t).__name__} (rows of different lengths?)")
+            raise ShapeError(
+                f"{label}: column {name!r} has {what}; accepted: integer positions shaped [n_examples, "
+                f"n_interventions, n_units] (generate_counterfactual_dataset(..., {name}=[[0]]) for one "
+                f"intervention at unit 0)"
+            )
+        if t.shape[1] != n_interventions:
+            raise ShapeError(
+                f"{label}: column {name!r} has positions for {t.shape[1]} intervention(s) (shape "
+                f"{tuple(t.shape)}), but the model has {n_interventions}"
+            )
+        shapes[name] = tuple(t.shape)
+    if len(shapes) == 2 and shapes["source_locations"][:2] != shapes["base_locations"][:2]:
+        raise ShapeError(
+            f"{label}: columns 'source_locations' {shapes['source_locations']} and 'base_locations' "
+            f"{shapes['base_locations']} differ in examples or interventions"
         )
 
 
@@ -206,16 +282,16 @@ class CounterfactualCollator:
 
     @staticmethod
     def _tables(subspaces, n: int):
-        if not isinstance(subspaces, Mapping):
+        if not isinstance(subspaces, Mapping) or not subspaces:
             raise ConfigError(
                 f"subspaces: expected {{intervention id: subspaces}}, e.g. {{0: [0], 1: [1], 2: [0, 1]}}, "
                 f"got {subspaces!r}"
             )
         per_slot: list[dict] = [dict() for _ in range(n)]
         for k, spec in subspaces.items():
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise ConfigError(f"subspaces: keys are intervention ids (ints), got {k!r}")
-            if spec is None or (isinstance(spec, (list, tuple)) and spec and all(isinstance(i, int) for i in spec)):
+            # ids are compared with the int64 intervention_id column
+            check_int(k, "subspaces: keys are intervention ids; a key", minimum=-(2**63), maximum=2**63 - 1)
+            if spec is None or (isinstance(spec, (list, tuple)) and spec and all(is_int(i) for i in spec)):
                 spec = [spec] * n if n == 1 else None
             if not isinstance(spec, (list, tuple)) or len(spec) != n:
                 raise ConfigError(
@@ -223,12 +299,15 @@ class CounterfactualCollator:
                     f"intervention ({n}), got {subspaces[k]!r}"
                 )
             for slot, ids in enumerate(spec):
-                if ids is not None and (not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-                    raise ConfigError(f"subspaces[{k}]: subspace ids must be non-empty lists of ints, got {ids!r}")
+                if ids is not None:
+                    field = f"subspaces[{k}]" + (f"[{slot}]" if n > 1 else "")
+                    ids = check_int_list(ids, field, minimum=0)
+                    too_big = [i for i in ids if i >= 2**63]
+                    if too_big:
+                        raise ConfigError(f"{field}: subspace id {too_big[0]} is past any site's width")
                 per_slot[slot][k] = ids
+        keys = sorted(subspaces)
         tables = []
-        ids_sorted = sorted(subspaces)
-        lo, hi = ids_sorted[0], ids_sorted[-1]
         for slot in range(n):
             entries = per_slot[slot]
             if all(v is None for v in entries.values()):
@@ -240,11 +319,11 @@ class CounterfactualCollator:
                     f"give every id a list"
                 )
             width = max(len(v) for v in entries.values())
-            # Padded with each row's first id: a repeated id selects nothing new.
-            table = torch.full((hi - lo + 1, width), -1, dtype=torch.long)
-            for k, v in entries.items():
-                table[k - lo] = torch.as_tensor(v + [v[0]] * (width - len(v)))
-            tables.append((lo, table, set(entries)))
+            # One row per id, in key order (looked up with searchsorted, so sparse ids such as
+            # {0, 10**9} cost two rows); padded with the row's first id: a repeat selects nothing new.
+            table = torch.tensor([entries[k] + [entries[k][0]] * (width - len(entries[k])) for k in keys],
+                                 dtype=torch.long)
+            tables.append((torch.tensor(keys, dtype=torch.long), table, set(entries)))
         return tables
 
     def known_ids(self) -> set | None:
@@ -255,6 +334,7 @@ class CounterfactualCollator:
     def subspaces_for(self, ids: torch.Tensor):
         if self.subspace_tables is None:
             return None
+        check_intervention_ids(ids)
         out = []
         known = self.known_ids()
         unknown = set(ids.unique().tolist()) - known
@@ -267,8 +347,8 @@ class CounterfactualCollator:
             if t is None:
                 out.append(None)
                 continue
-            lo, table, _ = t
-            out.append(table[ids.long() - lo])
+            keys, table, _ = t
+            out.append(table[torch.searchsorted(keys, ids.long().cpu())])
         return out
 
     def _wrap(self, x, mask):
@@ -299,6 +379,7 @@ class CounterfactualCollator:
             "sources": sources,
             "labels": batch["labels"],
         }
+        check_location_columns(batch, "batch", self.n_interventions)
         if "base_locations" in batch:
             b = batch["base_locations"].transpose(0, 1)  # [n_interventions, batch, units]
             s = batch.get("source_locations", batch["base_locations"]).transpose(0, 1)

@@ -386,7 +386,7 @@ class TrainLoop:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         module = self.checkpoint_module
-        self.state = read_checkpoint(path, module, self.optimizer, self.scheduler, self.device)
+        self.state = read_checkpoint(path, module, self.optimizer, self.scheduler, self.device, self.state)
         self.epoch = self.state["epoch"]
 
     # -- the loop ---------------------------------------------------------------------------------

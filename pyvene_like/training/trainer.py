@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..errors import ConfigError, ShapeError
 from ..modes import evaluating, restore_flags, training_flags
 from ..validation import check_number, is_int
-from .data import CounterfactualCollator, check_columns
+from .data import CounterfactualCollator, check_columns, check_location_columns
 from .distributed import gather_rows, process_state, shard_rows
 from .evaluate import (
     EvalResult,
@@ -194,6 +194,7 @@ class Trainer:
                 f">= 0 (it ignores no label: -100 would leave a batch with no loss); pass loss_fn= to mask labels"
             )
         self._labels_checked = loss_fn is not None  # their range is checked against the first logits
+        check_location_columns(self.cols, "train_dataset", self.n_interventions)
         if "intervention_id" in self.cols and need_ids:
             self.collator.subspaces_for(self.cols["intervention_id"])  # unknown ids fail here
         self._check_subspaces()
