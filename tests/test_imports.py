@@ -24,6 +24,7 @@ LAYERS = {
     "version": 0,
     "exports": 0,
     "modes": 0,
+    "types": 0,
     "registry": 1,
     "sites": 2,
     "interventions": 2,  # the contract; configs check against it and the engine plans with it

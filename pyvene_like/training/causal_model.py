@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..types import Seed
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
-def _generator(seed) -> torch.Generator:
+def _generator(seed: Seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
     g = torch.Generator()
@@ -169,7 +170,7 @@ class CausalModel:
             raise ConfigError(f"{label}: {var!r} is not a variable of this model; variables: {self.variables}")
 
     # -- running -----------------------------------------------------------------------------
-    def sample_inputs(self, n: int, seed=None) -> dict[str, torch.Tensor]:
+    def sample_inputs(self, n: int, seed: Seed = None) -> dict[str, torch.Tensor]:
         """``n`` input settings, ``{input variable: tensor [n, ...]}``."""
         g = _generator(seed)
         out = {}
@@ -180,7 +181,9 @@ class CausalModel:
                 out[v] = self.samplers[v](n, g)
         return out
 
-    def run_forward(self, inputs: Mapping[str, torch.Tensor], interventions=None) -> dict[str, torch.Tensor]:
+    def run_forward(self, inputs: Mapping[str, torch.Tensor],
+                    interventions: Mapping[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    ) -> dict[str, torch.Tensor]:
         """Every variable's value, computed in topological order on a batch.
 
         ``interventions``: ``{variable: values}`` fixes a variable to the given values (its

@@ -16,11 +16,13 @@ causal model.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import datasets
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..types import Seed, UnitLocations
 from ..validation import check_int, check_int_list, is_int
 from .causal_model import CausalModel, _generator
 
@@ -37,7 +39,7 @@ def _encoders(model: CausalModel, input_encoder, label_encoder):
 def generate_factual_dataset(
     model: CausalModel,
     size: int,
-    seed=0,
+    seed: Seed = 0,
     input_encoder: Callable | None = None,
     label_encoder: Callable | None = None,
 ) -> datasets.Dataset:
@@ -89,14 +91,14 @@ def _check_ids(model: CausalModel, intervention_ids) -> dict:
 def generate_counterfactual_dataset(
     model: CausalModel,
     size: int,
-    intervention_ids,
-    seed=0,
+    intervention_ids: Mapping[int, Sequence[str]],
+    seed: Seed = 0,
     input_encoder: Callable | None = None,
     label_encoder: Callable | None = None,
     id_weights: Sequence[float] | None = None,
     distinct_sources: bool = False,
-    base_locations=None,
-    source_locations=None,
+    base_locations: int | Sequence[Sequence[int]] | None = None,
+    source_locations: int | Sequence[Sequence[int]] | None = None,
 ) -> datasets.Dataset:
     """``size`` interchange-intervention examples, drawn in one batched run.
 
@@ -274,7 +276,8 @@ class CounterfactualCollator:
         n_interventions: the number of interventions of the model (for per-id subspaces).
     """
 
-    def __init__(self, subspaces=None, input_key: str | None = None, unit_locations=0, n_interventions: int = 1):
+    def __init__(self, subspaces: Mapping[int, Sequence[Any] | None] | None = None, input_key: str | None = None,
+                 unit_locations: UnitLocations = 0, n_interventions: int = 1) -> None:
         self.input_key = input_key
         self.unit_locations = unit_locations
         self.n_interventions = n_interventions
@@ -331,7 +334,7 @@ class CounterfactualCollator:
             return None
         return next((t[2] for t in self.subspace_tables if t is not None), None)
 
-    def subspaces_for(self, ids: torch.Tensor):
+    def subspaces_for(self, ids: torch.Tensor) -> list[torch.Tensor | None] | None:
         if self.subspace_tables is None:
             return None
         check_intervention_ids(ids)
