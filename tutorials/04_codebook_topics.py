@@ -53,7 +53,7 @@ OUT = Path(os.environ.get("TUTORIAL_OUTPUT_DIR", "tutorial_outputs")) / "04_code
 # Tiny matrices: one thread is as fast as two, and it does not spin-wait when the CPU is shared.
 torch.set_num_threads(1)
 
-SEED = 0
+SEED = int(os.environ.get("TUTORIAL_SEED", "0"))  # one seed for corpus, initialisation, training, sampling
 N_STORIES = 2_000 if SMALL else 4_000
 N_RECORD = 300 if SMALL else 600  # held-out stories for recording codes
 MODEL = dict(n_layer=1, n_embd=64, n_head=4, n_positions=96)
