@@ -406,7 +406,7 @@ def plot(table: dict) -> None:
         ax.bar(xs, [100 * value(t) for t in topics], width, label=label, **({"hatch": "//", "alpha": 0.5} if j == 2 else {}))
     ax.set_xticks(range(len(topics)), topics)
     ax.set_ylim(0, 100)
-    ax.set_ylabel("generations mentioning topic (%)")
+    ax.set_ylabel("test generations (%)")
     ax.set_title("Topic steering with codebook features")
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
