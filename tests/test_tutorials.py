@@ -42,18 +42,27 @@ def _check_das(results, tmp_path):
 
 
 def _check_codebook_topics(results, tmp_path):
-    """The CI-sized codebook run still steers: forcing each topic's codes raises its mention rate."""
+    """The CI-sized codebook run still steers, counted on fluent generations only: with the
+    setting chosen on validation prompts, forcing each topic's codes raises the rate of test
+    generations that mention the topic and pass the fluency gate. Thresholds from the tutorial's
+    seed sweep (10 seeds): per topic +22..+29 points on average (sd 10-13, worst +8), topic mean
+    +26.8 (sd 7.1, worst +16.9); the old replace-four-codes recipe scores -14..+3 here."""
     out = tmp_path / "04_codebook_topics"
     assert results["small"] and (out / "steering.png").stat().st_size > 0
     assert (out / "codebooks" / "codebooks.safetensors").is_file()
     history = results["training"]["history"]
     assert history[-1]["lm_loss"] < 0.5 * history[0]["lm_loss"]
+    recipe = results["recipe"]
+    assert not set(recipe["val_prompts"]) & set(recipe["prompts"])  # chosen on other prompts
+    assert len(recipe["prompts"]) * recipe["samples"] >= 200
     rises = []
     for topic, row in results["table"].items():
         assert results["codes"][topic], topic
-        rises.append(row["steered"] - row["baseline"])
-        assert rises[-1] >= 0.3, (topic, row)
-    assert sum(rises) / len(rises) >= 0.5, results["table"]
+        assert row["fluent"]["baseline"] >= 0.9, (topic, row)  # the gate passes unsteered text
+        assert row["rise"] == row["steered"] - row["baseline"]
+        rises.append(row["rise"])
+        assert rises[-1] > 0, (topic, row)
+    assert sum(rises) / len(rises) >= 0.1, results["table"]
 
 
 def _check_heads_and_probes(results, tmp_path):
