@@ -79,11 +79,11 @@ def run(accumulation: int, checkpoint_dir=None, resume=None, boundless_run: bool
     return out
 
 
-def _boundless(train, ev, accumulation):
+def _boundless(train, ev, accumulation, **cache):
     im = boundless()
     tr = pv.Trainer(im, train, ev, epochs=2, batch_size=BATCH, lr=0.5, optimizer=torch.optim.SGD,
                     gradient_accumulation_steps=accumulation, temperature_schedule=(50.0, 0.1),
-                    load_best_at_end=False, show_progress=False)
+                    load_best_at_end=False, show_progress=False, **cache)
     rows = []
     collect = im.collect_source_representations
     im.collect_source_representations = lambda s, u=None: rows.append(len(s[0])) or collect(s, u)
@@ -95,7 +95,7 @@ def _boundless(train, ev, accumulation):
         "rotation": iv.rotate_layer.weight.detach().tolist(),
         "boundaries": [p.detach().tolist() for n, p in iv.named_parameters() if "rotate" not in n],
         "history": res.history, "global_step": res.global_step, "total_steps": tr.total_steps,
-        "cached": res.sources_cached, "cache_rows": sum(rows),
+        "cached": res.sources_cached, "cache_rows": sum(rows), "source_cache": res.source_cache,
         "world": tr.accelerator.num_processes,
     }
 
@@ -181,6 +181,9 @@ def main() -> None:
     result = run(1, checkpoint_dir=out_dir / "ckpt")
     if resume is not None:
         result["resumed"] = run(1, resume=resume, boundless_run=False)["rotated"]
+    # the same boundless run with its source cache on disk: each process writes its half to one folder
+    train, ev = data()
+    result["boundless_disk"] = _boundless(train, ev, 1, source_cache="disk", source_cache_dir=out_dir / "sources")
     result["features"] = features()
     result["collect"] = collect()
     result["rank"] = rank

@@ -89,6 +89,23 @@ def test_same_rotation_history_and_iia_as_one_process_with_accumulation(runs):
     assert runs.ranks[0]["boundless"]["history"] == runs.ranks[1]["boundless"]["history"]
 
 
+def test_disk_source_cache_written_by_rank_trains_like_memory(runs):
+    from datasets import Dataset
+
+    for got in runs.ranks:
+        disk, mem = got["boundless_disk"], got["boundless"]
+        assert disk["source_cache"] == "disk" and mem["source_cache"] == "memory"
+        assert disk["cache_rows"] == 64  # each process computed its own half only ...
+        for key in ("rotation", "boundaries", "temperature"):
+            assert disk[key] == mem[key]  # ... and training read the same values, bit for bit
+        assert [{k: v for k, v in e.items() if k != "seconds"} for e in disk["history"]] == \
+            [{k: v for k, v in e.items() if k != "seconds"} for e in mem["history"]]
+    # ... into one folder, one file per process, rows in order
+    files = sorted((runs.out / "sources").iterdir())
+    assert [f.name for f in files] == ["sources-00000-of-00002.arrow", "sources-00001-of-00002.arrow"]
+    assert [len(Dataset.from_file(str(f))) for f in files] == [64, 64]
+
+
 def test_temperature_schedule_completes(runs):
     assert runs.one["boundless"]["temperature"] == pytest.approx(0.1)
     for got in runs.ranks:

@@ -82,6 +82,15 @@ def shard_rows(n: int, state: PartialState | None) -> torch.Tensor:
     return torch.cat([rows, torch.full((pad,), n - 1, dtype=torch.long)]) if pad else rows
 
 
+def shard_size(n: int, state: PartialState | None) -> int:
+    """How many of :func:`shard_rows`' rows are this process's own (the rest is padding)."""
+    if state is None or n == 0:
+        return n
+    per = -(-n // state.num_processes)
+    start = min(n, state.process_index * per)
+    return min(n, start + per) - start
+
+
 def gather_rows(values: torch.Tensor, n: int, state: PartialState | None) -> torch.Tensor:
     """Every process's :func:`shard_rows` results ``[per, ...]``, back as ``[n, ...]`` in row
     order on every process (the padding rows dropped)."""
