@@ -165,6 +165,23 @@ def collect() -> dict:
             "folder": str(folder), "metadata": activation_metadata(ds)}
 
 
+def collect_tokens() -> dict:
+    """collect_activations(positions="all") over 5 prompts of different lengths in batches of 2."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pyvene_like.analysis import collect_activations
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=12, n_positions=16)).eval()
+    prompts = [[(3 * i + j) % 12 for j in range(2 + i)] for i in range(5)]
+    seen = []
+    hook = model.transformer.h[0].register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    got = collect_activations(model, prompts, [(0, "block_output"), (1, "head_attention_value_output", [1])],
+                              positions="all", batch_size=2, skip_first=1)
+    hook.remove()
+    return {"examples_read": sum(seen), "columns": {c: [t.tolist() for t in v] for c, v in got.items()}}
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     resume = sys.argv[2] if len(sys.argv) > 2 else None
@@ -186,6 +203,7 @@ def main() -> None:
     result["boundless_disk"] = _boundless(train, ev, 1, source_cache="disk", source_cache_dir=out_dir / "sources")
     result["features"] = features()
     result["collect"] = collect()
+    result["collect_tokens"] = collect_tokens()
     result["rank"] = rank
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
 

@@ -169,6 +169,21 @@ def test_sharded_collect_activations_is_one_dataset_in_order(runs):
     assert want["rows"]["example"] == [0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6, 7, 8, 9]
 
 
+def test_sharded_collect_every_token_gives_every_process_all_prompts(runs):
+    from dist_worker import collect_tokens
+
+    want = collect_tokens()
+    a, b = runs.ranks[0]["collect_tokens"], runs.ranks[1]["collect_tokens"]
+    # batches of 2 prompts: process 0 read batches 0 and 2 (3 prompts), process 1 batch 1 (2)
+    assert (a["examples_read"], b["examples_read"], want["examples_read"]) == (3, 2, 5)
+    for got in (a, b):
+        assert got["columns"].keys() == want["columns"].keys()
+        for col, rows in want["columns"].items():
+            assert [len(r) for r in got["columns"][col]] == [len(r) for r in rows] == [1, 2, 3, 4, 5]
+            for g, w in zip(got["columns"][col], rows):
+                close(g, w)
+
+
 def test_shard_rows_cover_every_row_once():
     for n, world in ((7, 3), (50, 2), (1, 4), (8, 4)):
         states = [SimpleNamespace(num_processes=world, process_index=r) for r in range(world)]
