@@ -182,6 +182,35 @@ def collect_tokens() -> dict:
     return {"examples_read": sum(seen), "columns": {c: [t.tolist() for t in v] for c, v in got.items()}}
 
 
+def fsdp() -> dict:
+    """A GPT-2 wrapped with FSDP (one unit, gloo, CPU): interchange as on the plain model, and the
+    Trainer's refusal."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=12, n_positions=16)).eval()
+
+    g = torch.Generator().manual_seed(0)
+    base, source = torch.randint(0, 12, (2, 6), generator=g), torch.randint(0, 12, (2, 6), generator=g)
+    rep = pv.RepresentationConfig(1, "block_output", intervention_type="vanilla")
+    outs = []
+    for model in (make(), FullyShardedDataParallel(make(), device_id=torch.device("cpu"), use_orig_params=True)):
+        with torch.no_grad():
+            outs.append(pv.IntervenableModel(rep, model)({"input_ids": base}, [{"input_ids": source}],
+                                                         {"sources->base": 3})[1].logits)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space"),
+                              FullyShardedDataParallel(make(), device_id=torch.device("cpu"), use_orig_params=True))
+    cols = {"input_ids": base, "source_input_ids": source[:, None], "labels": torch.tensor([1, 2])}
+    try:
+        pv.Trainer(im, cols, input_key="input_ids", unit_locations=5, batch_size=2, show_progress=False)
+        refused = ""
+    except pv.ConfigError as e:
+        refused = str(e)
+    return {"interchange_equal": torch.allclose(outs[0], outs[1], atol=1e-6), "refused": refused}
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     resume = sys.argv[2] if len(sys.argv) > 2 else None
@@ -204,6 +233,7 @@ def main() -> None:
     result["features"] = features()
     result["collect"] = collect()
     result["collect_tokens"] = collect_tokens()
+    result["fsdp"] = fsdp()
     result["rank"] = rank
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
 

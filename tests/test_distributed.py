@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import pyvene_like as pv
 from pyvene_like.training.distributed import gather_rows, shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,3 +193,26 @@ def test_shard_rows_cover_every_row_once():
         assert torch.equal(torch.cat(shards)[:n], torch.arange(n))
     assert torch.equal(shard_rows(5, None), torch.arange(5))
     assert torch.equal(gather_rows(torch.arange(3), 3, None), torch.arange(3))
+
+
+def test_fsdp_is_refused_with_what_to_use_instead(monkeypatch):
+    """accelerate launch --use_fsdp sets ACCELERATE_USE_FSDP; on a CPU-only machine accelerate would
+    silently run plain data parallel instead, on GPUs FSDP would break training: refused either way."""
+    from dist_worker import data, rotated
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    train, _ = data()
+    with pytest.raises(pv.ConfigError, match=r"training interventions: FSDP is not supported: FSDP was asked for "
+                                             r".*plain data parallel.*device_map='auto'"):
+        pv.Trainer(rotated(), train, subspaces={0: [0], 1: [1], 2: [0, 1]})
+    with pytest.raises(pv.ConfigError, match="train_sae: FSDP is not supported"):
+        from pyvene_like.sae import train_sae
+
+        train_sae(torch.randn(8, 4), 8, k=2, show_progress=False)
+
+
+def test_fsdp_wrapped_model_runs_interventions_but_training_is_refused(runs):
+    for got in runs.ranks:
+        assert got["fsdp"]["interchange_equal"]
+        assert "FSDP is not supported: the model has FSDP-wrapped modules" in got["fsdp"]["refused"]
+        assert "device_map='auto'" in got["fsdp"]["refused"]
