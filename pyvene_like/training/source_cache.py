@@ -220,14 +220,15 @@ def write_disk_cache(batches: Iterable[list], folder: Path, n: int, own_rows: in
     return cache
 
 
-def build_source_cache(batches: Iterable[list], n: int, own_rows: int, storage: str, *, device: torch.device,
+def build_source_cache(batches: Iterable[list], n: int, own_rows: int, share_rows: int, storage: str, *,
+                       device: torch.device,
                        state: PartialState | None, folder: str | os.PathLike | None,
                        gather: Callable[[torch.Tensor], torch.Tensor], agree: Callable[[int], int],
                        local_processes: int = 1) -> MemorySourceCache | DiskSourceCache:
     """The cache of ``n`` rows in ``storage`` (``"auto"``, ``"memory"``, ``"disk"``).
 
-    ``batches`` yields this process's rows (its ``own_rows``, then any padding that makes every
-    process's share the same length), a batch at a time, as per-intervention tensors;
+    ``batches`` yields this process's ``share_rows`` rows (its ``own_rows``, then any padding that
+    makes every process's share the same length), a batch at a time, as per-intervention tensors;
     ``gather`` puts one tensor of this process's share back as all ``n`` rows (memory);
     ``agree(flag)`` returns the largest flag over the processes, so that ``"auto"`` makes the
     same choice everywhere (the free memory may differ between machines)."""
@@ -238,9 +239,16 @@ def build_source_cache(batches: Iterable[list], n: int, own_rows: int, storage: 
     choice = choose_storage(storage, n, row_bytes(first), device, local_processes)
     if storage == "auto":
         choice = "disk" if agree(int(choice == "disk")) else "memory"
-    if choice == "memory":
-        parts = [first, *it]
-        return MemorySourceCache([None if chunk[0] is None else gather(torch.cat(chunk)) for chunk in zip(*parts)])
+    if choice == "memory":  # filled in place: the cache and one batch at the peak, not the cache twice
+        bufs = [None if r is None else r.new_empty((share_rows, *r.shape[1:])) for r in first]
+        at = 0
+        for reps in _chain(first, it):
+            size = next((len(r) for r in reps if r is not None), 0)
+            for buf, r in zip(bufs, reps):
+                if buf is not None:
+                    buf[at:at + size] = r
+            at += size
+        return MemorySourceCache([None if b is None else gather(b) for b in bufs])
     path, temporary = cache_folder(folder, state)
     cache = write_disk_cache(_chain(first, it), path, n, own_rows, state)
     cache.temporary = temporary

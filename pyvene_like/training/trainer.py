@@ -342,7 +342,7 @@ class Trainer:
         from accelerate.utils import get_int_from_env
 
         cache = build_source_cache(
-            batches(), n, own_rows, self.source_cache, device=self.device, state=state,
+            batches(), n, own_rows, len(rows), self.source_cache, device=self.device, state=state,
             folder=self.source_cache_dir, gather=lambda t: gather_rows(t, n, state),
             agree=lambda flag: int(self.loop.reduce(flag, "max")),
             local_processes=get_int_from_env(["LOCAL_WORLD_SIZE"], 1))
