@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/das.py
 	$(VENV)/bin/python benchmarks/generation.py
 	$(VENV)/bin/python benchmarks/collect.py
+	$(VENV)/bin/python benchmarks/scale.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks

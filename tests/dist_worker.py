@@ -79,11 +79,11 @@ def run(accumulation: int, checkpoint_dir=None, resume=None, boundless_run: bool
     return out
 
 
-def _boundless(train, ev, accumulation):
+def _boundless(train, ev, accumulation, **cache):
     im = boundless()
     tr = pv.Trainer(im, train, ev, epochs=2, batch_size=BATCH, lr=0.5, optimizer=torch.optim.SGD,
                     gradient_accumulation_steps=accumulation, temperature_schedule=(50.0, 0.1),
-                    load_best_at_end=False, show_progress=False)
+                    load_best_at_end=False, show_progress=False, **cache)
     rows = []
     collect = im.collect_source_representations
     im.collect_source_representations = lambda s, u=None: rows.append(len(s[0])) or collect(s, u)
@@ -95,7 +95,7 @@ def _boundless(train, ev, accumulation):
         "rotation": iv.rotate_layer.weight.detach().tolist(),
         "boundaries": [p.detach().tolist() for n, p in iv.named_parameters() if "rotate" not in n],
         "history": res.history, "global_step": res.global_step, "total_steps": tr.total_steps,
-        "cached": res.sources_cached, "cache_rows": sum(rows),
+        "cached": res.sources_cached, "cache_rows": sum(rows), "source_cache": res.source_cache,
         "world": tr.accelerator.num_processes,
     }
 
@@ -165,6 +165,52 @@ def collect() -> dict:
             "folder": str(folder), "metadata": activation_metadata(ds)}
 
 
+def collect_tokens() -> dict:
+    """collect_activations(positions="all") over 5 prompts of different lengths in batches of 2."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pyvene_like.analysis import collect_activations
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=12, n_positions=16)).eval()
+    prompts = [[(3 * i + j) % 12 for j in range(2 + i)] for i in range(5)]
+    seen = []
+    hook = model.transformer.h[0].register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    got = collect_activations(model, prompts, [(0, "block_output"), (1, "head_attention_value_output", [1])],
+                              positions="all", batch_size=2, skip_first=1)
+    hook.remove()
+    return {"examples_read": sum(seen), "columns": {c: [t.tolist() for t in v] for c, v in got.items()}}
+
+
+def fsdp() -> dict:
+    """A GPT-2 wrapped with FSDP (one unit, gloo, CPU): interchange as on the plain model, and the
+    Trainer's refusal."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=12, n_positions=16)).eval()
+
+    g = torch.Generator().manual_seed(0)
+    base, source = torch.randint(0, 12, (2, 6), generator=g), torch.randint(0, 12, (2, 6), generator=g)
+    rep = pv.RepresentationConfig(1, "block_output", intervention_type="vanilla")
+    outs = []
+    for model in (make(), FullyShardedDataParallel(make(), device_id=torch.device("cpu"), use_orig_params=True)):
+        with torch.no_grad():
+            outs.append(pv.IntervenableModel(rep, model)({"input_ids": base}, [{"input_ids": source}],
+                                                         {"sources->base": 3})[1].logits)
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="rotated_space"),
+                              FullyShardedDataParallel(make(), device_id=torch.device("cpu"), use_orig_params=True))
+    cols = {"input_ids": base, "source_input_ids": source[:, None], "labels": torch.tensor([1, 2])}
+    try:
+        pv.Trainer(im, cols, input_key="input_ids", unit_locations=5, batch_size=2, show_progress=False)
+        refused = ""
+    except pv.ConfigError as e:
+        refused = str(e)
+    return {"interchange_equal": torch.allclose(outs[0], outs[1], atol=1e-6), "refused": refused}
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1])
     resume = sys.argv[2] if len(sys.argv) > 2 else None
@@ -181,8 +227,13 @@ def main() -> None:
     result = run(1, checkpoint_dir=out_dir / "ckpt")
     if resume is not None:
         result["resumed"] = run(1, resume=resume, boundless_run=False)["rotated"]
+    # the same boundless run with its source cache on disk: each process writes its half to one folder
+    train, ev = data()
+    result["boundless_disk"] = _boundless(train, ev, 1, source_cache="disk", source_cache_dir=out_dir / "sources")
     result["features"] = features()
     result["collect"] = collect()
+    result["collect_tokens"] = collect_tokens()
+    result["fsdp"] = fsdp()
     result["rank"] = rank
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
 

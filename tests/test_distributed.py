@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import pyvene_like as pv
 from pyvene_like.training.distributed import gather_rows, shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,23 @@ def test_same_rotation_history_and_iia_as_one_process_with_accumulation(runs):
     assert runs.ranks[0]["boundless"]["history"] == runs.ranks[1]["boundless"]["history"]
 
 
+def test_disk_source_cache_written_by_rank_trains_like_memory(runs):
+    from datasets import Dataset
+
+    for got in runs.ranks:
+        disk, mem = got["boundless_disk"], got["boundless"]
+        assert disk["source_cache"] == "disk" and mem["source_cache"] == "memory"
+        assert disk["cache_rows"] == 64  # each process computed its own half only ...
+        for key in ("rotation", "boundaries", "temperature"):
+            assert disk[key] == mem[key]  # ... and training read the same values, bit for bit
+        assert [{k: v for k, v in e.items() if k != "seconds"} for e in disk["history"]] == \
+            [{k: v for k, v in e.items() if k != "seconds"} for e in mem["history"]]
+    # ... into one folder, one file per process, rows in order
+    files = sorted((runs.out / "sources").iterdir())
+    assert [f.name for f in files] == ["sources-00000-of-00002.arrow", "sources-00001-of-00002.arrow"]
+    assert [len(Dataset.from_file(str(f))) for f in files] == [64, 64]
+
+
 def test_temperature_schedule_completes(runs):
     assert runs.one["boundless"]["temperature"] == pytest.approx(0.1)
     for got in runs.ranks:
@@ -152,6 +170,21 @@ def test_sharded_collect_activations_is_one_dataset_in_order(runs):
     assert want["rows"]["example"] == [0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6, 7, 8, 9]
 
 
+def test_sharded_collect_every_token_gives_every_process_all_prompts(runs):
+    from dist_worker import collect_tokens
+
+    want = collect_tokens()
+    a, b = runs.ranks[0]["collect_tokens"], runs.ranks[1]["collect_tokens"]
+    # batches of 2 prompts: process 0 read batches 0 and 2 (3 prompts), process 1 batch 1 (2)
+    assert (a["examples_read"], b["examples_read"], want["examples_read"]) == (3, 2, 5)
+    for got in (a, b):
+        assert got["columns"].keys() == want["columns"].keys()
+        for col, rows in want["columns"].items():
+            assert [len(r) for r in got["columns"][col]] == [len(r) for r in rows] == [1, 2, 3, 4, 5]
+            for g, w in zip(got["columns"][col], rows):
+                close(g, w)
+
+
 def test_shard_rows_cover_every_row_once():
     for n, world in ((7, 3), (50, 2), (1, 4), (8, 4)):
         states = [SimpleNamespace(num_processes=world, process_index=r) for r in range(world)]
@@ -160,3 +193,26 @@ def test_shard_rows_cover_every_row_once():
         assert torch.equal(torch.cat(shards)[:n], torch.arange(n))
     assert torch.equal(shard_rows(5, None), torch.arange(5))
     assert torch.equal(gather_rows(torch.arange(3), 3, None), torch.arange(3))
+
+
+def test_fsdp_is_refused_with_what_to_use_instead(monkeypatch):
+    """accelerate launch --use_fsdp sets ACCELERATE_USE_FSDP; on a CPU-only machine accelerate would
+    silently run plain data parallel instead, on GPUs FSDP would break training: refused either way."""
+    from dist_worker import data, rotated
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    train, _ = data()
+    with pytest.raises(pv.ConfigError, match=r"training interventions: FSDP is not supported: FSDP was asked for "
+                                             r".*plain data parallel.*device_map='auto'"):
+        pv.Trainer(rotated(), train, subspaces={0: [0], 1: [1], 2: [0, 1]})
+    with pytest.raises(pv.ConfigError, match="train_sae: FSDP is not supported"):
+        from pyvene_like.sae import train_sae
+
+        train_sae(torch.randn(8, 4), 8, k=2, show_progress=False)
+
+
+def test_fsdp_wrapped_model_runs_interventions_but_training_is_refused(runs):
+    for got in runs.ranks:
+        assert got["fsdp"]["interchange_equal"]
+        assert "FSDP is not supported: the model has FSDP-wrapped modules" in got["fsdp"]["refused"]
+        assert "device_map='auto'" in got["fsdp"]["refused"]

@@ -341,6 +341,11 @@ def collect_activations(model: nn.Module, inputs: Sequence[str] | Sequence[Seque
     (its wrapped model is read). The dataset-only arguments (``labels``, ``class_names``,
     ``columns``, ``metadata``, ``output_dir``, ``overwrite``) are refused in this mode.
 
+    Under a launch of several processes (``torchrun``, ``accelerate launch``) every process
+    calls it and batch ``i`` is run by process ``i mod N``: in the Arrow mode each writes its
+    part and the main process merges them in input order; in memory the batches are gathered,
+    so every process returns all prompts, in order.
+
     * ``inputs``: a list of texts (with ``tokenizer=``; padded per batch), a dict of tensors
       (split into ``batch_size`` rows), or an iterable of batch dicts that may carry their own
       ``"labels"`` and ``"positions"`` (for data that does not fit in memory).
@@ -563,8 +568,12 @@ def _collect_tokens(model, prompts, sites, *, tokenizer, batch_size, skip_first,
     base_model = model.model if isinstance(model, IntervenableModel) else model
     im, heads_of, site_meta = _compile(base_model, sites, project_heads)
     device = next(base_model.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {c: [] for c in site_meta}
-    for start in range(0, len(ids), batch_size):
+    state = process_state()  # several processes: batch i is read by process i % processes
+    world, rank = (state.num_processes, state.process_index) if state is not None else (1, 0)
+    read = []  # (batch number, its activations [batch, width, d] per column)
+    for i, start in enumerate(range(0, len(ids), batch_size)):
+        if i % world != rank:
+            continue
         chunk = ids[start:start + batch_size]
         width = max(len(r) for r in chunk)
         input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
@@ -573,8 +582,15 @@ def _collect_tokens(model, prompts, sites, *, tokenizer, batch_size, skip_first,
             input_ids[j, :len(row)] = torch.as_tensor(row)
             mask[j, :len(row)] = 1
         pos = torch.arange(width).expand(len(chunk), width)
-        arrays = _read(im, sites, heads_of, {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)},
-                       pos, project_heads)
+        read.append((i, _read(im, sites, heads_of, {"input_ids": input_ids.to(device),
+                                                     "attention_mask": mask.to(device)}, pos, project_heads)))
+    if state is not None:  # every process gets every batch, in order
+        from accelerate.utils import gather_object
+
+        read = sorted(gather_object(read), key=lambda item: item[0])
+    out: dict[str, list[torch.Tensor]] = {c: [] for c in site_meta}
+    for i, arrays in read:
+        chunk = ids[i * batch_size:(i + 1) * batch_size]
         for c, acts in arrays.items():  # [batch, width, d]: right padding, so real tokens come first
             out[c].extend(acts[j, skip_first:len(row)] for j, row in enumerate(chunk))
     return out

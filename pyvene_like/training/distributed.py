@@ -11,6 +11,7 @@ piece of arithmetic:
   data parallel (gloo) with no flag.
 * :func:`shard_rows` / :func:`gather_rows`: a contiguous, padded share of ``n`` rows per
   process and the all-gather that puts the rows back in order, each counted once.
+* :func:`refuse_fsdp`: training under FSDP is refused with what to use instead (see there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import PyveneLikeWarning
+from ..errors import ConfigError, PyveneLikeWarning
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -82,6 +83,15 @@ def shard_rows(n: int, state: PartialState | None) -> torch.Tensor:
     return torch.cat([rows, torch.full((pad,), n - 1, dtype=torch.long)]) if pad else rows
 
 
+def shard_size(n: int, state: PartialState | None) -> int:
+    """How many of :func:`shard_rows`' rows are this process's own (the rest is padding)."""
+    if state is None or n == 0:
+        return n
+    per = -(-n // state.num_processes)
+    start = min(n, state.process_index * per)
+    return min(n, start + per) - start
+
+
 def gather_rows(values: torch.Tensor, n: int, state: PartialState | None) -> torch.Tensor:
     """Every process's :func:`shard_rows` results ``[per, ...]``, back as ``[n, ...]`` in row
     order on every process (the padding rows dropped)."""
@@ -90,3 +100,49 @@ def gather_rows(values: torch.Tensor, n: int, state: PartialState | None) -> tor
     from accelerate.utils import gather
 
     return gather(values.contiguous())[:n]
+
+
+FSDP_ADVICE = (
+    "train with plain data parallel instead (torchrun / accelerate launch without --use_fsdp: the model is "
+    "replicated, frozen, and DDP averages only the trained parameters' gradients, which are small), and load "
+    "a model larger than one device with device_map='auto' (layers spread over devices, or offloaded to CPU / "
+    "disk) in one process"
+)
+
+
+def fsdp_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the submodules of ``model`` that FSDP wrapped (``FullyShardedDataParallel`` or
+    ``fully_shard``)."""
+    kinds: list[type] = []
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        kinds.append(FullyShardedDataParallel)
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # pragma: no cover - torch < 2.6
+            pass
+        else:
+            kinds.append(FSDPModule)
+    return [name or type(model).__name__ for name, m in model.named_modules() if isinstance(m, tuple(kinds))]
+
+
+def refuse_fsdp(model: torch.nn.Module, what: str = "training") -> None:
+    """Refuse FSDP for the library's training loop, asked for through accelerate
+    (``accelerate launch --use_fsdp``, ``ACCELERATE_USE_FSDP``) or by a model already wrapped.
+
+    Tried on two gloo processes: a model wrapped with FSDP runs interventions correctly (its
+    forward gathers the shards), but training does not: freezing the model changes flags of
+    FSDP's flattened parameter views (``FullyShardedDataParallel``), and ``fully_shard``'s
+    DTensor parameters cannot mix with the plain tensors of interventions; the data-parallel
+    wrapper would also overwrite every process's shard with the main process's. On a CPU-only
+    machine ``accelerate`` ignores the FSDP request and runs plain data parallel, silently."""
+    from accelerate.utils import parse_flag_from_env
+
+    wrapped = fsdp_modules(model)
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or wrapped:
+        how = (f"the model has FSDP-wrapped modules ({', '.join(wrapped[:3])})" if wrapped
+               else "FSDP was asked for (ACCELERATE_USE_FSDP=true, as accelerate launch --use_fsdp sets)")
+        raise ConfigError(f"{what}: FSDP is not supported: {how}. The library trains small modules (interventions, SAEs, "
+                          f"codebooks, probes) on a frozen model, so there are no model gradients or optimizer state to "
+                          f"shard; {FSDP_ADVICE}")

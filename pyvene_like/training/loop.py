@@ -58,7 +58,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..errors import ConfigError, accepted
 from ..validation import is_int
 from .checkpoint import read_checkpoint, write_checkpoint
-from .distributed import resolve_cpu
+from .distributed import refuse_fsdp, resolve_cpu
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
 
@@ -251,6 +251,7 @@ class TrainLoop:
             raise ConfigError("TrainLoop: gradient_accumulation_steps > 1 needs use_accelerate=True")
         if checkpoint_dir is not None and checkpoint_module is None:
             raise ConfigError("TrainLoop: checkpoint_dir needs checkpoint_module (the weights to save)")
+        refuse_fsdp(model, desc)
         self.step_fn = step_fn
         self.epochs = epochs
         self.max_steps = max_steps

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, accepted
 from ..modes import evaluating, restore_flags, training_flags
 from ..validation import check_number, is_int
 from .data import CounterfactualCollator, check_columns, check_location_columns
-from .distributed import gather_rows, process_state, shard_rows
+from .distributed import gather_rows, process_state, shard_rows, shard_size
 from .evaluate import (
     EvalResult,
     _columns,
@@ -37,6 +37,7 @@ from .evaluate import (
     evaluate,
 )
 from .loop import Callback, EarlyStopping, TrainLoop
+from .source_cache import STORAGES, DiskSourceCache, MemorySourceCache, build_source_cache
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -54,6 +55,7 @@ class TrainResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     sources_cached: bool = False
+    source_cache: str | None = None
     seconds: float = 0.0
 
 
@@ -98,6 +100,14 @@ class Trainer:
         logits_fn(outputs) -> logits (default: ``.logits``, last position of sequences).
         cache_sources: ``"auto"`` caches source activations when the model is frozen and the
             config runs in parallel mode; ``True`` insists (error otherwise); ``False`` never.
+        source_cache: where that cache lives: ``"memory"`` (on the training device, the whole
+            cache on every process), ``"disk"`` (Arrow files, memory-mapped: each step reads
+            its batch's rows, so memory does not grow with the dataset; see
+            :mod:`pyvene_like.training.source_cache`) or ``"auto"``: disk when the whole cache
+            on every process of the machine would take more than half the free memory.
+            Training reads the same values either way. ``source_cache_dir``: the folder for
+            the disk cache (default: a temporary folder, removed with the Trainer); it must
+            be shared by every process of a launch.
         temperature_schedule: ``(start, end)``: interventions with a temperature (boundless,
             sigmoid masks) are annealed linearly over the training steps.
         early_stopping_patience: stop after this many evaluations without an IIA gain of
@@ -136,6 +146,8 @@ class Trainer:
         metric_fn: Callable | None = None,
         logits_fn: Callable | None = None,
         cache_sources: bool | str = "auto",
+        source_cache: str = "auto",
+        source_cache_dir: str | Path | None = None,
         temperature_schedule: tuple[float, float] | None = None,
         early_stopping_patience: int | None = None,
         early_stopping_min_delta: float = 0.0,
@@ -166,6 +178,11 @@ class Trainer:
             raise ConfigError("early_stopping_patience: needs an eval_dataset to measure IIA on")
         if cache_sources not in ("auto", True, False):
             raise ConfigError(f"cache_sources: expected 'auto', True or False, got {cache_sources!r}")
+        if source_cache not in STORAGES:
+            raise ConfigError(f"source_cache: expected one of {accepted(STORAGES)}, got {source_cache!r}")
+        if cache_sources is False and (source_cache != "auto" or source_cache_dir is not None):
+            raise ConfigError("source_cache / source_cache_dir: say where cached sources go, but "
+                              "cache_sources=False caches none")
         check_number(lr, "lr", non_negative=True)
         check_number(weight_decay, "weight_decay", non_negative=True)
         if check_number(warmup_ratio, "warmup_ratio", non_negative=True) > 1:
@@ -219,6 +236,8 @@ class Trainer:
                 "(train_model=False) and the config runs in mode='parallel'"
             )
         self.cache_sources = can_cache if cache_sources == "auto" else bool(cache_sources)
+        self.source_cache = source_cache
+        self.source_cache_dir = Path(source_cache_dir) if source_cache_dir is not None else None
 
         self.epochs = epochs
         self.batch_size = batch_size
@@ -303,27 +322,40 @@ class Trainer:
 
     # -- source caching -------------------------------------------------------------------------
     @torch.no_grad()
-    def _build_source_cache(self) -> list:
+    def _build_source_cache(self) -> MemorySourceCache | DiskSourceCache:
         """Every training example's source activations at every site, computed once: each
-        process computes its share of the rows and the shares are gathered (data parallel
-        hands each process different rows every epoch)."""
+        process computes its share of the rows; in memory the shares are all-gathered (data
+        parallel hands each process different rows every epoch), on disk each process writes
+        its share to the shared folder and reads any row back from there."""
         n = len(self.cols["labels"])
         state = process_state() if self.loop.num_processes > 1 else None
         rows = shard_rows(n, state)
-        parts: list[list] = []
+        own_rows = shard_size(n, state)
         im = self.intervenable
-        with evaluating(im):
-            for start in range(0, len(rows), self.eval_batch_size):
-                idx = rows[start:start + self.eval_batch_size]
-                b = _move(self.collator(_take(self.cols, idx)), self.device)
-                parts.append(im.collect_source_representations(b["sources"], b["unit_locations"]))
-        return [None if chunk[0] is None else gather_rows(torch.cat(chunk), n, state) for chunk in zip(*parts)]
+
+        def batches():
+            with evaluating(im):
+                for start in range(0, len(rows), self.eval_batch_size):
+                    idx = rows[start:start + self.eval_batch_size]
+                    b = _move(self.collator(_take(self.cols, idx)), self.device)
+                    yield im.collect_source_representations(b["sources"], b["unit_locations"])
+
+        from accelerate.utils import get_int_from_env
+
+        cache = build_source_cache(
+            batches(), n, own_rows, len(rows), self.source_cache, device=self.device, state=state,
+            folder=self.source_cache_dir, gather=lambda t: gather_rows(t, n, state),
+            agree=lambda flag: int(self.loop.reduce(flag, "max")),
+            local_processes=get_int_from_env(["LOCAL_WORLD_SIZE"], 1))
+        if cache.storage == "disk" and cache.temporary and (state is None or state.is_main_process):
+            cache.remove_when_collected(self)
+        return cache
 
     # -- the step and the run ---------------------------------------------------------------------
     def _step_batch(self, idx: torch.Tensor):
         b = _move(self.collator(_take(self.cols, idx)), self.device)
         if self._source_cache is not None:
-            reps = [None if c is None else c[idx.to(c.device)] for c in self._source_cache]
+            reps = _move(self._source_cache.take(idx), self.device)
             _, out = self.model(b["base"], None, b["unit_locations"], source_representations=reps,
                                 subspaces=b["subspaces"])
         else:
@@ -362,7 +394,8 @@ class Trainer:
             self.load_checkpoint(resume_from_checkpoint)
         if self.cache_sources and self._source_cache is None:
             self._source_cache = self._build_source_cache()
-        result = TrainResult(sources_cached=self._source_cache is not None)
+        cache = self._source_cache
+        result = TrainResult(sources_cached=cache is not None, source_cache=getattr(cache, "storage", None))
         run = self.loop.run()
         result.history = run.history
         result.stopped_early = run.stopped_early
