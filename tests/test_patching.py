@@ -266,3 +266,64 @@ def test_plots(gpt2, tmp_path):
     fig = P.plot_attribution_vs_exact(exact, approx, path=tmp_path / "scatter.png")
     assert "Spearman" in fig.axes[0].get_title()
     assert (tmp_path / "scatter.png").stat().st_size > 0
+
+
+def test_window_of_layers_equals_hand_hooks():
+    # ROME restores a window of MLP layers around each layer at once.
+    model = build_tiny_model("gpt2", seed=1)
+    # 2 layers: a window of 2 around layer 0 is {0} (clipped), around layer 1 is {0, 1}.
+    clean, corrupted = _inputs(0), _inputs(1)
+    metric = _gpt2_metric()
+    res = P.patching_sweep(model, clean, metric, corrupted=corrupted, component="mlp_output", window=2,
+                           progress=False)
+    mods = [_module(model, j, "mlp_output") for j in range(2)]
+    acts = [_capture(model, clean, m, io) for m, io in mods]
+    spans = {0: [0], 1: [0, 1]}  # layers l - 1 .. l, clipped
+    for layer in range(2):
+        for p in range(SEQ):
+            edits = []
+            for j in spans[layer]:
+                def edit(x, j=j, p=p):
+                    x[:, p] = acts[j][:, p]
+                    return x
+                edits.append((mods[j][0], mods[j][1], edit))
+            with torch.no_grad():
+                ref = metric(_run(model, corrupted, edits))
+            torch.testing.assert_close(res.per_example[layer, p], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="window: expected a positive int"):
+        P.patching_sweep(model, clean, metric, corrupted=corrupted, window=0, progress=False)
+
+
+def test_attribution_noising_equals_hand_gradient_times_difference(gpt2):
+    # Noising: the base is clean; metric(clean) + sum((a_corr - a_clean) * d metric / d a_clean).
+    clean, corrupted = _inputs(0), _inputs(1)
+    metric = _gpt2_metric()
+    res = P.attribution_patching(gpt2, clean, metric, corrupted=corrupted, direction="noising")
+    ref = _hand_attribution(gpt2, corrupted, clean, metric, "block_output", "pos")
+    torch.testing.assert_close(res.per_example, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_attribution_with_noise_equals_hand(gpt2):
+    clean = _inputs(2)
+    noise = P.GaussianNoise([0, 1], seed=4)
+    metric = _gpt2_metric()
+    res = P.attribution_patching(gpt2, clean, metric, noise=noise)
+    emb = noise.tensor(gpt2, BSZ, SEQ, 32, "cpu", torch.float32)
+    wte = gpt2.transformer.wte
+    acts, grads = {}, {}
+    edits = [(wte, "output", lambda x: x + emb)]
+    for layer in range(2):
+        block = gpt2.transformer.h[layer]
+        acts[layer] = _capture(gpt2, clean, block, "output")
+
+        def keep(x, layer=layer):
+            x.retain_grad()
+            grads[layer] = x
+            return x
+        edits.append((block, "output", keep))
+    with torch.enable_grad():
+        m = metric(_run(gpt2, clean, edits))
+        m.sum().backward()
+    gpt2.zero_grad(set_to_none=True)
+    ref = torch.stack([((acts[j] - grads[j].detach()) * grads[j].grad).sum(-1).T for j in range(2)]) + m.detach()
+    torch.testing.assert_close(res.per_example, ref, atol=1e-4, rtol=1e-4)

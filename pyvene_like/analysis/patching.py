@@ -288,21 +288,22 @@ def _grid(model, component: str, unit: str, layers, positions, heads, seq: int) 
     return _Grid(component, unit, layers, positions, heads)
 
 
-def _read_acts(model, inputs: dict, grid: _Grid, noise_rep=None) -> dict[int, torch.Tensor]:
+def _read_acts(model, inputs: dict, grid: _Grid, noise_rep=None, layers=None) -> dict[int, torch.Tensor]:
     """Every grid layer's activations of one run: ``[batch, seq, width]`` (unit ``pos``) or
     ``[batch, heads, seq, head_dim]`` (head units), in one pass."""
+    layers = grid.layers if layers is None else layers
     reps = [RepresentationConfig(layer, grid.component, "pos" if grid.unit == "pos" else "h",
-                                 intervention_type="collect") for layer in grid.layers]
+                                 intervention_type="collect") for layer in layers]
     if noise_rep is not None:
         reps.append(RepresentationConfig(0, "embedding_output", intervention_type="addition"))
     im = IntervenableModel(IntervenableConfig(reps), model)
-    srcs = None if noise_rep is None else [None] * len(grid.layers) + [noise_rep]
+    srcs = None if noise_rep is None else [None] * len(layers) + [noise_rep]
     locs = None if noise_rep is None else {"base": [None] * len(reps)}
     with torch.no_grad():
         got = im.collect(inputs, unit_locations=locs, source_representations=srcs)
     out = {}
     bsz = _shape(inputs)[0]
-    for layer, t in zip(grid.layers, got):
+    for layer, t in zip(layers, got):
         if grid.unit != "pos":
             t = t.view(bsz, -1, _seq_of(inputs), t.shape[-1])  # head-major units
         out[layer] = t
@@ -375,6 +376,7 @@ def patching_sweep(
     positions: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     direction: str = "denoising",
+    window: int = 1,
     max_rows: int | None = None,
     memory_budget: float = 2**30,
     progress: bool = True,
@@ -389,10 +391,22 @@ def patching_sweep(
     :func:`kl_to`, or ``"kl_to_clean"``. Grid: ``component`` at ``layers`` x ``positions``
     (``unit="pos"``), x ``heads`` (``"h"``: a head at every position) or x heads x positions
     (``"h.pos"``; head components such as ``"head_attention_value_output"``).
+
+    ``window``: restore a window of layers around each grid layer at once (ROME restores 10
+    MLP layers): layers ``l - window // 2`` to ``l - window // 2 + window - 1``, clipped to
+    the model. Rows per forward: at most ``max_rows``, else as many as ``memory_budget``
+    (bytes) allows by a rough estimate of the live activations per row.
     """
     clean, corrupted = _prepare(model, clean, corrupted, noise, direction)
     bsz, seq = _shape(clean)
     grid = _grid(model, component, unit, layers, positions, heads, seq)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window: expected a positive int (layers restored together), got {window!r}")
+    n_layers = _n_layers(model) if window > 1 else None
+    spans = {layer: ([layer] if window == 1 else
+                     [j for j in range(layer - window // 2, layer - window // 2 + window) if 0 <= j < n_layers])
+             for layer in grid.layers}
+    needed = sorted({j for span in spans.values() for j in span})
     noise_rep = _noise_for(noise, model, clean)
     with torch.no_grad():
         clean_out = _call(model, clean)
@@ -406,10 +420,11 @@ def patching_sweep(
 
     # The source of every patch, read once for the whole grid.
     if direction == "denoising":
-        src_acts = _read_acts(model, clean, grid)
+        src_acts = _read_acts(model, clean, grid, layers=needed)
         base, base_noise = (corrupted, None) if corrupted is not None else (clean, noise_rep)
     else:
-        src_acts = _read_acts(model, corrupted, grid) if corrupted is not None else _read_acts(model, clean, grid, noise_rep)
+        src_acts = (_read_acts(model, corrupted, grid, layers=needed) if corrupted is not None
+                    else _read_acts(model, clean, grid, noise_rep, layers=needed))
         base, base_noise = clean, None
 
     sites = grid.sites()
@@ -423,14 +438,16 @@ def patching_sweep(
     for layer, chunk in tqdm(chunks, disable=not progress, desc=f"patching {component}"):
         im = ims.get(layer)
         if im is None:
-            reps = [RepresentationConfig(layer, component, unit)]
+            reps = [RepresentationConfig(j, component, unit) for j in spans[layer]]
             if base_noise is not None:
                 reps.insert(0, RepresentationConfig(0, "embedding_output", intervention_type="addition"))
             im = ims[layer] = IntervenableModel(IntervenableConfig(reps), model)
         k = len(chunk)
-        src, locs = _patch_rows(grid, src_acts[layer], chunk, bsz)
-        reps_in = [src]
-        locs_in = [locs]
+        reps_in, locs_in = [], []
+        for j in spans[layer]:
+            src, locs = _patch_rows(grid, src_acts[j], chunk, bsz)
+            reps_in.append(src)
+            locs_in.append(locs)
         if base_noise is not None:
             reps_in.insert(0, base_noise.repeat(k, 1, 1))
             locs_in.insert(0, None)
@@ -577,11 +594,7 @@ def plot_patching(result: PatchingResult, *, tokens: list[str] | None = None, no
     """A heatmap of a sweep: layers (rows) by positions or heads (columns), with token labels
     on the position axis. A ``layer x head x position`` grid needs ``head_layer`` (one layer's
     heads x positions). Saved to ``path`` when given; returns the figure."""
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     values = (result.normalized if normalized else result.effect).numpy()
     axes = list(result.axes)
@@ -592,8 +605,9 @@ def plot_patching(result: PatchingResult, *, tokens: list[str] | None = None, no
         axes = axes[1:]
     rows_axis, cols_axis = axes
     tokens = tokens if tokens is not None else result.tokens
-    fig = ax.figure if ax is not None else plt.figure(figsize=(max(4, 0.45 * values.shape[1] + 2),
-                                                              max(3, 0.35 * values.shape[0] + 1.5)))
+    # A bare Figure (no pyplot): no backend is switched and nothing stays open.
+    fig = ax.figure if ax is not None else Figure(figsize=(max(4, 0.45 * values.shape[1] + 2),
+                                                          max(3, 0.35 * values.shape[0] + 1.5)))
     ax = ax if ax is not None else fig.add_subplot()
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r" if normalized else "viridis",
                    vmin=None if not normalized else min(0.0, float(values.min())),
@@ -617,17 +631,13 @@ def plot_attribution_vs_exact(exact: PatchingResult, attribution: PatchingResult
                               path: str | Path | None = None) -> Figure:
     """One point per grid cell: the exact effect against the attribution estimate (both minus
     the base run's metric), with the rank correlation in the title."""
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     stats = compare_attribution(exact, attribution)
     base = exact.corrupted.mean() if exact.direction == "denoising" else exact.clean.mean()
     a = (exact.effect - base).flatten().numpy()
     b = (attribution.effect - base).flatten().numpy()
-    fig = ax.figure if ax is not None else plt.figure(figsize=(4.5, 4.5))
+    fig = ax.figure if ax is not None else Figure(figsize=(4.5, 4.5))
     ax = ax if ax is not None else fig.add_subplot()
     ax.scatter(a, b, s=12, alpha=0.7)
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
