@@ -609,7 +609,7 @@ def plot_patching(result: PatchingResult, *, tokens: list[str] | None = None, no
     fig = ax.figure if ax is not None else Figure(figsize=(max(4, 0.45 * values.shape[1] + 2),
                                                           max(3, 0.35 * values.shape[0] + 1.5)))
     ax = ax if ax is not None else fig.add_subplot()
-    im = ax.imshow(values, aspect="auto", cmap="RdBu_r" if normalized else "viridis",
+    im = ax.imshow(values, aspect="auto", cmap="Purples" if normalized else "viridis",
                    vmin=None if not normalized else min(0.0, float(values.min())),
                    vmax=None if not normalized else max(1.0, float(values.max())))
     col_labels = result.labels[cols_axis]
@@ -620,7 +620,7 @@ def plot_patching(result: PatchingResult, *, tokens: list[str] | None = None, no
     ax.set_xlabel(cols_axis)
     ax.set_ylabel(rows_axis if len(result.axes) == 2 else f"head (layer {head_layer})")
     ax.set_title(title or f"{result.method} {result.direction}: {result.component}")
-    fig.colorbar(im, ax=ax, label="normalised effect (0 = corrupted, 1 = clean)" if normalized else "metric")
+    fig.colorbar(im, ax=ax, label="normalised effect\n(0 = corrupted, 1 = clean)" if normalized else "metric")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
