@@ -24,6 +24,7 @@ installed in this venv): the JSON records them as not installed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -94,7 +95,7 @@ def gpt2s(seed=0):
     return transformers.GPT2LMHeadModel(cfg).eval(), lambda m: list(m.transformer.h)
 
 
-def run_case(name, build, bsz, seq, rounds, max_rows, quick):
+def run_case(name, build, bsz, seq, rounds, max_rows, quick, n_positions=None, warmup=1):
     model, blocks_of = build()
     if quick:  # a smoke run: keep 2 layers
         blocks = blocks_of(model)[:2]
@@ -114,17 +115,17 @@ def run_case(name, build, bsz, seq, rounds, max_rows, quick):
 
         def metric(out):
             return out.last_hidden_state[:, -1] @ w
-    positions = list(range(seq))
+    positions = list(range(seq))[-(n_positions or seq):]  # a subset: the last positions
 
     def ours():
-        return patching_sweep(model, clean, metric, corrupted=corrupted, layers=layers, max_rows=max_rows,
-                              progress=False)
+        return patching_sweep(model, clean, metric, corrupted=corrupted, layers=layers, positions=positions,
+                              max_rows=max_rows, progress=False)
 
     def hand():
         return hand_sweep(model, blocks, clean, corrupted, metric, positions, max_rows)
 
     def attribution():
-        return attribution_patching(model, clean, metric, corrupted=corrupted, layers=layers)
+        return attribution_patching(model, clean, metric, corrupted=corrupted, layers=layers, positions=positions)
 
     exact = ours()
     diff = float((exact.per_example - hand()[0]).abs().max())
@@ -133,11 +134,12 @@ def run_case(name, build, bsz, seq, rounds, max_rows, quick):
     abort_on_leftover_hooks(model, name, "sweeps")
     approx = attribution()
     stats = compare_attribution(exact, approx, k=10)
-    samples = time_round_robin({"hand_hooks": hand, "pyvene_like": ours}, rounds=rounds, inner=1, warmup_rounds=1)
+    samples = time_round_robin({"hand_hooks": hand, "pyvene_like": ours}, rounds=rounds, inner=1,
+                               warmup_rounds=warmup)
     attr = time_round_robin({"attribution": attribution}, rounds=rounds, inner=1, warmup_rounds=1)["attribution"]
     med = {k: statistics.median(v) for k, v in samples.items()}
     return {
-        "grid": [len(layers), seq], "batch": bsz, "max_rows": max_rows, "max_abs_diff_vs_hand": diff,
+        "grid": [len(layers), len(positions)], "seq": seq, "batch": bsz, "max_rows": max_rows, "max_abs_diff_vs_hand": diff,
         "hand_hooks_ms": med["hand_hooks"], "pyvene_like_ms": med["pyvene_like"],
         "ratio_vs_hand": med["pyvene_like"] / med["hand_hooks"],
         "paired_ratio_median": statistics.median(a / b for a, b in zip(samples["pyvene_like"], samples["hand_hooks"])),
@@ -152,6 +154,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (the correctness check "
+                    "already ran every contender once)")
+    ap.add_argument("--cases", nargs="*", default=None, help="run only these cases")
+    ap.add_argument("--positions", type=int, default=None,
+                    help="sweep only the last N positions of gpt2s_12x64 (its full 12 x 64 exact sweep "
+                         "takes ~3 min per run on one CPU thread)")
     ap.add_argument("--out", default=str(HERE / "results" / "patching.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -165,12 +173,20 @@ def main():
     print("| case | grid | hand hooks ms | pyvene_like × hand | attribution ms | attribution speed-up | Spearman | top-10 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, (build, bsz, seq, max_rows) in cases.items():
-        r = results[name] = run_case(name, build, bsz, seq, rounds, max_rows, args.quick)
+        if args.cases and name not in args.cases:
+            continue
+        n_pos = args.positions if name == "gpt2s_12x64" else None
+        r = results[name] = run_case(name, build, bsz, seq, rounds, max_rows, args.quick, n_pos, args.warmup)
         print(f"| {name} | {r['grid'][0]}×{r['grid'][1]} (batch {r['batch']}) | {r['hand_hooks_ms']:.0f} | "
               f"{r['ratio_vs_hand']:.2f}× | {r['attribution_ms']:.0f} | {r['attribution_speedup']:.0f}× | "
               f"{r['spearman']:.2f} | {r['top10_agreement']:.0%} |")
-    out = write_json(args.out, {"quick": args.quick, "rounds": rounds, "machine": machine_info(), "cases": results,
-                                "wall_s": round(time.perf_counter() - t0, 1)})
+    for r in results.values():
+        r.update(rounds=rounds, wall_s=round(time.perf_counter() - t0, 1))
+    if args.cases and Path(args.out).is_file():  # a partial run updates its cases in the file
+        old = json.loads(Path(args.out).read_text())
+        if old.get("quick") == args.quick:
+            results = {**old["cases"], **results}
+    out = write_json(args.out, {"quick": args.quick, "machine": machine_info(), "cases": results})
     print(f"wrote {out}")
 
 

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from pyvene_like.analysis import patching as P  # noqa: E402
-from pyvene_like.errors import ConfigError  # noqa: E402
+from pyvene_like.errors import ConfigError, LocationError  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 BSZ, SEQ, HD = 2, 5, 8
@@ -327,3 +327,38 @@ def test_attribution_with_noise_equals_hand(gpt2):
     gpt2.zero_grad(set_to_none=True)
     ref = torch.stack([((acts[j] - grads[j].detach()) * grads[j].grad).sum(-1).T for j in range(2)]) + m.detach()
     torch.testing.assert_close(res.per_example, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unit", ["pos", "h.pos"])
+def test_per_example_positions_equal_hand_hooks(gpt2, unit):
+    # Columns that sit at different places per example (e.g. "the subject's last token").
+    clean, corrupted = _inputs(0), _inputs(1)
+    metric = _gpt2_metric()
+    table = [[1, 4], [3, 0]]  # example 0: positions 1 and 4; example 1: positions 3 and 0
+    component = "block_output" if unit == "pos" else "head_attention_value_output"
+    res = P.patching_sweep(gpt2, clean, metric, corrupted=corrupted, component=component, unit=unit,
+                           positions=table, max_rows=3, progress=False)
+    assert res.labels["position"] == [0, 1]
+    full = _hand_sweep(gpt2, clean, corrupted, metric, component, unit, "denoising")
+    # The hand sweep patches one position for the whole batch; example b of column j is the
+    # hand sweep at position table[b][j], example b.
+    for b in range(BSZ):
+        for j in range(2):
+            p = table[b][j]
+            if unit == "pos":
+                torch.testing.assert_close(res.per_example[:, j, b], full[:, p, b], atol=1e-5, rtol=1e-5)
+            else:
+                torch.testing.assert_close(res.per_example[:, :, j, b], full[:, :, p, b], atol=1e-5, rtol=1e-5)
+    approx = P.attribution_patching(gpt2, clean, metric, corrupted=corrupted, component=component, unit=unit,
+                                    positions=table)
+    ref = _hand_attribution(gpt2, clean, corrupted, metric, component, unit)
+    for b in range(BSZ):
+        for j in range(2):
+            p = table[b][j]
+            got = approx.per_example[:, j, b] if unit == "pos" else approx.per_example[:, :, j, b]
+            want = ref[:, p, b] if unit == "pos" else ref[:, :, p, b]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(LocationError, match="one list per example"):
+        P.patching_sweep(gpt2, clean, metric, corrupted=corrupted, positions=[[1], [2, 3]], progress=False)
+    with pytest.raises(LocationError, match="not a position of a sequence of length 5"):
+        P.patching_sweep(gpt2, clean, metric, corrupted=corrupted, positions=[7], progress=False)

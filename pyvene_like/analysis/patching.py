@@ -242,8 +242,9 @@ class _Grid:
     component: str
     unit: str
     layers: list[int]
-    positions: list[int]
+    positions: list[int]  # the position axis's labels: positions, or column numbers
     heads: list[int]
+    table: torch.Tensor  # [batch, n_positions]: each example's position in each column
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -255,17 +256,41 @@ class _Grid:
 
     def sites(self) -> list:
         """The sites of one layer, in grid order: positions, heads, or (head, position) pairs."""
+        cols = range(self.table.shape[1])
         if self.unit == "pos":
-            return list(self.positions)
+            return list(cols)
         if self.unit == "h":
             return list(self.heads)
-        return [(h, p) for h in self.heads for p in self.positions]
+        return [(h, j) for h in self.heads for j in cols]
 
     def shape(self) -> tuple[int, ...]:
         return tuple(len(self.labels[a]) for a in self.axes)
 
 
-def _grid(model, component: str, unit: str, layers, positions, heads, seq: int) -> _Grid:
+def _position_table(positions, bsz: int, seq: int) -> tuple[torch.Tensor, list[int]]:
+    """``positions``: ints shared by the batch, or one equal-length list per example (e.g.
+    the subject's last token, wherever it is) -> (``[batch, n]`` table, axis labels)."""
+    if positions is None:
+        positions = list(range(seq))
+    per_example = len(positions) > 0 and not _flat(positions)
+    rows = [list(r) for r in positions] if per_example else [list(positions)] * bsz
+    if per_example and (len(rows) != bsz or len({len(r) for r in rows}) != 1):
+        raise LocationError(
+            f"positions: per-example positions need one list per example ({bsz}), all of the same "
+            f"length; got lengths {[len(r) for r in rows]}"
+        )
+    if not rows[0]:
+        raise LocationError("positions: empty; give at least one position")
+    for r in rows:
+        for p in r:
+            if isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq:
+                raise LocationError(f"positions: {p!r} is not a position of a sequence of length {seq}")
+    table = torch.tensor(rows, dtype=torch.long) % seq
+    labels = list(range(table.shape[1])) if per_example else table[0].tolist()
+    return table, labels
+
+
+def _grid(model, component: str, unit: str, layers, positions, heads, seq: int, bsz: int = 1) -> _Grid:
     if unit not in UNITS:
         raise ConfigError(f"unit {unit!r} is not a sweep grid; accepted: {', '.join(map(repr, UNITS))}")
     is_head = component.startswith("head_")
@@ -275,17 +300,14 @@ def _grid(model, component: str, unit: str, layers, positions, heads, seq: int) 
             f"component (e.g. 'head_attention_value_output'), and unit 'pos' a whole-width one"
         )
     layers = list(range(_n_layers(model))) if layers is None else list(layers)
-    positions = list(range(seq)) if positions is None else [p % seq if -seq <= p < seq else p for p in positions]
-    for p in positions:
-        if not 0 <= p < seq:
-            raise LocationError(f"positions: {p} is outside a sequence of length {seq}")
+    table, labels = _position_table(positions, bsz, seq)
     n_heads = None
     if is_head:
         n_heads = getattr(model.config, "num_attention_heads", None)
         heads = list(range(n_heads)) if heads is None else list(heads)
     else:
         heads = [] if heads is None else list(heads)
-    return _Grid(component, unit, layers, positions, heads)
+    return _Grid(component, unit, layers, labels, heads, table)
 
 
 def _read_acts(model, inputs: dict, grid: _Grid, noise_rep=None, layers=None) -> dict[int, torch.Tensor]:
@@ -390,7 +412,10 @@ def patching_sweep(
     once per site in a chunk, site-major), e.g. :func:`logit_diff`, :func:`token_prob`,
     :func:`kl_to`, or ``"kl_to_clean"``. Grid: ``component`` at ``layers`` x ``positions``
     (``unit="pos"``), x ``heads`` (``"h"``: a head at every position) or x heads x positions
-    (``"h.pos"``; head components such as ``"head_attention_value_output"``).
+    (``"h.pos"``; head components such as ``"head_attention_value_output"``). ``positions``:
+    ints shared by the batch (negative from the end), or one equal-length list per example
+    (columns such as "subject's last token" that sit at different places; the axis is then
+    labelled by column number).
 
     ``window``: restore a window of layers around each grid layer at once (ROME restores 10
     MLP layers): layers ``l - window // 2`` to ``l - window // 2 + window - 1``, clipped to
@@ -399,7 +424,7 @@ def patching_sweep(
     """
     clean, corrupted = _prepare(model, clean, corrupted, noise, direction)
     bsz, seq = _shape(clean)
-    grid = _grid(model, component, unit, layers, positions, heads, seq)
+    grid = _grid(model, component, unit, layers, positions, heads, seq, bsz)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"window: expected a positive int (layers restored together), got {window!r}")
     n_layers = _n_layers(model) if window > 1 else None
@@ -462,19 +487,19 @@ def patching_sweep(
 
 def _patch_rows(grid: _Grid, acts: torch.Tensor, chunk: list, bsz: int):
     """Source values ``[k * batch, units, width]`` and base locations for a chunk of sites."""
-    if grid.unit == "pos":  # acts [B, seq, d]
-        pos = torch.tensor(chunk, device=acts.device)
-        src = acts[:, pos].transpose(0, 1).reshape(len(chunk) * bsz, 1, acts.shape[-1])
-        locs = [[p] for p in chunk for _ in range(bsz)]
-        return src, locs
+    rows = torch.arange(bsz, device=acts.device).unsqueeze(1)
+    if grid.unit == "pos":  # acts [B, seq, d]; chunk: columns of the position table
+        pos = grid.table[:, chunk].to(acts.device)  # [B, k]
+        src = acts[rows, pos].transpose(0, 1).reshape(len(chunk) * bsz, 1, acts.shape[-1])
+        return src, [[p] for p in pos.T.reshape(-1).tolist()]
     if grid.unit == "h":  # acts [B, H, seq, hd]: head h at every position
         h = torch.tensor(chunk, device=acts.device)
         src = acts[:, h].transpose(0, 1).reshape(len(chunk) * bsz, acts.shape[2], acts.shape[3])
         return src, [[h_] for h_ in chunk for _ in range(bsz)]
     hs = torch.tensor([h for h, _ in chunk], device=acts.device)
-    ps = torch.tensor([p for _, p in chunk], device=acts.device)
-    src = acts[:, hs, ps].transpose(0, 1).reshape(len(chunk) * bsz, 1, acts.shape[3])
-    locs = ([[h] for h, _ in chunk for _ in range(bsz)], [[p] for _, p in chunk for _ in range(bsz)])
+    pos = grid.table[:, [j for _, j in chunk]].to(acts.device)  # [B, k]
+    src = acts[rows, hs.unsqueeze(0), pos].transpose(0, 1).reshape(len(chunk) * bsz, 1, acts.shape[3])
+    locs = ([[h] for h, _ in chunk for _ in range(bsz)], [[p] for p in pos.T.reshape(-1).tolist()])
     return src, locs
 
 
@@ -500,7 +525,7 @@ def attribution_patching(
     site's width, and over positions for unit ``"h"``)."""
     clean, corrupted = _prepare(model, clean, corrupted, noise, direction)
     bsz, seq = _shape(clean)
-    grid = _grid(model, component, unit, layers, positions, heads, seq)
+    grid = _grid(model, component, unit, layers, positions, heads, seq, bsz)
     noise_rep = _noise_for(noise, model, clean)
     if isinstance(metric, str):
         if metric != "kl_to_clean":
@@ -545,14 +570,16 @@ def attribution_patching(
         diff = (src_acts[layer] - base_acts[layer]).float()
         if unit == "pos":
             est = (diff * g.float()).sum(-1)  # [B, seq]
-            est = est[:, grid.positions].T  # [P, B]
+            est = est.gather(1, grid.table.to(est.device)).T  # [P, B]
         else:
             g = g.view_as(diff).float()
             est = (diff * g).sum(-1)  # [B, H, seq]
             if unit == "h":
                 est = est.sum(-1)[:, grid.heads].T  # [H, B]
             else:
-                est = est[:, grid.heads][:, :, grid.positions].permute(1, 2, 0)  # [H, P, B]
+                est = est[:, grid.heads]  # [B, H, seq]
+                idx = grid.table.to(est.device).unsqueeze(1).expand(-1, est.shape[1], -1)
+                est = est.gather(2, idx).permute(1, 2, 0)  # [H, P, B]
         per_layer.append(est.detach().cpu())
     per_example = torch.stack(per_layer) + m_base
     return PatchingResult(per_example, grid.axes, grid.labels, m_clean, m_corr, direction, component,
