@@ -91,3 +91,24 @@ def test_other_batch_sizes_still_refused(model):
     im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output"), model)
     with pytest.raises(ShapeError, match=r"sources\[0\] has batch size 2 but base has 3; .*a batch of 1"):
         im({"input_ids": _ids(3, 0)}, [{"input_ids": _ids(2, 1)}], {"sources->base": 1})
+
+
+def test_batch1_source_representations_generate(model):
+    base = _ids(3, 10)
+    vec = torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(0))
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="addition"), model)
+    kw = dict(unit_locations={"base": 2}, max_new_tokens=3, do_sample=False)
+    _, one = im.generate({"input_ids": base}, source_representations=vec, **kw)
+    _, many = im.generate({"input_ids": base}, source_representations=vec.expand(3, 1, 32), **kw)
+    assert torch.equal(one, many)
+
+
+def test_batch1_sources_serial_mode(model):
+    base, s0, s1 = _ids(3, 11), _ids(1, 12), _ids(1, 13)
+    cfg = pv.IntervenableConfig([pv.RepresentationConfig(0, "block_output"), pv.RepresentationConfig(1, "block_output")],
+                                mode="serial")
+    im = pv.IntervenableModel(cfg, model)
+    locs = {"source_0->source_1": 2, "source_1->base": 3}
+    _, one = im({"input_ids": base}, [{"input_ids": s0}, {"input_ids": s1}], locs)
+    _, many = im({"input_ids": base}, [{"input_ids": s0.repeat(3, 1)}, {"input_ids": s1.repeat(3, 1)}], locs)
+    torch.testing.assert_close(one.logits, many.logits)

@@ -576,8 +576,13 @@ class Executor:
         streams = list(sources) + [base]
         for j, s in enumerate(streams[:-1]):
             b = batch_size(s, f"sources[{j}]")
-            if b != bsz:
-                raise ShapeError(f"sources[{j}] has batch size {b} but base has {bsz}; they must match")
+            if b == 1 and bsz > 1:  # one source for every example: seen (as views) as a batch
+                streams[j] = expand_inputs(s, bsz)
+            elif b != bsz:
+                raise ShapeError(
+                    f"sources[{j}] has batch size {b} but base has {bsz}; give one source per base "
+                    f"example, or a batch of 1 for every example"
+                )
         grad = model_needs_grad(model)
         acts: dict = {}
         for i in range(n + 1):
