@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/generation.py
 	$(VENV)/bin/python benchmarks/collect.py
 	$(VENV)/bin/python benchmarks/scale.py
+	$(VENV)/bin/python benchmarks/patching.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyvene_like tests tutorials benchmarks

@@ -27,6 +27,8 @@ def test_tutorial_runs(path, tmp_path):
         _check_codebook_topics(json.loads((tmp_path / "04_codebook_topics" / "results.json").read_text()), tmp_path)
     if path.stem == "05_heads_and_probes":
         _check_heads_and_probes(json.loads((tmp_path / "05_heads_and_probes" / "results.json").read_text()), tmp_path)
+    if path.stem == "06_causal_tracing":
+        _check_causal_tracing(json.loads((tmp_path / "06_causal_tracing" / "results.json").read_text()), tmp_path)
 
 
 def _check_das(results, tmp_path):
@@ -92,3 +94,20 @@ def _check_steering(results, tmp_path):
     assert rows[swap]["grammatical"] >= 0.9, rows[swap]  # dropping only the forest-leaning features keeps the text
     u = results["uncertainty"]
     assert 0 < u["coverage"] <= 1 and 0 <= u["reconstruction_error"] < 0.5
+
+
+def _check_causal_tracing(results, tmp_path):
+    """The CI-sized trace shows the known answer on the real MiniLM: with the noun noised, the
+    noun's own column restores "it" in the early layers, the "it" column in the last, and other
+    tokens little; attribution patching ranks the cells like the exact sweep."""
+    out = tmp_path / "06_causal_tracing"
+    for name in ("trace.png", "heads.png", "attribution.png"):
+        assert (out / name).stat().st_size > 0, name
+    trace, noun, it = results["trace"], results["noun_position"], results["it_position"]
+    assert trace[0][noun] >= 0.8 and trace[-1][it] >= 0.99
+    others = [v for p, v in enumerate(trace[0]) if p not in (noun, it)]
+    assert max(others) <= 0.2, trace[0]
+    assert results["heads_top"][0]["normalized"] >= 0.1
+    for name in ("block_output", "heads"):
+        assert results["attribution"][name]["spearman"] >= 0.8, results["attribution"]
+    assert results["hand_hook_max_diff"] <= 1e-5

@@ -1,4 +1,5 @@
-"""Reading models: token positions, attention patterns and head finding, activation datasets, probes."""
+"""Reading models: token positions, attention patterns and head finding, activation datasets, probes,
+patching sweeps (causal tracing) and attribution patching."""
 
 from ..exports import public_names
 from .attention import (
@@ -11,6 +12,18 @@ from .attention import (
     heads_above,
 )
 from .collect import ActivationSite, activation_columns, activation_metadata, collect_activations
+from .patching import (
+    GaussianNoise,
+    PatchingResult,
+    attribution_patching,
+    compare_attribution,
+    kl_to,
+    logit_diff,
+    patching_sweep,
+    plot_attribution_vs_exact,
+    plot_patching,
+    token_prob,
+)
 from .probes import ProbeResult, evaluate_probe, make_probe, plot_sweep, probe_sweep, train_probe
 from .tokens import TokenFinder, TokenSpan, find_token_positions
 

@@ -41,6 +41,20 @@ def same_inputs(a, b) -> bool:
     return False
 
 
+def expand_inputs(inputs, n: int):
+    """A batch-1 model input seen as a batch of ``n`` (views, no copies): tensors whose first
+    dimension is 1 are expanded; everything else is passed as is."""
+    def grow(v):
+        return v.expand(n, *v.shape[1:]) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 1 else v
+    if isinstance(inputs, torch.Tensor):
+        return grow(inputs)
+    if type(inputs) is dict or isinstance(inputs, Mapping):
+        return {k: grow(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(grow(v) for v in inputs)
+    return inputs
+
+
 # -- normalising the call's arguments ------------------------------------------------------
 def per_slot(value, n: int, label: str):
     """A per-intervention list of length n, or a single value broadcast to all."""
@@ -157,9 +171,10 @@ def normalize_sources(sources, slots: list[Slot], has_repr: list[bool], base_bsz
                 continue
             raise ConfigError(f"{slot.label} needs a source, but its entry in sources is None")
         bsz = batch_size(src, f"sources[{slot.group}]")
-        if bsz != base_bsz:
+        if bsz != base_bsz and bsz != 1:
             raise ShapeError(
-                f"sources[{slot.group}] has batch size {bsz} but base has {base_bsz}; they must match"
+                f"sources[{slot.group}] has batch size {bsz} but base has {base_bsz}; give one source "
+                f"per base example, or a batch of 1 for every example"
             )
         out.append(src)
     return out

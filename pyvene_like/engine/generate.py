@@ -81,7 +81,9 @@ import torch
 from ..errors import ConfigError, LocationError, ShapeError
 from ..validation import is_int
 from .arguments import (
+    batch_size,
     check_repr,
+    expand_inputs,
     normalize_locations,
     normalize_source_representations,
     normalize_sources,
@@ -601,6 +603,10 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
     # Sources: each distinct input runs once, now; every step then reads these tensors.
     has_repr = [r is not None for r in reprs]
     per_slot_src = normalize_sources(sources, slots, has_repr, bsz)
+    # A batch-1 source for a batch of prompts: seen (as views) as one copy per prompt, so the
+    # per-example position tables below need no special case.
+    per_slot_src = [expand_inputs(s, bsz) if s is not None and bsz > 1 and batch_size(s, "sources") == 1 else s
+                    for s in per_slot_src]
     src_vals = [check_repr(r, s) if r is not None and s.intervention.source_from == "source" else None
                 for r, s in zip(reprs, slots)]
     if any(s is not None for s in per_slot_src):

@@ -31,6 +31,7 @@ from ..errors import ConfigError, LocationError, ShapeError
 from .arguments import (
     batch_size,
     check_repr,
+    expand_inputs,
     fit_source_repr,
     freeze,
     is_frozen,
@@ -61,6 +62,18 @@ def aliases_input(args, kwargs, x) -> bool:
 
 def model_needs_grad(model) -> bool:
     return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+
+
+def _single_row(units: Units) -> Units | None:
+    """``units`` for a batch of 1 when every example of the batch selects the same units
+    (``None`` when they differ)."""
+    pos, heads = units.pos, units.heads
+    if pos is not None and bool((pos != pos[:1]).any()):
+        return None
+    if heads is not None and bool((heads != heads[:1]).any()):
+        return None
+    return Units(None if pos is None else pos[:1], None if heads is None else heads[:1],
+                 units.pos_lo, units.pos_hi, units.label, 1, units.span)
 
 
 def _stop_hook(pending: set, key):
@@ -404,18 +417,28 @@ class Executor:
         grad = model_needs_grad(model)
         try:
             if grad == torch.is_grad_enabled():
-                self._source_passes(model, distinct, units_of, out)
+                self._source_passes(model, distinct, units_of, out, bsz)
             else:
                 with torch.set_grad_enabled(grad):
-                    self._source_passes(model, distinct, units_of, out)
+                    self._source_passes(model, distinct, units_of, out, bsz)
         finally:
             self.reads = prev
         return out
 
-    def _source_passes(self, model, distinct, units_of, out) -> None:
+    def _source_passes(self, model, distinct, units_of, out, bsz: int | None = None) -> None:
         slots = self.slots
         for src, idxs in distinct:
-            acts = self.source_pass(model, src, [(slots[i], units_of(i)) for i in idxs])
+            requests = [(slots[i], units_of(i)) for i in idxs]
+            if bsz is not None and bsz > 1 and batch_size(src, "sources") == 1:
+                # One source for a batch of bases: when every example reads the same units, the
+                # pass runs at batch 1 and its [1, units, width] values broadcast in the base
+                # pass; otherwise the source is seen (as views) as a batch of bsz.
+                single = [_single_row(u) for _, u in requests]
+                if all(u is not None for u in single):
+                    requests = [(slot, u) for (slot, _), u in zip(requests, single)]
+                else:
+                    src = expand_inputs(src, bsz)
+            acts = self.source_pass(model, src, requests)
             for i in idxs:
                 out[i] = acts[i]
 
@@ -553,8 +576,13 @@ class Executor:
         streams = list(sources) + [base]
         for j, s in enumerate(streams[:-1]):
             b = batch_size(s, f"sources[{j}]")
-            if b != bsz:
-                raise ShapeError(f"sources[{j}] has batch size {b} but base has {bsz}; they must match")
+            if b == 1 and bsz > 1:  # one source for every example: seen (as views) as a batch
+                streams[j] = expand_inputs(s, bsz)
+            elif b != bsz:
+                raise ShapeError(
+                    f"sources[{j}] has batch size {b} but base has {bsz}; give one source per base "
+                    f"example, or a batch of 1 for every example"
+                )
         grad = model_needs_grad(model)
         acts: dict = {}
         for i in range(n + 1):
