@@ -606,7 +606,7 @@ def test_type_to_module_mapping_declares_a_component_for_a_class():
     torch.manual_seed(0)
     t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8,
                                              vocab_size=50, dropout_rate=0.0)).eval()
-    hook_kind = pv.compat.models.constants.CONST_OUTPUT_HOOK
+    hook_kind = pv.models.constants.CONST_OUTPUT_HOOK
     compat.type_to_module_mapping[type(t5)] = {"mlp_output": ("encoder.block[%s].layer[1]", hook_kind)}
     compat.type_to_dimension_mapping[type(t5)] = {"mlp_output": ("d_model/num_heads", "d_model")}
     try:
@@ -684,3 +684,41 @@ def test_one_location_list_serves_the_whole_batch(gpt2_tiny):
     torch.testing.assert_close(one, every)
     with pytest.raises(pv.LocationError, match="has 2 examples but the batch has 3"):
         im(base, [src], {"sources->base": ([[[3]] * 2], [[[4]] * 2])})
+
+
+# ------------------------------------------------------------- pyvene's module paths (pv.models)
+
+
+@pytest.mark.parametrize("path, names", [
+    ("basic_utils", ["embed_to_distrib", "top_vals", "format_token", "set_seed", "count_parameters"]),
+    ("configuration_intervenable_model", ["RepresentationConfig", "IntervenableConfig"]),
+    ("intervenable_base", ["IntervenableModel"]),
+    ("interventions", ["VanillaIntervention", "CollectIntervention", "LowRankRotatedSpaceIntervention"]),
+    ("constants", ["CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK"]),
+    ("mlp.modelings_mlp", ["MLPConfig", "MLPForClassification"]),
+    ("mlp.modelings_intervenable_mlp", ["create_mlp_classifier"]),
+    ("gpt2.modelings_intervenable_gpt2", ["create_gpt2", "create_gpt2_lm"]),
+    ("gpt_neo.modelings_intervenable_gpt_neo", ["create_gpt_neo"]),
+    ("llama.modelings_intervenable_llama", ["create_llama"]),
+    ("gru.modelings_gru", ["GRUConfig", "GRUForClassification"]),
+    ("gru.modelings_intervenable_gru", ["create_gru_classifier"]),
+])
+def test_pyvene_module_paths_give_the_top_level_objects(path, names):
+    import importlib
+
+    module = importlib.import_module(f"pyvene_like.models.{path}")
+    for name in names:
+        expected = getattr(pv, name, None)
+        if expected is None:
+            expected = getattr(compat, name)
+        assert getattr(module, name) is expected, f"pyvene_like.models.{path}.{name}"
+    namespace: dict = {}
+    exec(f"from pyvene_like.models.{path} import *", namespace)
+    assert set(names) <= set(namespace)
+
+
+def test_pv_models_constants_and_mappings_are_reachable_from_the_top_level():
+    assert pv.models.constants.CONST_OUTPUT_HOOK == "register_forward_hook"
+    assert pv.models.constants.CONST_INPUT_HOOK == "register_forward_pre_hook"
+    assert pv.type_to_module_mapping is compat.type_to_module_mapping
+    assert pv.type_to_dimension_mapping is compat.type_to_dimension_mapping
