@@ -48,6 +48,7 @@ from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
     CollectIntervention,
+    ConstantSourceIntervention,
     Intervention,
     LambdaIntervention,
     LowRankRotatedSpaceIntervention,

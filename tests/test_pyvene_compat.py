@@ -722,3 +722,98 @@ def test_pv_models_constants_and_mappings_are_reachable_from_the_top_level():
     assert pv.models.constants.CONST_INPUT_HOOK == "register_forward_pre_hook"
     assert pv.type_to_module_mapping is compat.type_to_module_mapping
     assert pv.type_to_dimension_mapping is compat.type_to_dimension_mapping
+
+
+# ------------------------------------------- pyvene's config surface: model_type, add_intervention
+
+
+def test_model_type_is_kept_and_a_shared_type_is_reported_as_that_type(gpt2_tiny):
+    cfg = pv.IntervenableConfig(model_type=type(gpt2_tiny),
+                                representations=[pv.RepresentationConfig(0, "block_output", "pos", 1)],
+                                intervention_types=pv.VanillaIntervention)
+    assert cfg.model_type is GPT2Model
+    assert cfg.intervention_types is pv.VanillaIntervention
+    per_rep = pv.IntervenableConfig([{"layer": 0, "intervention_type": pv.ZeroIntervention}, {"layer": 1}])
+    assert per_rep.intervention_types == [pv.ZeroIntervention, pv.VanillaIntervention]
+
+
+def test_add_intervention_appends_a_representation_that_runs(gpt2_tiny):
+    cfg = pv.IntervenableConfig({"layer": 0, "component": "block_output", "intervention_type": pv.ZeroIntervention})
+    cfg.add_intervention({"layer": 1, "component": "block_output", "intervention_type": pv.CollectIntervention})
+    assert cfg.intervention_types == [pv.ZeroIntervention, pv.CollectIntervention]
+    im = pv.IntervenableModel(cfg, gpt2_tiny)
+    base = _ids(3)
+    (_, collected), _ = im(base, unit_locations={"base": 2})
+    # by hand: zero block 0's output at position 2, read block 1's output there
+    got = {}
+
+    def zero_at_2(m, a, o):
+        _out(o)[:, 2] = 0.0
+
+    def read_at_2(m, a, o):
+        got["x"] = _out(o)[:, 2:3].clone()
+
+    h0 = gpt2_tiny.h[0].register_forward_hook(zero_at_2)
+    h1 = gpt2_tiny.h[1].register_forward_hook(read_at_2)
+    try:
+        with torch.no_grad():
+            gpt2_tiny(**base)
+    finally:
+        h0.remove()
+        h1.remove()
+    torch.testing.assert_close(collected[0], got["x"])
+    with pytest.raises(ConfigError, match="add_intervention: expected"):
+        cfg.add_intervention(3)
+
+
+def test_a_partition_may_list_its_ranges_in_any_order():
+    iv = pv.VanillaIntervention(subspace_partition=[[1, 3], [0, 1]])
+    base = torch.arange(8.0).view(1, 2, 4)
+    source = base + 100
+    out = iv(base, source, subspaces=[[0]])  # subspace 0 is dims 1 and 2
+    expected = base.clone()
+    expected[..., 1:3] = source[..., 1:3]
+    assert torch.equal(out, expected)
+    out = iv(base, source, subspaces=[[1]])  # subspace 1 is dim 0
+    expected = base.clone()
+    expected[..., 0] = source[..., 0]
+    assert torch.equal(out, expected)
+
+
+def test_a_constant_source_intervention_needs_no_source_run(gpt2_tiny):
+    class Times3(pv.ConstantSourceIntervention):
+        def __init__(self, embed_dim, **kwargs):
+            super().__init__()
+
+        def forward(self, base, source=None, subspaces=None):
+            assert source is None
+            return base * 3.0
+
+    assert isinstance(pv.ZeroIntervention(), pv.ConstantSourceIntervention)
+    assert isinstance(pv.CollectIntervention(), pv.ConstantSourceIntervention)
+    im = pv.IntervenableModel({"layer": 1, "component": "mlp_output", "intervention_type": Times3}, gpt2_tiny)
+    base = _ids(4)
+    out = im(base, unit_locations={"base": 3})[1].last_hidden_state
+
+    def times3_at_3(m, a, o):
+        o = o.clone()
+        o[:, 3] *= 3.0
+        return o
+
+    h = gpt2_tiny.h[1].mlp.register_forward_hook(times3_at_3)
+    try:
+        with torch.no_grad():
+            ref = gpt2_tiny(**base).last_hidden_state
+    finally:
+        h.remove()
+    torch.testing.assert_close(out, ref)
+
+
+def test_use_fast_is_accepted_by_interventions_and_changes_nothing():
+    base = torch.arange(12.0).view(2, 1, 6)
+    src = base + 50
+    fast = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]], use_fast=True)
+    slow = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]])
+    assert torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [1]]))
+    with pytest.raises(ConfigError, match="use_fast must be True or False"):
+        pv.VanillaIntervention(use_fast="yes")
