@@ -143,5 +143,7 @@ def test_shape_and_source_errors(gpt2, ids):
 def test_intervention_kwargs_are_checked(gpt2):
     with pytest.raises(ConfigError, match="intervention_kwargs 'noise_lvl' is not accepted by NoiseIntervention"):
         pv.IntervenableModel(pv.RepresentationConfig(0, intervention_type="noise", intervention_kwargs={"noise_lvl": 1}), gpt2)
-    with pytest.raises(ConfigError, match="low_rank_dimension=4 is not used by VanillaIntervention"):
-        pv.IntervenableModel(pv.RepresentationConfig(0, low_rank_dimension=4), gpt2)
+    # pyvene ignores a field the type does not take; so do we, with a warning
+    with pytest.warns(pv.PyveneLikeWarning, match="low_rank_dimension=4 is not used by VanillaIntervention and is ignored"):
+        im = pv.IntervenableModel(pv.RepresentationConfig(0, low_rank_dimension=4), gpt2)
+    assert type(im.interventions[0]) is pv.VanillaIntervention
