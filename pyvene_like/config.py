@@ -75,10 +75,16 @@ class RepresentationConfig:
         if self.intervention is not None:
             from .interventions.base import Intervention
 
+            if callable(self.intervention) and not isinstance(self.intervention, Intervention) \
+                    and not inspect.isclass(self.intervention):
+                # pyvene's {"intervention": fn}: a function of the base units alone
+                from .interventions.basic import LambdaIntervention
+
+                self.intervention = LambdaIntervention(self.intervention, needs_source=False)
             if not isinstance(self.intervention, Intervention):
                 raise ConfigError(
-                    f"intervention must be an Intervention instance, got {self.intervention!r}; "
-                    f"pass classes or names as intervention_type"
+                    f"intervention must be an Intervention instance or a function fn(base, source), got "
+                    f"{self.intervention!r}; pass classes or names as intervention_type"
                 )
         if self.intervention_type is not None:
             self.intervention_type = resolve_intervention_type(self.intervention_type)

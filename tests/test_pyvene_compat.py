@@ -817,3 +817,28 @@ def test_use_fast_is_accepted_by_interventions_and_changes_nothing():
     assert torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [1]]))
     with pytest.raises(ConfigError, match="use_fast must be True or False"):
         pv.VanillaIntervention(use_fast="yes")
+
+
+def test_a_function_given_as_intervention_runs_on_the_whole_base_activation(gpt2_tiny):
+    base = _ids(5, bsz=1)
+    mask = torch.ones(1, 5, 24)
+    mask[:, 3] = 0.0
+    im = pv.IntervenableModel({"component": "h[0].mlp.output", "intervention": lambda b, s: b * mask}, gpt2_tiny)
+    assert isinstance(im.interventions[0], pv.LambdaIntervention)
+    out = im(base=base)[1].last_hidden_state
+    h = gpt2_tiny.h[0].mlp.register_forward_hook(lambda m, a, o: o * mask)
+    try:
+        with torch.no_grad():
+            ref = gpt2_tiny(**base).last_hidden_state
+    finally:
+        h.remove()
+    torch.testing.assert_close(out, ref)
+
+
+def test_a_field_the_type_does_not_take_is_ignored_with_a_warning(gpt2_tiny):
+    base, src = _ids(6), _ids(7)
+    with pytest.warns(PyveneLikeWarning, match="low_rank_dimension=24 is not used by VanillaIntervention"):
+        im = pv.IntervenableModel({"layer": 0, "component": "block_output", "low_rank_dimension": 24}, gpt2_tiny)
+    plain = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2_tiny)
+    torch.testing.assert_close(im(base, [src], {"sources->base": 2})[1].last_hidden_state,
+                               plain(base, [src], {"sources->base": 2})[1].last_hidden_state)
