@@ -846,3 +846,25 @@ def test_a_field_the_type_does_not_take_is_ignored_with_a_warning(gpt2_tiny):
     plain = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2_tiny)
     torch.testing.assert_close(im(base, [src], {"sources->base": 2})[1].last_hidden_state,
                                plain(base, [src], {"sources->base": 2})[1].last_hidden_state)
+
+
+def test_train_alignment_warms_up_over_ten_percent_of_the_steps_unrounded():
+    # pyvene's schedule: warm-up of 0.1 * steps (not rounded), so a run of fewer than ten steps
+    # starts at learning rate 0, and the first step leaves the rotation as it was
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(tiny_gpt2_config(n_layer=1)).eval()
+    lm.requires_grad_(False)
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": "low_rank_rotated_space",
+                               "low_rank_dimension": 2}, lm)
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(0, 400, (4, 6), generator=g),
+             "source_input_ids": torch.randint(0, 400, (4, 6), generator=g),
+             "labels": torch.randint(0, 400, (4, 6), generator=g),
+             "source_0->base.0.pos": [[5]] * 4, "source_0->base.1.pos": [[5]] * 4}
+    before = im.interventions[0].rotate_layer.weight.detach().clone()
+    im.train_alignment([batch], lambda logits, labels: logits[:, -1].logsumexp(-1).mean(), lambda preds, labels: 0.0,
+                       None, epochs=1, lr=0.5)
+    torch.testing.assert_close(im.interventions[0].rotate_layer.weight, before)
+    im.train_alignment([batch] * 2, lambda logits, labels: logits[:, -1].logsumexp(-1).mean(), lambda preds, labels: 0.0,
+                       None, epochs=1, lr=0.5)
+    assert not torch.allclose(im.interventions[0].rotate_layer.weight, before)
