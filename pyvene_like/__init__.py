@@ -6,7 +6,7 @@ offers (``__all__`` is derived from them). Feature packages are reached as ``pv.
 for the map of the packages.
 """
 
-from . import analysis, codebook, compat, interventions, sae, training
+from . import analysis, codebook, compat, interventions, models, sae, training
 from .codebook import CodebookIntervention
 from .compat import (  # pyvene's helpers and toy models, for code ported by changing the import
     GET_LOC,
@@ -30,6 +30,8 @@ from .compat import (  # pyvene's helpers and toy models, for code ported by cha
     format_token,
     set_seed,
     top_vals,
+    type_to_dimension_mapping,
+    type_to_module_mapping,
 )
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
@@ -46,6 +48,7 @@ from .interventions import (
     AdditionIntervention,
     BoundlessRotatedSpaceIntervention,
     CollectIntervention,
+    ConstantSourceIntervention,
     Intervention,
     LambdaIntervention,
     LowRankRotatedSpaceIntervention,
@@ -87,6 +90,6 @@ from .version import __version__
 
 __all__ = public_names(
     globals(), __name__,
-    extra=("__version__", "COMPONENTS", "GET_LOC", "analysis", "codebook", "compat", "interventions", "sae",
-           "training"),
+    extra=("__version__", "COMPONENTS", "GET_LOC", "analysis", "codebook", "compat", "interventions", "models",
+           "sae", "training", "type_to_dimension_mapping", "type_to_module_mapping"),
 )

@@ -75,10 +75,16 @@ class RepresentationConfig:
         if self.intervention is not None:
             from .interventions.base import Intervention
 
+            if callable(self.intervention) and not isinstance(self.intervention, Intervention) \
+                    and not inspect.isclass(self.intervention):
+                # pyvene's {"intervention": fn}: a function of the base units alone
+                from .interventions.basic import LambdaIntervention
+
+                self.intervention = LambdaIntervention(self.intervention, needs_source=False)
             if not isinstance(self.intervention, Intervention):
                 raise ConfigError(
-                    f"intervention must be an Intervention instance, got {self.intervention!r}; "
-                    f"pass classes or names as intervention_type"
+                    f"intervention must be an Intervention instance or a function fn(base, source), got "
+                    f"{self.intervention!r}; pass classes or names as intervention_type"
                 )
         if self.intervention_type is not None:
             self.intervention_type = resolve_intervention_type(self.intervention_type)
@@ -200,9 +206,14 @@ class IntervenableConfig:
     (every intervention reads unmodified sources and writes into one base run) or
     ``"serial"`` (intervention *i* carries stream *i* into stream *i+1*: source 0 -> source 1
     -> ... -> base).
+
+    ``model_type`` (pyvene's field: the class of the model to wrap) is accepted and kept as
+    ``config.model_type``; it selects nothing, as sites are resolved on the model given to
+    :class:`~pyvene_like.IntervenableModel`.
     """
 
-    def __init__(self, representations=None, intervention_types=None, mode: str = "parallel"):
+    def __init__(self, representations=None, intervention_types=None, mode: str = "parallel",
+                 model_type=None):
         if representations is None:
             representations = [RepresentationConfig()]
         if isinstance(representations, (RepresentationConfig, dict)):
@@ -216,6 +227,7 @@ class IntervenableConfig:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not supported; accepted: {accepted(MODES)}.{did_you_mean(mode, MODES)}")
         self.mode = mode
+        self.model_type = model_type
 
         if isinstance(intervention_types, (list, tuple)):
             if len(intervention_types) != len(reps):
@@ -224,20 +236,44 @@ class IntervenableConfig:
                     f"{len(reps)} representations; give one type, or one per representation"
                 )
             defaults = [resolve_intervention_type(t) if t is not None else None for t in intervention_types]
+            self._shared_type = None
         else:
             default = (
                 resolve_intervention_type(intervention_types) if intervention_types is not None else None
             )
             defaults = [default] * len(reps)
-        for i, (rep, default) in enumerate(zip(reps, defaults)):
-            if rep.intervention is None and rep.intervention_type is None:
-                if default is None:
-                    default = get_intervention_class("vanilla")
-                reps[i] = dataclasses.replace(rep, intervention_type=default)
-        self.representations = reps
+            self._shared_type = default if default is not None else get_intervention_class("vanilla")
+        self.representations = []
+        for rep, default in zip(reps, defaults):
+            self._append(rep, default)
+
+    def _append(self, rep: RepresentationConfig, default=None) -> None:
+        if rep.intervention is None and rep.intervention_type is None:
+            default = default or self._shared_type or get_intervention_class("vanilla")
+            rep = dataclasses.replace(rep, intervention_type=default)
+        else:
+            self._shared_type = None  # a representation names its own type
+        self.representations.append(rep)
+
+    def add_intervention(self, representations) -> None:
+        """Append representations (a RepresentationConfig, a dict, or a list of them); one that
+        names no type takes the config's shared type (vanilla when there is none)."""
+        if isinstance(representations, (RepresentationConfig, dict)):
+            representations = [representations]
+        if not isinstance(representations, (list, tuple)) or not representations:
+            raise ConfigError(
+                f"add_intervention: expected a RepresentationConfig, a dict or a non-empty list of "
+                f"them, got {representations!r}"
+            )
+        for rep in [RepresentationConfig.from_dict(r) for r in representations]:
+            self._append(rep)
 
     @property
     def intervention_types(self):
+        """As pyvene reports it: the one type when every representation takes the config's shared
+        type, else a list with each representation's type."""
+        if self._shared_type is not None:
+            return self._shared_type
         return [r.intervention_type if r.intervention is None else type(r.intervention) for r in self.representations]
 
     def __len__(self):

@@ -302,8 +302,10 @@ class IntervenableModel(nn.Module):
         total = len(train_dataloader) * epochs
         optimizer = kwargs.get("optimizer") or torch.optim.Adam(self.get_trainable_parameters(),
                                                                 lr=kwargs.get("lr", 1e-3))
+        # 10% warm-up counted as pyvene counts it, unrounded: with fewer than ten steps the
+        # first step has learning rate 0 in both
         scheduler = kwargs.get("scheduler") or get_linear_schedule_with_warmup(
-            optimizer, num_warmup_steps=int(0.1 * total), num_training_steps=total)
+            optimizer, num_warmup_steps=0.1 * total, num_training_steps=total)
         temperatures = torch.linspace(50.0, 0.1, max(total, 1))
         self.model.eval()
         step = 0

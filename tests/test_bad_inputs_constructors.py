@@ -235,7 +235,8 @@ def test_a_list_of_ints_is_read_as_floats_and_nan_is_refused():
     ([[0.0, 4.0]], r"subspace_partition must be a non-empty list .* got \[\[0.0, 4.0\]\]"),
     ([[0, True]], r"subspace_partition must be a non-empty list"),
     ([[0, 4, 8]], r"subspace_partition must be a non-empty list"),
-    ([[-2, 4]], r"subspace_partition must be increasing, non-overlapping"),
+    ([[-2, 4]], r"subspace_partition must be \[start, end\) pairs with 0 <= start < end"),
+    ([[0, 4], [2, 8]], r"subspace_partition must be non-overlapping"),
 ])
 def test_bad_partitions(partition, match):
     with pytest.raises(ConfigError, match=match):

@@ -38,6 +38,7 @@ LAYERS = {
     "codebook": 8,
     "analysis": 8,
     "compat": 8,
+    "models": 9,  # pyvene's module paths: re-exports of config, model, interventions and compat
     "cli": 9,
     "app": 9,
 }

@@ -288,7 +288,11 @@ def test_hf_factories_with_config_are_random_and_offline(factory, config, cls_na
         got_cfg, tok, model = factory(name=str(tmp_path / "absent"), config=config)
     assert got_cfg is config and tok is None
     assert type(model).__name__ == cls_name
-    assert model.config._attn_implementation == "eager"
+    # pyvene loads GPT-2 with eager attention and the others with transformers' default
+    if cls_name.startswith("GPT2"):
+        assert model.config._attn_implementation == "eager"
+    elif cls_name == "LlamaForCausalLM":
+        assert model.config._attn_implementation == "sdpa"
     assert next(model.parameters()).dtype == torch.float32
     assert pv.IntervenableModel({"layer": n_layers - 1, "component": "block_output"}, model=model) is not None
 
@@ -606,7 +610,7 @@ def test_type_to_module_mapping_declares_a_component_for_a_class():
     torch.manual_seed(0)
     t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8,
                                              vocab_size=50, dropout_rate=0.0)).eval()
-    hook_kind = pv.compat.models.constants.CONST_OUTPUT_HOOK
+    hook_kind = pv.models.constants.CONST_OUTPUT_HOOK
     compat.type_to_module_mapping[type(t5)] = {"mlp_output": ("encoder.block[%s].layer[1]", hook_kind)}
     compat.type_to_dimension_mapping[type(t5)] = {"mlp_output": ("d_model/num_heads", "d_model")}
     try:
@@ -684,3 +688,183 @@ def test_one_location_list_serves_the_whole_batch(gpt2_tiny):
     torch.testing.assert_close(one, every)
     with pytest.raises(pv.LocationError, match="has 2 examples but the batch has 3"):
         im(base, [src], {"sources->base": ([[[3]] * 2], [[[4]] * 2])})
+
+
+# ------------------------------------------------------------- pyvene's module paths (pv.models)
+
+
+@pytest.mark.parametrize("path, names", [
+    ("basic_utils", ["embed_to_distrib", "top_vals", "format_token", "set_seed", "count_parameters"]),
+    ("configuration_intervenable_model", ["RepresentationConfig", "IntervenableConfig"]),
+    ("intervenable_base", ["IntervenableModel"]),
+    ("interventions", ["VanillaIntervention", "CollectIntervention", "LowRankRotatedSpaceIntervention"]),
+    ("constants", ["CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK"]),
+    ("mlp.modelings_mlp", ["MLPConfig", "MLPForClassification"]),
+    ("mlp.modelings_intervenable_mlp", ["create_mlp_classifier"]),
+    ("gpt2.modelings_intervenable_gpt2", ["create_gpt2", "create_gpt2_lm"]),
+    ("gpt_neo.modelings_intervenable_gpt_neo", ["create_gpt_neo"]),
+    ("llama.modelings_intervenable_llama", ["create_llama"]),
+    ("gru.modelings_gru", ["GRUConfig", "GRUForClassification"]),
+    ("gru.modelings_intervenable_gru", ["create_gru_classifier"]),
+])
+def test_pyvene_module_paths_give_the_top_level_objects(path, names):
+    import importlib
+
+    module = importlib.import_module(f"pyvene_like.models.{path}")
+    for name in names:
+        expected = getattr(pv, name, None)
+        if expected is None:
+            expected = getattr(compat, name)
+        assert getattr(module, name) is expected, f"pyvene_like.models.{path}.{name}"
+    namespace: dict = {}
+    exec(f"from pyvene_like.models.{path} import *", namespace)
+    assert set(names) <= set(namespace)
+
+
+def test_pv_models_constants_and_mappings_are_reachable_from_the_top_level():
+    assert pv.models.constants.CONST_OUTPUT_HOOK == "register_forward_hook"
+    assert pv.models.constants.CONST_INPUT_HOOK == "register_forward_pre_hook"
+    assert pv.type_to_module_mapping is compat.type_to_module_mapping
+    assert pv.type_to_dimension_mapping is compat.type_to_dimension_mapping
+
+
+# ------------------------------------------- pyvene's config surface: model_type, add_intervention
+
+
+def test_model_type_is_kept_and_a_shared_type_is_reported_as_that_type(gpt2_tiny):
+    cfg = pv.IntervenableConfig(model_type=type(gpt2_tiny),
+                                representations=[pv.RepresentationConfig(0, "block_output", "pos", 1)],
+                                intervention_types=pv.VanillaIntervention)
+    assert cfg.model_type is GPT2Model
+    assert cfg.intervention_types is pv.VanillaIntervention
+    per_rep = pv.IntervenableConfig([{"layer": 0, "intervention_type": pv.ZeroIntervention}, {"layer": 1}])
+    assert per_rep.intervention_types == [pv.ZeroIntervention, pv.VanillaIntervention]
+
+
+def test_add_intervention_appends_a_representation_that_runs(gpt2_tiny):
+    cfg = pv.IntervenableConfig({"layer": 0, "component": "block_output", "intervention_type": pv.ZeroIntervention})
+    cfg.add_intervention({"layer": 1, "component": "block_output", "intervention_type": pv.CollectIntervention})
+    assert cfg.intervention_types == [pv.ZeroIntervention, pv.CollectIntervention]
+    im = pv.IntervenableModel(cfg, gpt2_tiny)
+    base = _ids(3)
+    (_, collected), _ = im(base, unit_locations={"base": 2})
+    # by hand: zero block 0's output at position 2, read block 1's output there
+    got = {}
+
+    def zero_at_2(m, a, o):
+        _out(o)[:, 2] = 0.0
+
+    def read_at_2(m, a, o):
+        got["x"] = _out(o)[:, 2:3].clone()
+
+    h0 = gpt2_tiny.h[0].register_forward_hook(zero_at_2)
+    h1 = gpt2_tiny.h[1].register_forward_hook(read_at_2)
+    try:
+        with torch.no_grad():
+            gpt2_tiny(**base)
+    finally:
+        h0.remove()
+        h1.remove()
+    torch.testing.assert_close(collected[0], got["x"])
+    with pytest.raises(ConfigError, match="add_intervention: expected"):
+        cfg.add_intervention(3)
+
+
+def test_a_partition_may_list_its_ranges_in_any_order():
+    iv = pv.VanillaIntervention(subspace_partition=[[1, 3], [0, 1]])
+    base = torch.arange(8.0).view(1, 2, 4)
+    source = base + 100
+    out = iv(base, source, subspaces=[[0]])  # subspace 0 is dims 1 and 2
+    expected = base.clone()
+    expected[..., 1:3] = source[..., 1:3]
+    assert torch.equal(out, expected)
+    out = iv(base, source, subspaces=[[1]])  # subspace 1 is dim 0
+    expected = base.clone()
+    expected[..., 0] = source[..., 0]
+    assert torch.equal(out, expected)
+
+
+def test_a_constant_source_intervention_needs_no_source_run(gpt2_tiny):
+    class Times3(pv.ConstantSourceIntervention):
+        def __init__(self, embed_dim, **kwargs):
+            super().__init__()
+
+        def forward(self, base, source=None, subspaces=None):
+            assert source is None
+            return base * 3.0
+
+    assert isinstance(pv.ZeroIntervention(), pv.ConstantSourceIntervention)
+    assert isinstance(pv.CollectIntervention(), pv.ConstantSourceIntervention)
+    im = pv.IntervenableModel({"layer": 1, "component": "mlp_output", "intervention_type": Times3}, gpt2_tiny)
+    base = _ids(4)
+    out = im(base, unit_locations={"base": 3})[1].last_hidden_state
+
+    def times3_at_3(m, a, o):
+        o = o.clone()
+        o[:, 3] *= 3.0
+        return o
+
+    h = gpt2_tiny.h[1].mlp.register_forward_hook(times3_at_3)
+    try:
+        with torch.no_grad():
+            ref = gpt2_tiny(**base).last_hidden_state
+    finally:
+        h.remove()
+    torch.testing.assert_close(out, ref)
+
+
+def test_use_fast_is_accepted_by_interventions_and_changes_nothing():
+    base = torch.arange(12.0).view(2, 1, 6)
+    src = base + 50
+    fast = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]], use_fast=True)
+    slow = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]])
+    assert torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [1]]))
+    with pytest.raises(ConfigError, match="use_fast must be True or False"):
+        pv.VanillaIntervention(use_fast="yes")
+
+
+def test_a_function_given_as_intervention_runs_on_the_whole_base_activation(gpt2_tiny):
+    base = _ids(5, bsz=1)
+    mask = torch.ones(1, 5, 24)
+    mask[:, 3] = 0.0
+    im = pv.IntervenableModel({"component": "h[0].mlp.output", "intervention": lambda b, s: b * mask}, gpt2_tiny)
+    assert isinstance(im.interventions[0], pv.LambdaIntervention)
+    out = im(base=base)[1].last_hidden_state
+    h = gpt2_tiny.h[0].mlp.register_forward_hook(lambda m, a, o: o * mask)
+    try:
+        with torch.no_grad():
+            ref = gpt2_tiny(**base).last_hidden_state
+    finally:
+        h.remove()
+    torch.testing.assert_close(out, ref)
+
+
+def test_a_field_the_type_does_not_take_is_ignored_with_a_warning(gpt2_tiny):
+    base, src = _ids(6), _ids(7)
+    with pytest.warns(PyveneLikeWarning, match="low_rank_dimension=24 is not used by VanillaIntervention"):
+        im = pv.IntervenableModel({"layer": 0, "component": "block_output", "low_rank_dimension": 24}, gpt2_tiny)
+    plain = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2_tiny)
+    torch.testing.assert_close(im(base, [src], {"sources->base": 2})[1].last_hidden_state,
+                               plain(base, [src], {"sources->base": 2})[1].last_hidden_state)
+
+
+def test_train_alignment_warms_up_over_ten_percent_of_the_steps_unrounded():
+    # pyvene's schedule: warm-up of 0.1 * steps (not rounded), so a run of fewer than ten steps
+    # starts at learning rate 0, and the first step leaves the rotation as it was
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(tiny_gpt2_config(n_layer=1)).eval()
+    lm.requires_grad_(False)
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": "low_rank_rotated_space",
+                               "low_rank_dimension": 2}, lm)
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(0, 400, (4, 6), generator=g),
+             "source_input_ids": torch.randint(0, 400, (4, 6), generator=g),
+             "labels": torch.randint(0, 400, (4, 6), generator=g),
+             "source_0->base.0.pos": [[5]] * 4, "source_0->base.1.pos": [[5]] * 4}
+    before = im.interventions[0].rotate_layer.weight.detach().clone()
+    im.train_alignment([batch], lambda logits, labels: logits[:, -1].logsumexp(-1).mean(), lambda preds, labels: 0.0,
+                       None, epochs=1, lr=0.5)
+    torch.testing.assert_close(im.interventions[0].rotate_layer.weight, before)
+    im.train_alignment([batch] * 2, lambda logits, labels: logits[:, -1].logsumexp(-1).mean(), lambda preds, labels: 0.0,
+                       None, epochs=1, lr=0.5)
+    assert not torch.allclose(im.interventions[0].rotate_layer.weight, before)

@@ -351,7 +351,7 @@ def test_bad_configs():
         _im(gpt2, "low_rank_rotated_space", low_rank_dimension=4, subspace_partition=[[0, 2], [2, 6]])
     with pytest.raises(ConfigError, match=r"interchange_dim must be an int in 0..64 \(the rotation width\), got 65"):
         _im(gpt2, "rotated_space", intervention_kwargs={"interchange_dim": 65})
-    with pytest.raises(ConfigError, match="subspace_partition=.* is not used by BoundlessRotatedSpaceIntervention"):
+    with pytest.warns(pv.PyveneLikeWarning, match="subspace_partition=.* is not used by BoundlessRotatedSpaceIntervention"):
         _im(gpt2, "boundless_rotated_space", subspace_partition=[[0, 32], [32, 64]])
     iv = pv.SigmoidMaskIntervention(embed_dim=W)
     for bad in [0, -1.0, float("nan")]:

@@ -24,7 +24,6 @@ from .helpers import (
 from .mappings import (
     CONST_INPUT_HOOK,
     CONST_OUTPUT_HOOK,
-    models,
     type_to_dimension_mapping,
     type_to_module_mapping,
 )
@@ -44,5 +43,5 @@ from .toy_models import (
 
 __all__ = public_names(
     globals(), __name__,
-    extra=("CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "models", "type_to_dimension_mapping", "type_to_module_mapping"),
+    extra=("CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "type_to_dimension_mapping", "type_to_module_mapping"),
 )

@@ -161,14 +161,16 @@ def _tokenizer(name: str | None, cache_dir, *, local_only: bool):
 
 
 def _eager(config) -> None:
-    # pyvene's tests compare against hand-written eager attention.
+    # pyvene's GPT-2 factories load eager attention (its GPT-2 tests compare against a
+    # hand-written eager forward); its other factories keep transformers' default.
     try:
         config._attn_implementation = "eager"
     except (AttributeError, ValueError):  # pragma: no cover - configs without the field
         pass
 
 
-def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=None, **load_kwargs):
+def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=None, eager: bool = False,
+             **load_kwargs):
     import transformers
 
     model_cls = getattr(transformers, model_cls_name)
@@ -176,7 +178,8 @@ def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=N
     tok_name = tokenizer_name or name
     if config is None:
         config = _load("config", config_cls.from_pretrained, name, cache_dir=cache_dir)
-        _eager(config)
+        if eager:
+            _eager(config)
         model = _load(model_cls_name, model_cls.from_pretrained, name, config=config,
                       cache_dir=cache_dir, **load_kwargs)
         tokenizer = _tokenizer(tok_name, cache_dir, local_only=False)
@@ -186,7 +189,8 @@ def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=N
                 f"config: expected a {config_cls.__name__} for {model_cls_name}, got "
                 f"{type(config).__name__}"
             )
-        _eager(config)
+        if eager:
+            _eager(config)
         model = model_cls(config)
         tokenizer = _tokenizer(tok_name, cache_dir, local_only=True)
     return config, tokenizer, model
@@ -194,12 +198,12 @@ def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=N
 
 def create_gpt2(name: str = "gpt2", cache_dir=None, config=None):
     """GPT-2 base model (``GPT2Model``, eager attention): ``(config, tokenizer, model)``."""
-    return _factory("GPT2Model", name, config, cache_dir)
+    return _factory("GPT2Model", name, config, cache_dir, eager=True)
 
 
 def create_gpt2_lm(name: str = "gpt2", config=None, cache_dir=None):
     """GPT-2 with its LM head (``GPT2LMHeadModel``, eager attention)."""
-    return _factory("GPT2LMHeadModel", name, config, cache_dir)
+    return _factory("GPT2LMHeadModel", name, config, cache_dir, eager=True)
 
 
 def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir=None, config=None):
@@ -209,7 +213,8 @@ def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir=None, con
 
 def create_llama(name: str = "sharpbai/alpaca-7b-merged", cache_dir=None, dtype=torch.bfloat16, config=None):
     """LLaMA causal LM, loaded in ``dtype`` (bfloat16 by default, as pyvene); a random model
-    built from ``config=`` keeps the default float32."""
+    built from ``config=`` keeps the default float32. Attention is transformers' default (SDPA),
+    as in pyvene."""
     if config is None:
         return _factory("LlamaForCausalLM", name, None, cache_dir, dtype=dtype)
     return _factory("LlamaForCausalLM", name, config, cache_dir)

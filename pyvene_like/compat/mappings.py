@@ -5,22 +5,16 @@ pv.models.constants.CONST_OUTPUT_HOOK)}`` declares a component for that class (`
 layer); ``pv.type_to_dimension_mapping`` gives its width as a config expression. Sites are
 introspected, so most models need neither; the tables are honoured (before introspection) for
 code that sets them. The tables themselves live with the rest of the per-family data in
-:mod:`pyvene_like.sites.families`.
+:mod:`pyvene_like.sites.families`; ``pv.models.constants`` is :mod:`pyvene_like.models.constants`.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from ..sites.families import (
-                                                   CONST_INPUT_HOOK,
-                                                   CONST_OUTPUT_HOOK,
-                                                   type_to_dimension_mapping,
-                                                   type_to_module_mapping,
+    CONST_INPUT_HOOK,
+    CONST_OUTPUT_HOOK,
+    type_to_dimension_mapping,
+    type_to_module_mapping,
 )
 
-#: ``pv.models.constants.CONST_INPUT_HOOK`` / ``CONST_OUTPUT_HOOK``, as pyvene spells them.
-models = SimpleNamespace(constants=SimpleNamespace(CONST_INPUT_HOOK=CONST_INPUT_HOOK,
-                                                   CONST_OUTPUT_HOOK=CONST_OUTPUT_HOOK))
-
-__all__ = ["CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "models", "type_to_dimension_mapping", "type_to_module_mapping"]
+__all__ = ["CONST_INPUT_HOOK", "CONST_OUTPUT_HOOK", "type_to_dimension_mapping", "type_to_module_mapping"]

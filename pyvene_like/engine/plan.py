@@ -8,12 +8,13 @@ same module and side shares one hook, and runs in config order inside it.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..config import IntervenableConfig, RepresentationConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, PyveneLikeWarning
 from ..interventions.base import Intervention
 from ..sites import HEAD_UNITS, ModelLayout, Site, resolve_site
 
@@ -68,10 +69,14 @@ def build_intervention(rep: RepresentationConfig, site: Site, index: int) -> Int
             if value is not None or name == "embed_dim":
                 kwargs[name] = value
         elif value is not None and name != "embed_dim":
-            raise ConfigError(
+            # pyvene configs set these fields for every representation alike; the type does
+            # not take this one, so it is left out (as pyvene does), but not silently.
+            warnings.warn(
                 f"representation {index}: {name}={value!r} is not used by "
-                f"{getattr(factory, '__qualname__', factory)}; remove it or pick an intervention "
-                f"type that takes it"
+                f"{getattr(factory, '__qualname__', factory)} and is ignored; remove it or pick an "
+                f"intervention type that takes it",
+                PyveneLikeWarning,
+                stacklevel=2,
             )
     unknown = [k for k in rep.intervention_kwargs if k not in params and not takes_var_kw]
     if unknown:

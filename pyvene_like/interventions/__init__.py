@@ -10,7 +10,7 @@ import inspect
 
 from ..exports import public_names
 from ..registry import INTERVENTIONS
-from .base import Intervention
+from .base import ConstantSourceIntervention, Intervention
 from .basic import (
     AdditionIntervention,
     CollectIntervention,

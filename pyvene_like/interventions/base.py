@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LocationError
-from ..validation import check_optional_positive_int, is_int
+from ..validation import check_bool, check_optional_positive_int, is_int
 
 
 class Intervention(nn.Module):
@@ -53,11 +53,14 @@ class Intervention(nn.Module):
     #: at call time); otherwise :meth:`bind_site` compares ``embed_dim`` with the site at build.
     checks_width: ClassVar[bool] = False
 
-    def __init__(self, embed_dim: int | None = None, subspace_partition=None):
+    def __init__(self, embed_dim: int | None = None, subspace_partition=None, use_fast: bool = False):
         super().__init__()
         self.embed_dim = check_optional_positive_int(embed_dim, f"{type(self).__name__}: embed_dim")
         self.subspace_partition = check_partition(subspace_partition, embed_dim)
         self._partition_table: torch.Tensor | None = None
+        # pyvene's flag for "every example selects the same subspaces"; one code path serves
+        # both here, so it is accepted for ported code and changes nothing.
+        self.use_fast = check_bool(use_fast, f"{type(self).__name__}: use_fast")
 
     @property
     def needs_source(self) -> bool:
@@ -156,9 +159,10 @@ class Intervention(nn.Module):
         table = self._partition_table
         if table is None or table.shape[1] != width or table.device != device:
             part = self.subspace_partition
-            if part[-1][1] > width:
+            reach = max(end for _, end in part)
+            if reach > width:
                 raise LocationError(
-                    f"subspace_partition {part} reaches dimension {part[-1][1]} but the site's "
+                    f"subspace_partition {part} reaches dimension {reach} but the site's "
                     f"width is {width}"
                 )
             table = torch.zeros(len(part), width, dtype=torch.bool, device=device)
@@ -169,6 +173,20 @@ class Intervention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}" if self.embed_dim is not None else ""
+
+
+class ConstantSourceIntervention(Intervention):
+    """Base class for interventions that take no source run (pyvene's name for them).
+
+    ``forward`` receives ``source=None``; the engine runs no source input for it, and a call
+    with the base alone (``unit_locations={"base": ...}``) is enough. Zero, Collect and Noise
+    are of this kind.
+    """
+
+    source_from = None
+
+    def forward(self, base, source=None, subspaces=None):  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
@@ -231,7 +249,10 @@ def subspace_rows(subspaces, bsz: int, count: int, out_of_range) -> list[list[in
 
 
 def check_partition(partition, embed_dim):
-    """``None``, or ``[[start, end), ...]`` increasing, non-overlapping int pairs within ``embed_dim``."""
+    """``None``, or ``[[start, end), ...]`` non-overlapping int pairs within ``embed_dim``.
+
+    The pairs may come in any order: subspace id ``k`` is the ``k``-th pair, so
+    ``[[1, 3], [0, 1]]`` names dims 1-2 subspace 0 and dim 0 subspace 1 (as in pyvene)."""
     if partition is None:
         return None
     shape = (
@@ -251,17 +272,22 @@ def check_partition(partition, embed_dim):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(is_int(v) for v in pair):
             raise ConfigError(shape)
         part.append([int(pair[0]), int(pair[1])])
-    prev = 0
     for start, end in part:
-        if not (0 <= start < end) or start < prev:
+        if not 0 <= start < end:
             raise ConfigError(
-                f"subspace_partition must be increasing, non-overlapping [start, end) pairs with "
-                f"start < end, got {partition!r}"
+                f"subspace_partition must be [start, end) pairs with 0 <= start < end, got {partition!r}"
             )
-        prev = end
-    if embed_dim is not None and prev > embed_dim:
+    ordered = sorted(part)
+    for (_, end), (start, _) in zip(ordered, ordered[1:]):
+        if start < end:
+            raise ConfigError(
+                f"subspace_partition must be non-overlapping [start, end) pairs (a dimension belongs "
+                f"to one subspace), got {partition!r}"
+            )
+    reach = max(end for _, end in part)
+    if embed_dim is not None and reach > embed_dim:
         raise ConfigError(
-            f"subspace_partition {partition!r} reaches dimension {prev} but the site's width is "
+            f"subspace_partition {partition!r} reaches dimension {reach} but the site's width is "
             f"{embed_dim}"
         )
     return part

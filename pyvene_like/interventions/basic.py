@@ -9,7 +9,7 @@ import torch
 from ..errors import ConfigError, ShapeError
 from ..registry import register_intervention
 from ..validation import check_bool, check_fits_dtype, check_non_negative_int, check_number
-from .base import Intervention
+from .base import ConstantSourceIntervention, Intervention
 
 
 def _like(source, base):
@@ -69,10 +69,8 @@ class SubtractionIntervention(Intervention):
 
 
 @register_intervention("zero")
-class ZeroIntervention(Intervention):
+class ZeroIntervention(ConstantSourceIntervention):
     """Zero ablation of the chosen units (and subspaces)."""
-
-    source_from = None
 
     def forward(self, base, source=None, subspaces=None):
         mask = self.subspace_mask(subspaces, base)
@@ -82,10 +80,9 @@ class ZeroIntervention(Intervention):
 
 
 @register_intervention("collect")
-class CollectIntervention(Intervention):
+class CollectIntervention(ConstantSourceIntervention):
     """Reads the units and leaves the output untouched; the values are returned by the call."""
 
-    source_from = None
     modifies_output = False
 
     @classmethod
@@ -115,10 +112,8 @@ _NOISE_HEADROOM = 16.0
 
 
 @register_intervention("noise")
-class NoiseIntervention(Intervention):
+class NoiseIntervention(ConstantSourceIntervention):
     """Adds Gaussian noise ``noise_level * N(0, 1)``; with ``seed`` every call draws the same noise."""
-
-    source_from = None
 
     def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
         super().__init__(embed_dim, subspace_partition)
