@@ -278,6 +278,11 @@ class CounterfactualCollator:
 
     def __init__(self, subspaces: Mapping[int, Sequence[Any] | None] | None = None, input_key: str | None = None,
                  unit_locations: UnitLocations = 0, n_interventions: int = 1) -> None:
+        if input_key is not None and (not isinstance(input_key, str) or not input_key.isidentifier()):
+            raise ConfigError(
+                f"input_key must be None (inputs passed positionally) or the name of the model's input "
+                f"argument such as 'input_ids' or 'inputs_embeds', got {input_key!r}"
+            )
         self.input_key = input_key
         self.unit_locations = unit_locations
         self.n_interventions = n_interventions
