@@ -24,6 +24,7 @@ from torch import nn
 
 from ..engine.runner import call_model
 from ..errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, accepted
+from ..modes import hooks_restored
 from ..validation import is_int
 
 _WARN = ("once", "always", "never")
@@ -129,7 +130,9 @@ def attention_patterns(model: nn.Module, inputs: Mapping[str, torch.Tensor] | to
     :func:`eager_attention`.
     """
     _check_warn(warn, "attention_patterns")
-    with torch.no_grad(), eager_attention(model, warn):
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"attention_patterns: model must be a torch.nn.Module, got {type(model).__name__}")
+    with torch.no_grad(), eager_attention(model, warn), hooks_restored(model):
         if isinstance(inputs, Mapping):
             out = model(**inputs, output_attentions=True, return_dict=True)
         else:
