@@ -306,6 +306,11 @@ def _read(im, sites, heads_of, batch, pos: torch.Tensor, project_heads: bool) ->
 def _check_sites(sites) -> list[ActivationSite]:
     if isinstance(sites, (ActivationSite, Mapping)) or (isinstance(sites, tuple) and sites and isinstance(sites[0], int)):
         sites = [sites]
+    if not isinstance(sites, (list, tuple)):
+        raise ConfigError(
+            f"collect_activations: sites must be a (layer, component) pair, an ActivationSite, a dict, "
+            f"or a list of them, got {sites!r}"
+        )
     sites = [_as_site(s) for s in sites]
     if not sites:
         raise ConfigError("collect_activations: sites is empty")

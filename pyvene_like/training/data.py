@@ -45,10 +45,19 @@ def generate_factual_dataset(
 ) -> datasets.Dataset:
     """``size`` examples of the causal model's input -> output behaviour: columns
     ``input_ids`` and ``labels``."""
+    _check_model(model)
     _check_size(size)
     setting = model.run_forward(model.sample_inputs(size, _generator(seed)))
     enc_in, enc_out = _encoders(model, input_encoder, label_encoder)
     return _to_dataset({"input_ids": enc_in(setting), "labels": enc_out(setting)})
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, CausalModel):
+        raise ConfigError(
+            f"model: expected a pyvene_like CausalModel (e.g. pv.hierarchical_equality()), got "
+            f"{type(model).__name__}"
+        )
 
 
 def _check_size(size):
@@ -116,6 +125,7 @@ def generate_counterfactual_dataset(
     ``source_input_ids`` ``[n_sources, ...]``, ``labels`` (counterfactual), ``base_labels``,
     ``intervention_id`` and, when given, ``base_locations`` / ``source_locations``.
     """
+    _check_model(model)
     _check_size(size)
     ids = _check_ids(model, intervention_ids)
     keys = list(ids)
