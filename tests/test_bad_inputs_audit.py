@@ -251,3 +251,57 @@ def test_python_dash_m_runs_the_command_line():
                          capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"})
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("pyvene-like: error: sites: cannot load a model from '/nonexistent/model'")
+
+
+# -- analysis and causal-model data --------------------------------------------------------------
+def test_find_heads_leaves_the_model_with_the_hooks_it_had():
+    # transformers installs output-capturing forward hooks, for good, the first time a model is
+    # called with output_attentions=True: find_heads left 4 hooks on a 2-layer GPT-2
+    model = build_tiny_model("gpt2")
+    mine = model.transformer.h[0].register_forward_hook(lambda *args: None)
+    hooks = _hooks(model)
+    ids = {"input_ids": torch.randint(0, 100, (2, 6))}
+    first = pv.analysis.find_heads(model, ids, 5, 0, 0.0)
+    assert _hooks(model) == hooks and not hasattr(model, "_output_capturing_hooks_installed")
+    assert pv.analysis.find_heads(model, ids, 5, 0, 0.0) == first  # and the next call sees the same
+    assert mine.id in model.transformer.h[0]._forward_hooks
+
+
+def test_attention_patterns_of_a_non_module_is_a_config_error():
+    with pytest.raises(ConfigError, match="model must be a torch.nn.Module, got NoneType"):
+        pv.analysis.find_heads(None, torch.zeros(1, 3, dtype=torch.long), 2, 0)  # raw TypeError
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"embed_dim": "x"}, "embed_dim must be a positive int, got 'x'"),  # accepted; failed at sampling
+    ({"embed_dim": 1.5}, "embed_dim must be a positive int, got 1.5"),
+    ({"low": math.nan}, "low must be a finite number, got nan"),        # silently NaN inputs
+    ({"low": 2.0}, "low must be below high, got low=2.0, high=1.0"),    # silently inverted range
+])
+def test_hierarchical_equality_settings(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        pv.hierarchical_equality(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [1.5, True, -1, b"1", "x"])
+def test_dataset_seeds_are_ints(seed):
+    # int(seed) read 1.5 as 1, True as 1 and b'1' as 1; 'x' was a raw ValueError
+    causal = pv.hierarchical_equality()
+    with pytest.raises(ConfigError, match=f"seed .*got {re.escape(repr(seed))}"):
+        pv.generate_factual_dataset(causal, 4, seed=seed)
+    with pytest.raises(ConfigError, match=f"seed .*got {re.escape(repr(seed))}"):
+        pv.generate_counterfactual_dataset(causal, 4, {0: ["WX"]}, seed=seed)
+
+
+@pytest.mark.parametrize("model", [None, "hierarchical_equality", nn.Linear(2, 2)])
+def test_dataset_generators_need_a_causal_model(model):
+    with pytest.raises(ConfigError, match="expected a pyvene_like CausalModel"):  # raw AttributeErrors
+        pv.generate_factual_dataset(model, 4)
+    with pytest.raises(ConfigError, match="expected a pyvene_like CausalModel"):
+        pv.generate_counterfactual_dataset(model, 4, {0: ["WX"]})
+
+
+@pytest.mark.parametrize("sites", [None, 1.5, -1, True])
+def test_collect_activations_sites_of_the_wrong_kind(gpt2, sites):
+    with pytest.raises(ConfigError, match=f"sites must be .*got {sites!r}"):  # raw "not iterable"
+        pv.analysis.collect_activations(gpt2, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, sites)
