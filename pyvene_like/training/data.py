@@ -63,14 +63,25 @@ def _check_model(model) -> None:
 def _check_size(size):
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"size: expected a positive int, got {size!r}")
+    if size >= 2**63:  # past int64: a raw overflow in torch.rand
+        raise ConfigError(f"size: expected a positive int that fits in int64 (< 2**63), got {size!r}")
+
+
+def _variables(key, value) -> list:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"intervention_ids[{key!r}]: expected a variable name or a list of them, got {value!r}"
+        )
+    return list(value)
 
 
 def _check_ids(model: CausalModel, intervention_ids) -> dict:
     if isinstance(intervention_ids, Mapping):
-        ids = {k: [intervention_ids[k]] if isinstance(intervention_ids[k], str) else list(intervention_ids[k])
-               for k in intervention_ids}
+        ids = {k: _variables(k, intervention_ids[k]) for k in intervention_ids}
     elif isinstance(intervention_ids, (list, tuple)):
-        ids = {i: [v] if isinstance(v, str) else list(v) for i, v in enumerate(intervention_ids)}
+        ids = {i: _variables(i, v) for i, v in enumerate(intervention_ids)}
     else:
         raise ConfigError(
             f"intervention_ids: expected {{id: [variables]}} such as {{0: ['WX'], 1: ['YZ'], "
