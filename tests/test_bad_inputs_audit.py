@@ -305,3 +305,57 @@ def test_dataset_generators_need_a_causal_model(model):
 def test_collect_activations_sites_of_the_wrong_kind(gpt2, sites):
     with pytest.raises(ConfigError, match=f"sites must be .*got {sites!r}"):  # raw "not iterable"
         pv.analysis.collect_activations(gpt2, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, sites)
+
+
+@pytest.mark.parametrize("positions, error, match", [
+    (1.5, ConfigError, "positions must be an int, 'all', a word, or one entry per example .*got 1.5"),  # raw TypeError
+    (None, ConfigError, "positions must be an int, .*got None"),
+    (10**30, LocationError, "positions 1000000000000000000000000000000 is out of range"),  # raw overflow
+    ([1.5, 2], ConfigError, "positions of example 0 must be an int or a non-empty list of ints, got 1.5"),
+])
+def test_collect_activations_positions(gpt2, positions, error, match):
+    with pytest.raises(error, match=match):
+        pv.analysis.collect_activations(gpt2, {"input_ids": torch.zeros(2, 3, dtype=torch.long)},
+                                        (1, "block_output"), positions=positions)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"query_positions": True}, ConfigError, "query_positions must be an int or one int per example .*got True"),  # read as 1
+    ({"key_positions": [0.5, 0]}, ConfigError, r"key_positions must be .*got \[0.5, 0\]"),  # truncated to 0
+    ({"threshold": True}, ConfigError, "threshold must be a finite number, got True"),     # read as 1.0
+    ({"ignore_first": "no"}, ConfigError, "ignore_first must be True or False, got 'no'"),
+    ({"inputs": [[1, 2]]}, ShapeError, r"inputs must be .*got \[\[1, 2\]\]"),            # raw AttributeError in GPT-2
+])
+def test_find_heads_arguments(kwargs, error, match):
+    model = build_tiny_model("gpt2")
+    args = {"inputs": torch.zeros(2, 4, dtype=torch.long), "query_positions": 3, "key_positions": 0, **kwargs}
+    with pytest.raises(error, match=match):
+        pv.analysis.find_heads(model, **args)
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, None, 2**32])
+def test_compat_set_seed(seed):
+    with pytest.raises(ConfigError, match=f"set_seed: seed must be an int in 0..4294967295, got {seed!r}"):
+        pv.set_seed(seed)  # raw NumPy / random errors
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"embed": None}, ShapeError, "embed must be a floating-point tensor .*got None"),  # raw AttributeError
+    ({"embed": torch.randn(2, 7)}, ShapeError, r"embed must be .*\[2, 7\]"),           # raw matmul error
+    ({"log": "no"}, ConfigError, "log must be True or False, got 'no'"),                  # read as True
+    ({"logits": 1}, ConfigError, "logits must be True or False, got 1"),
+])
+def test_compat_embed_to_distrib(gpt2, kwargs, error, match):
+    args = {"embed": torch.randn(2, gpt2.config.n_embd), **kwargs}
+    with pytest.raises(error, match=match):
+        pv.embed_to_distrib(gpt2, **args)
+
+
+def test_counterfactual_ids_entries_and_sizes_past_int64():
+    causal = pv.hierarchical_equality()
+    with pytest.raises(ConfigError, match=r"intervention_ids\[0\]: expected a variable name or a list of them, got 1"):
+        pv.generate_counterfactual_dataset(causal, 4, [1])  # raw "'int' object is not iterable"
+    with pytest.raises(ConfigError, match="size: expected a positive int that fits in int64"):
+        pv.generate_factual_dataset(causal, 10**30)  # raw overflow in torch.rand
+    with pytest.raises(ConfigError, match="d_in must be a positive int that fits in int64"):
+        pv.SAE(10**30, 8)  # raw overflow in torch.zeros
