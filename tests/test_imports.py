@@ -39,6 +39,7 @@ LAYERS = {
     "analysis": 8,
     "compat": 8,
     "cli": 9,
+    "__main__": 9,  # python -m pyvene_like: runs the command line
     "app": 9,
 }
 #: Feature parts that may use one another, in this direction only: sae reads activations with
