@@ -359,3 +359,16 @@ def test_counterfactual_ids_entries_and_sizes_past_int64():
         pv.generate_factual_dataset(causal, 10**30)  # raw overflow in torch.rand
     with pytest.raises(ConfigError, match="d_in must be a positive int that fits in int64"):
         pv.SAE(10**30, 8)  # raw overflow in torch.zeros
+
+
+# -- generate ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value", [("num_beams", 0), ("num_return_sequences", 0), ("num_beams", "x"),
+                                        ("num_beams", 1.5)])
+def test_generate_row_counts_are_positive_ints(gpt2, key, value):
+    # 0 was a raw ZeroDivisionError inside HF generate; 'x' a raw TypeError comparing with 1
+    im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="collect"), gpt2)
+    base = {"input_ids": torch.randint(1, 100, (2, 4))}
+    hooks = _hooks(gpt2)
+    with pytest.raises(ConfigError, match=f"generate: {key} must be a positive int, got {value!r}"):
+        im.generate(base, max_new_tokens=2, **{key: value})
+    assert _hooks(gpt2) == hooks
