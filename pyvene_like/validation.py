@@ -37,16 +37,7 @@ def check_int(value: object, field: str, *, minimum: int | None = None, maximum:
     if not is_int(value) or (minimum is not None and value < minimum) or (
             maximum is not None and value > maximum):
         raise error(f"{field} must be {_int_kind(minimum, maximum)}, got {value!r}")
-    if maximum is None:
-        _check_int64(value, field, _int_kind(minimum, maximum), error)
     return int(value)
-
-
-def _check_int64(value: int, field: str, kind: str, error: type[Exception]) -> None:
-    """A count, size or index past int64 is out of range for torch anyway (it was a raw
-    overflow wherever it reached a tensor shape)."""
-    if not -(2**63) <= value < 2**63:
-        raise error(f"{field} must be {kind} that fits in int64 (|value| < 2**63), got {value!r}")
 
 
 def check_positive_int(value: object, field: str, *, error: type[Exception] = ConfigError) -> int:
@@ -65,7 +56,6 @@ def check_optional_positive_int(value: object, field: str, *, error: type[Except
         return None
     if not is_int(value) or value < 1:
         raise error(f"{field} must be a positive int or None, got {value!r}")
-    _check_int64(value, field, "a positive int or None", error)
     return int(value)
 
 
