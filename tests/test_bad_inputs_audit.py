@@ -357,7 +357,7 @@ def test_counterfactual_ids_entries_and_sizes_past_int64():
         pv.generate_counterfactual_dataset(causal, 4, [1])  # raw "'int' object is not iterable"
     with pytest.raises(ConfigError, match="size: expected a positive int that fits in int64"):
         pv.generate_factual_dataset(causal, 10**30)  # raw overflow in torch.rand
-    with pytest.raises(ConfigError, match="d_in must be a positive int that fits in int64"):
+    with pytest.raises(ConfigError, match="SAE d_in must be a positive int that fits in int64"):
         pv.SAE(10**30, 8)  # raw overflow in torch.zeros
 
 
