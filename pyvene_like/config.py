@@ -306,7 +306,13 @@ class IntervenableConfig:
 
     @classmethod
     def from_json(cls, text: str) -> IntervenableConfig:
-        return cls.from_dict(json.loads(text))
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ConfigError(f"IntervenableConfig.from_json expects JSON text (a str), got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes
+            raise ConfigError(f"IntervenableConfig.from_json: the text is not valid JSON ({e}): {text[:80]!r}") from None
+        return cls.from_dict(data)
 
     def __eq__(self, other):
         return isinstance(other, IntervenableConfig) and self.mode == other.mode and all(

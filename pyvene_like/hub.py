@@ -20,12 +20,13 @@ import importlib
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .errors import ConfigError, LoadError
+from .errors import ConfigError, LoadError, PyveneLikeWarning
 from .serialization import (  # noqa: F401  (some re-exported: the names were public here before)
     CARD_NAME,
     CONFIG_NAME,
@@ -41,6 +42,7 @@ from .serialization import (  # noqa: F401  (some re-exported: the names were pu
     read_weights,
     write_interventions,
 )
+from .validation import check_path
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -53,9 +55,27 @@ def save_pretrained(im: nn.Module, save_directory: str | os.PathLike, *, repo_id
 
     ``repo_id`` only goes into the model card's usage snippet. Returns the folder.
     """
+    card = Path(save_directory) / CARD_NAME if isinstance(save_directory, (str, os.PathLike)) else None
+    # A README.md of the user's own (saving into a project folder) is kept, as
+    # huggingface_hub's ModelHubMixin does; only a card written by this library is replaced.
+    keep = card is not None and card.is_file() and not _is_our_card(card)
     folder, doc = write_interventions(im, save_directory)
-    model_card(doc, repo_id=repo_id).save(folder / CARD_NAME)
+    if keep:
+        warnings.warn(
+            f"save_pretrained: {str(card)!r} already exists and is not a pyvene_like model card; "
+            f"it was kept (the config and weights were written next to it)",
+            PyveneLikeWarning, stacklevel=3,
+        )
+    else:
+        model_card(doc, repo_id=repo_id).save(folder / CARD_NAME)
     return folder
+
+
+def _is_our_card(path: Path) -> bool:
+    try:
+        return f"library_name: {LIBRARY}" in path.read_text(encoding="utf-8", errors="replace")[:4000]
+    except OSError:
+        return False
 
 
 def load_pretrained(path_or_repo_id: str | os.PathLike, model: nn.Module, *, cls: type[nn.Module],
@@ -70,6 +90,7 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, model: nn.Module, *, cls
             f"from_pretrained: expected a folder path or a Hub repo id ('owner/name'), got "
             f"{type(path_or_repo_id).__name__}"
         )
+    check_path(path_or_repo_id, "from_pretrained: path_or_repo_id")  # '' would read the current directory
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"from_pretrained: model must be the base torch.nn.Module to intervene on, got "

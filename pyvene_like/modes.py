@@ -49,3 +49,33 @@ def evaluating(*modules: nn.Module) -> Iterator[None]:
         for root in modules:
             root.eval()
         yield
+
+
+# transformers (>= 5) installs inert output-capturing forward hooks on a model the first time it
+# is called with output_attentions / output_hidden_states, for good, and marks the model with
+# this attribute; a library call that asks for attentions takes them off again.
+_CAPTURE_MARK = "_output_capturing_hooks_installed"
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+@contextmanager
+def hooks_restored(model: nn.Module) -> Iterator[None]:
+    """On the way out (an error included) remove every forward hook added inside the block to a
+    module of ``model`` and the transformers mark that says they are installed, so a model
+    leaves a call with exactly the hooks it came with (the user's own are never touched)."""
+    before = {id(m): (set(m._forward_hooks), set(m._forward_pre_hooks), hasattr(m, _CAPTURE_MARK))
+              for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            hooks, pre, marked = before.get(id(m), (set(), set(), False))
+            for key in [k for k in m._forward_hooks if k not in hooks]:
+                for name in _HOOK_DICTS:
+                    getattr(m, name, {}).pop(key, None)
+            for key in [k for k in m._forward_pre_hooks if k not in pre]:
+                m._forward_pre_hooks.pop(key, None)
+                getattr(m, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+            if not marked and _CAPTURE_MARK in vars(m):
+                delattr(m, _CAPTURE_MARK)

@@ -58,7 +58,7 @@ from .errors import (
 from .interventions.base import Intervention
 from .interventions.basic import LambdaIntervention
 from .registry import get_intervention_class
-from .validation import is_int
+from .validation import check_path, is_int
 from .version import __version__
 
 LIBRARY = "pyvene_like"
@@ -476,8 +476,9 @@ def _as_json(value):
 
 
 def check_save_folder(folder: str | os.PathLike, caller: str = "save_pretrained", config_name: str = CONFIG_NAME) -> Path:
-    """``folder`` as a Path; a ConfigError when it is a file or holds another library's config."""
-    folder = Path(folder)
+    """``folder`` as a Path; a ConfigError when it is not a path, is a file or holds another
+    library's config."""
+    folder = check_path(folder, f"{caller}: save_directory")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{caller}: {str(folder)!r} is a file; give a directory")
     config_path = folder / config_name
@@ -489,11 +490,20 @@ def check_save_folder(folder: str | os.PathLike, caller: str = "save_pretrained"
     return folder
 
 
+def make_folder(folder: Path, caller: str) -> None:
+    """``mkdir -p`` that reports a folder it cannot create (a read-only or missing parent, a
+    file on the way) as a ConfigError naming it, before anything is written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{caller}: cannot create the folder {str(folder)!r}: {e.strerror or e}") from None
+
+
 def write_interventions(im: nn.Module, save_directory: str | os.PathLike) -> tuple[Path, dict]:
     """Write ``config.json`` and ``interventions.safetensors``; returns the folder and the document."""
     folder = check_save_folder(save_directory)
     doc, tensors = describe(im)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "save_pretrained")
     digest = save_tensors(tensors, folder / WEIGHTS_NAME, metadata={"format_version": FORMAT_VERSION})
     doc["weights"] = {"file": WEIGHTS_NAME, "sha256": digest}
     write_json(folder / CONFIG_NAME, doc)
@@ -586,7 +596,7 @@ def load_interventions(folder: str | os.PathLike, model: nn.Module, *, cls: type
     """Rebuild an IntervenableModel (``cls``) on ``model`` from a folder written by
     :func:`write_interventions`: check the files and the base model, rebuild the config, build,
     and load every intervention's settings (``from_config``) and state."""
-    folder = Path(folder)
+    folder = check_path(folder, "from_pretrained: path_or_repo_id")
     if functions is not None and not isinstance(functions, dict):
         raise ConfigError(
             f"from_pretrained: functions must be a dict {{saved function name or representation "

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import ConfigError, accepted, did_you_mean
@@ -77,6 +79,18 @@ def check_bool(value: object, field: str, *, error: type[Exception] = ConfigErro
     if not isinstance(value, bool):
         raise error(f"{field} must be True or False, got {value!r}")
     return value
+
+
+def check_path(value: object, field: str, *, error: type[Exception] = ConfigError) -> Path:
+    """A non-empty ``str`` or ``os.PathLike`` as a ``Path``. An empty string is refused: it
+    means the current directory, where a save would overwrite whatever is there."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise error(f"{field} must be a folder path (a str or os.PathLike), got {value!r} ({type(value).__name__})")
+    if not value.strip():
+        raise error(f"{field} must be a folder path, got the empty string {value!r}; give a folder name")
+    return Path(value)
 
 
 def check_choice(value: _T, field: str, choices: Iterable, *, error: type[Exception] = ConfigError) -> _T:

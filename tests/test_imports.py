@@ -40,6 +40,7 @@ LAYERS = {
     "compat": 8,
     "models": 9,  # pyvene's module paths: re-exports of config, model, interventions and compat
     "cli": 9,
+    "__main__": 9,  # python -m pyvene_like: runs the command line
     "app": 9,
 }
 #: Feature parts that may use one another, in this direction only: sae reads activations with

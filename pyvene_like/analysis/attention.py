@@ -24,7 +24,8 @@ from torch import nn
 
 from ..engine.runner import call_model
 from ..errors import ConfigError, LocationError, PyveneLikeWarning, ShapeError, accepted
-from ..validation import is_int
+from ..modes import hooks_restored
+from ..validation import check_bool, check_number, is_int
 
 _WARN = ("once", "always", "never")
 _WARNED: weakref.WeakSet = weakref.WeakSet()  # models already told about the eager switch
@@ -129,7 +130,16 @@ def attention_patterns(model: nn.Module, inputs: Mapping[str, torch.Tensor] | to
     :func:`eager_attention`.
     """
     _check_warn(warn, "attention_patterns")
-    with torch.no_grad(), eager_attention(model, warn):
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"attention_patterns: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (isinstance(inputs, Mapping) or (isinstance(inputs, torch.Tensor) and inputs.dim() >= 1 and not (
+            inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool))):
+        what = f"a {inputs.dtype} tensor of shape {list(inputs.shape)}" if isinstance(inputs, torch.Tensor) else repr(inputs)
+        raise ShapeError(
+            f"attention_patterns: inputs must be what the model takes: a dict of tensors (a tokenizer's "
+            f"output) or a tensor of token ids [batch, seq], got {what}"
+        )
+    with torch.no_grad(), eager_attention(model, warn), hooks_restored(model):
         if isinstance(inputs, Mapping):
             out = model(**inputs, output_attentions=True, return_dict=True)
         else:
@@ -171,8 +181,19 @@ def _count_layers(model, stack) -> int | None:
 
 
 def _per_example(value, b: int, label: str) -> torch.Tensor:
-    if isinstance(value, int):
-        return torch.full((b,), value, dtype=torch.long)
+    # as_tensor(dtype=long) truncated 1.5 to 1, and True was read as position 1
+    if is_int(value):
+        if not -(2**63) <= value < 2**63:
+            raise LocationError(f"find_heads: {label} {value} is out of range")
+        return torch.full((b,), int(value), dtype=torch.long)
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise ConfigError(f"find_heads: {label} must hold integer positions, got a {value.dtype} tensor")
+    elif not (isinstance(value, (list, tuple)) and all(is_int(v) and -(2**63) <= v < 2**63 for v in value)):
+        raise ConfigError(
+            f"find_heads: {label} must be an int or one int per example (a list or an integer tensor), "
+            f"got {value!r}"
+        )
     t = torch.as_tensor(value, dtype=torch.long).reshape(-1)
     if t.numel() != b:
         raise ShapeError(f"find_heads: {label} has {t.numel()} entries for a batch of {b}; give an int or one per example")
@@ -236,6 +257,8 @@ def _scores(patterns: torch.Tensor, query_positions, key_positions, threshold: f
             layers: Sequence[int] | None) -> HeadScores:
     if patterns.dim() != 5:
         raise ShapeError(f"find_heads: patterns must be [layers, batch, heads, query, key], got {tuple(patterns.shape)}")
+    check_number(threshold, "find_heads: threshold")
+    check_bool(ignore_first, "find_heads: ignore_first")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"find_heads: threshold={threshold}; accepted: a number in [0, 1]")
     n_layers, b, n_heads, q_len, k_len = patterns.shape

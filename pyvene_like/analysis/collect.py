@@ -146,7 +146,7 @@ def _batches(inputs, tokenizer, batch_size: int, positions, labels, takes_positi
     elif isinstance(inputs, (Mapping, torch.Tensor)):
         inputs = {"input_ids": inputs} if isinstance(inputs, torch.Tensor) else dict(inputs)
         n = _rows(inputs, 0)
-        pos = positions if isinstance(positions, int) else list(positions)
+        pos = _as_positions(positions)
         _check_len(None if isinstance(pos, int) else pos, n, "positions")
         _check_len(labels, n, "labels")
         for s in range(0, n, batch_size):
@@ -188,11 +188,11 @@ def _position_rows(per_example) -> tuple[torch.Tensor, torch.Tensor]:
     for i, p in enumerate(per_example):
         if isinstance(p, torch.Tensor):
             p = p.tolist()
-        row = [p] if isinstance(p, int) else list(p)
+        row = [p] if isinstance(p, int) else list(p) if isinstance(p, (list, tuple)) else []
         if not row or not all(is_int(x) for x in row):
             raise ConfigError(f"collect_activations: positions of example {i} must be an int or a non-empty "
                               f"list of ints, got {p!r}")
-        rows.append(row)
+        rows.append([_fits(int(x), f"position of example {i}") for x in row])
     width = max(len(r) for r in rows)
     valid = torch.tensor([[j < len(r) for j in range(width)] for r in rows], dtype=torch.bool)
     pos = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -205,9 +205,33 @@ def _positions_for_texts(texts, positions, tokenizer) -> list:
     if isinstance(positions, str) or (isinstance(positions, Sequence) and positions
                                       and all(isinstance(p, str) for p in positions)):
         return find_token_positions(texts, positions, tokenizer)
-    positions = list(positions)
+    positions = _as_positions(positions)
+    if isinstance(positions, int):
+        return [positions] * len(texts)
     _check_len(positions, len(texts), "positions")
     return positions
+
+
+def _as_positions(positions) -> int | list:
+    """``positions`` for tensors or texts: one int for all, or one entry per example."""
+    if isinstance(positions, torch.Tensor):
+        if positions.dtype.is_floating_point or positions.dtype.is_complex or positions.dtype == torch.bool:
+            raise ConfigError(f"collect_activations: positions must hold integers, got a {positions.dtype} tensor")
+        positions = positions.tolist()
+    if is_int(positions):
+        return _fits(int(positions), "positions")
+    if isinstance(positions, (list, tuple)):
+        return list(positions)
+    raise ConfigError(
+        f"collect_activations: positions must be an int, 'all', a word, or one entry per example (an "
+        f"int or a list of ints), got {positions!r}"
+    )
+
+
+def _fits(p: int, what: str) -> int:
+    if not -(2**63) <= p < 2**63:
+        raise LocationError(f"collect_activations: {what} {p} is out of range")
+    return p
 
 
 def _check_len(values, n: int, label: str) -> None:
@@ -306,6 +330,11 @@ def _read(im, sites, heads_of, batch, pos: torch.Tensor, project_heads: bool) ->
 def _check_sites(sites) -> list[ActivationSite]:
     if isinstance(sites, (ActivationSite, Mapping)) or (isinstance(sites, tuple) and sites and isinstance(sites[0], int)):
         sites = [sites]
+    if not isinstance(sites, (list, tuple)):
+        raise ConfigError(
+            f"collect_activations: sites must be a (layer, component) pair, an ActivationSite, a dict, "
+            f"or a list of them, got {sites!r}"
+        )
     sites = [_as_site(s) for s in sites]
     if not sites:
         raise ConfigError("collect_activations: sites is empty")

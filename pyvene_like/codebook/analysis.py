@@ -54,11 +54,12 @@ class CodeRecords:
 
     def save_to_disk(self, path: str | os.PathLike) -> None:
         """Both tables and the firing table under ``path`` (``datasets`` format + safetensors)."""
-        from pathlib import Path
 
         from safetensors.torch import save_file
 
-        path = Path(path)
+        from ..validation import check_path
+
+        path = check_path(path, "CodeRecords.save_to_disk: path")
         self.codes.save_to_disk(str(path / "codes"))
         self.tokens.save_to_disk(str(path / "tokens"))
         save_file({"fire_code": self.fire_code.contiguous(), "fire_token": self.fire_token.contiguous()},
@@ -66,15 +67,15 @@ class CodeRecords:
 
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike) -> CodeRecords:
-        from pathlib import Path
 
         from datasets import load_from_disk
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from ..errors import LoadError
+        from ..validation import check_path
 
-        path = Path(path)
+        path = check_path(path, "CodeRecords.load_from_disk: path", error=LoadError)
         expected = ("codes", "tokens", "fires.safetensors")
         lacks = [name for name in expected if not (path / name).exists()]
         if lacks:

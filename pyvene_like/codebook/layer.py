@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
-from ..validation import check_positive_int, is_int
+from ..validation import check_bool, check_number, check_positive_int, is_int
 
 SIMILARITIES = ("inner_product", "cosine", "euclidean")
 FORCE_MODES = ("replace", "append")
@@ -153,8 +153,8 @@ class CodebookLayer(nn.Module):
         self.dim = dim
         self.group_dim = dim // self.num_groups
         self.similarity = similarity
-        self.layer_norm = bool(layer_norm)
-        self.eps = float(eps)
+        self.layer_norm = check_bool(layer_norm, "layer_norm")
+        self.eps = check_number(eps, "eps", positive=True)
         self.name = name
         G, N, d = self.num_groups, self.num_codes, self.group_dim
         codes = torch.randn(G, N, d, generator=generator, dtype=torch.float32)

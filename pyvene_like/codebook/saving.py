@@ -29,6 +29,7 @@ from ..serialization import (
     check_base_model,
     check_save_folder,
     load_tensors,
+    make_folder,
     model_identity,
     read_json,
     save_tensors,
@@ -67,7 +68,7 @@ def save_codebooks(model: nn.Module, save_directory: str | os.PathLike) -> Path:
             tensors[f"{name}.{pname}"] = p
     doc = {"library": LIBRARY, "library_version": __version__, "format_version": FORMAT_VERSION,
            "kind": "codebooks", "base_model": model_identity(model), "codebooks": entries}
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "save_codebooks")
     digest = save_tensors(tensors, folder / CODEBOOK_WEIGHTS)
     doc["weights"] = {"file": CODEBOOK_WEIGHTS, "sha256": digest}
     write_json(folder / CODEBOOK_CONFIG, doc)
@@ -86,7 +87,11 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     wpath = folder / CODEBOOK_WEIGHTS
     if not wpath.is_file():
         raise LoadError(f"load_codebooks: {wpath} is missing; copy or download it again")
-    tensors = load_tensors(wpath, caller="load_codebooks", sha256=(doc.get("weights") or {}).get("sha256"),
+    record = doc.get("weights")  # as for interventions: absent means no digest to check
+    if record is not None and (not isinstance(record, dict) or not isinstance(record.get("sha256", ""), str)):
+        raise LoadError(f"{path}: field 'weights' must be an object with the weights file's 'sha256' "
+                        f"(a string), got {record!r}")
+    tensors = load_tensors(wpath, caller="load_codebooks", sha256=(record or {}).get("sha256"),
                            recorded_in=CODEBOOK_CONFIG, fix="copy or download it again, or save again")
     return doc, tensors
 

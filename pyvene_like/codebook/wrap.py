@@ -19,7 +19,7 @@ from torch import nn
 from ..engine.hooks import find_input, output_tensor, replace_input, replace_output
 from ..errors import ConfigError, SiteError, accepted
 from ..sites import BASE_COMPONENTS, COMPONENTS, HEAD_COMPONENTS, ModelLayout, Site, resolve_site
-from ..validation import check_positive_int, is_int
+from ..validation import check_bool, check_int, check_positive_int, is_int
 from .layer import CodebookLayer
 
 ATTRIBUTE = "codebooks"
@@ -209,6 +209,9 @@ def wrap_codebook(model: nn.Module, sites: str | tuple[int, str] | Sequence[str 
     check_positive_int(num_codes, "num_codes")
     check_positive_int(k, "k")
     check_positive_int(num_codebooks, "num_codebooks")
+    check_bool(layer_norm, "layer_norm")
+    if seed is not None:
+        check_int(seed, "seed", minimum=0, maximum=2**64 - 1)  # what torch.Generator.manual_seed holds
     layout = ModelLayout(model)
     pairs = _expand_sites(layout, sites, layers)
     existing = getattr(model, ATTRIBUTE, None)

@@ -25,7 +25,8 @@ import warnings
 import numpy as np
 import torch
 
-from ..errors import ConfigError, LoadError, PyveneLikeWarning
+from ..errors import ConfigError, LoadError, PyveneLikeWarning, ShapeError
+from ..validation import check_bool, check_int
 from .toy_models import (
     GRUConfig,
     GRUForClassification,
@@ -79,6 +80,16 @@ def embed_to_distrib(model, embed: torch.Tensor, log: bool = False, logits: bool
     ``log=True``). ``embed`` is [batch, seq, hidden] as in pyvene; any leading shape works.
     """
     weight = _embedding_matrix(model)
+    if not isinstance(embed, torch.Tensor) or not (embed.dtype.is_floating_point or embed.dtype.is_complex) \
+            or embed.dim() == 0 or embed.shape[-1] != weight.shape[-1]:
+        what = (f"a {embed.dtype} tensor of shape {list(embed.shape)}" if isinstance(embed, torch.Tensor)
+                else f"{embed!r} ({type(embed).__name__})")
+        raise ShapeError(
+            f"embed_to_distrib: embed must be a floating-point tensor [..., {weight.shape[-1]}] (the "
+            f"embedding width), got {what}"
+        )
+    check_bool(log, "embed_to_distrib: log")
+    check_bool(logits, "embed_to_distrib: logits")
     with torch.no_grad():
         scores = torch.matmul(embed.to(weight.dtype), weight.t())
         if logits:
@@ -117,6 +128,7 @@ def GET_LOC(LOC, unit: str = "h.pos", batch_size: int = 1):  # noqa: N802 - pyve
 
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (all devices)."""
+    check_int(seed, "set_seed: seed", minimum=0, maximum=2**32 - 1)  # NumPy's range
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -79,7 +79,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ConfigError, LocationError, ShapeError
-from ..validation import is_int
+from ..validation import check_positive_int, is_int
 from .arguments import (
     batch_size,
     check_repr,
@@ -567,6 +567,12 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
     for key in ("input_ids", "attention_mask", "inputs_embeds"):
         if key in generate_kwargs:
             raise ConfigError(f"generate: pass {key} inside base, not as a keyword argument")
+
+    for key in ("num_beams", "num_return_sequences", "num_beam_groups"):
+        # these size the batch of rows the interventions map back to examples (row // k); HF
+        # itself fails on 0 with a raw ZeroDivisionError
+        if generate_kwargs.get(key) is not None:
+            check_positive_int(generate_kwargs[key], f"generate: {key}")
 
     inputs = _as_inputs(base, "base")
     ids = inputs["input_ids"]

@@ -78,9 +78,24 @@ def _as_index_rows(value, bsz: int, label: str, what: str) -> torch.Tensor:
     else:
         if not isinstance(value, (list, tuple)):
             raise LocationError(f"{label}: expected [batch][n] {what} indices, got {value!r}")
-        rows = [[r] if isinstance(r, int) else r for r in value]
+        rows = []
+        for r in value:
+            if isinstance(r, torch.Tensor) and r.dim() <= 1 and not (
+                    r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool):
+                r = r.tolist()
+            if isinstance(r, (list, tuple)):
+                rows.append(r)
+            elif is_int(r):
+                rows.append([r])
+            else:
+                # a row is an int or a list of ints; anything else (a float, NaN, a string, a
+                # float tensor) is not an index, and torch.tensor would cast or fail raw on it
+                raise LocationError(
+                    f"{label}: {what} indices must be ints (a bool or a float is not an index), got "
+                    f"{r!r} in {value!r}"
+                )
         for row in rows:
-            for v in (row if isinstance(row, (list, tuple)) else ()):
+            for v in row:
                 if not is_int(v):
                     raise LocationError(
                         f"{label}: {what} indices must be ints (a bool or a float is not an index), got "

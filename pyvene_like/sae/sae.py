@@ -81,6 +81,9 @@ class SAE(nn.Module):
         super().__init__()
         d_in = check_positive_int(d_in, "SAE d_in")
         d_sae = check_positive_int(d_sae, "SAE d_sae")
+        for name, value in (("d_in", d_in), ("d_sae", d_sae)):
+            if value >= 2**63:  # 10**30 passed the int check and overflowed raw in torch.zeros
+                raise ConfigError(f"SAE {name} must be a positive int that fits in int64 (< 2**63), got {value!r}")
         if activation not in ACTIVATIONS:
             raise ConfigError(
                 f"SAE activation {activation!r} is not supported; accepted: {accepted(ACTIVATIONS)}."

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from ..types import Seed
+from ..validation import check_int, check_number, check_positive_int
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
@@ -24,6 +25,9 @@ Sampler = Callable[[int, torch.Generator], torch.Tensor]
 def _generator(seed: Seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
+    if seed is not None:
+        # int(seed) truncated 1.5 and read True, b'1' or a one-element tensor as seeds
+        check_int(seed, "seed (None, an int or a torch.Generator)", minimum=0, maximum=2**64 - 1)
     g = torch.Generator()
     g.manual_seed(0 if seed is None else int(seed))
     return g
@@ -493,6 +497,12 @@ def hierarchical_equality(embed_dim: int = 4, low: float = -1.0, high: float = 1
     Inputs are sampled so that each pair is equal with probability 1/2 independently (random
     vectors are never equal by chance), which also balances the label.
     """
+
+    check_positive_int(embed_dim, "hierarchical_equality: embed_dim")
+    check_number(low, "hierarchical_equality: low")
+    check_number(high, "hierarchical_equality: high")
+    if not low < high:
+        raise ConfigError(f"hierarchical_equality: low must be below high, got low={low!r}, high={high!r}")
 
     def sampler(n, g):
         v = torch.rand(n, 4, embed_dim, generator=g) * (high - low) + low

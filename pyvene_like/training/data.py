@@ -45,23 +45,43 @@ def generate_factual_dataset(
 ) -> datasets.Dataset:
     """``size`` examples of the causal model's input -> output behaviour: columns
     ``input_ids`` and ``labels``."""
+    _check_model(model)
     _check_size(size)
     setting = model.run_forward(model.sample_inputs(size, _generator(seed)))
     enc_in, enc_out = _encoders(model, input_encoder, label_encoder)
     return _to_dataset({"input_ids": enc_in(setting), "labels": enc_out(setting)})
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, CausalModel):
+        raise ConfigError(
+            f"model: expected a pyvene_like CausalModel (e.g. pv.hierarchical_equality()), got "
+            f"{type(model).__name__}"
+        )
+
+
 def _check_size(size):
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"size: expected a positive int, got {size!r}")
+    if size >= 2**63:  # past int64: a raw overflow in torch.rand
+        raise ConfigError(f"size: expected a positive int that fits in int64 (< 2**63), got {size!r}")
+
+
+def _variables(key, value) -> list:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"intervention_ids[{key!r}]: expected a variable name or a list of them, got {value!r}"
+        )
+    return list(value)
 
 
 def _check_ids(model: CausalModel, intervention_ids) -> dict:
     if isinstance(intervention_ids, Mapping):
-        ids = {k: [intervention_ids[k]] if isinstance(intervention_ids[k], str) else list(intervention_ids[k])
-               for k in intervention_ids}
+        ids = {k: _variables(k, intervention_ids[k]) for k in intervention_ids}
     elif isinstance(intervention_ids, (list, tuple)):
-        ids = {i: [v] if isinstance(v, str) else list(v) for i, v in enumerate(intervention_ids)}
+        ids = {i: _variables(i, v) for i, v in enumerate(intervention_ids)}
     else:
         raise ConfigError(
             f"intervention_ids: expected {{id: [variables]}} such as {{0: ['WX'], 1: ['YZ'], "
@@ -116,6 +136,7 @@ def generate_counterfactual_dataset(
     ``source_input_ids`` ``[n_sources, ...]``, ``labels`` (counterfactual), ``base_labels``,
     ``intervention_id`` and, when given, ``base_locations`` / ``source_locations``.
     """
+    _check_model(model)
     _check_size(size)
     ids = _check_ids(model, intervention_ids)
     keys = list(ids)
@@ -278,6 +299,11 @@ class CounterfactualCollator:
 
     def __init__(self, subspaces: Mapping[int, Sequence[Any] | None] | None = None, input_key: str | None = None,
                  unit_locations: UnitLocations = 0, n_interventions: int = 1) -> None:
+        if input_key is not None and (not isinstance(input_key, str) or not input_key.isidentifier()):
+            raise ConfigError(
+                f"input_key must be None (inputs passed positionally) or the name of the model's input "
+                f"argument such as 'input_ids' or 'inputs_embeds', got {input_key!r}"
+            )
         self.input_key = input_key
         self.unit_locations = unit_locations
         self.n_interventions = n_interventions

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..engine.runner import call_model
 from ..errors import ConfigError, ShapeError
 from ..modes import evaluating
+from ..validation import check_bool, check_positive_int
 from .data import CounterfactualCollator, check_columns
 from .distributed import gather_rows, process_state, shard_rows
 
@@ -84,6 +85,49 @@ def _columns(dataset) -> dict:
     return dict(dataset.with_format("torch")[:])
 
 
+def check_column_tensors(cols: dict, label: str, *, default_labels: bool) -> None:
+    """Every column read as a tensor (``datasets`` gives a list for a column of ``None`` or
+    strings), at least one example, and with the default loss/metric ``labels`` as one integer
+    class id per example (a bool label is not a class id)."""
+    for name, value in cols.items():
+        if not isinstance(value, torch.Tensor):
+            sample = value[:3] if isinstance(value, (list, tuple)) else value
+            raise ShapeError(
+                f"{label}: column {name!r} is not numeric (it reads as {type(value).__name__}, e.g. "
+                f"{sample!r}); every column must hold numbers of one shape per example"
+            )
+        if (value.dtype.is_floating_point or value.dtype.is_complex) and value.numel():
+            finite = torch.isfinite(value).reshape(len(value), -1).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0])
+                raise ShapeError(
+                    f"{label}: column {name!r} holds NaN or inf (first at row {row}); a non-finite input "
+                    f"makes every loss and score NaN; clean or drop those rows"
+                )
+    if len(cols["labels"]) == 0:
+        raise ConfigError(f"{label} is empty; give at least one counterfactual example")
+    labels = cols["labels"]
+    if default_labels and (labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex
+                           or labels.dtype == torch.bool):
+        raise ShapeError(
+            f"{label}: column 'labels' has shape {tuple(labels.shape)} ({labels.dtype}); the default "
+            f"loss and metric need integer class ids of shape [n_examples]; pass loss_fn= / metric_fn= "
+            f"for other labels"
+        )
+
+
+def check_label_range(labels: torch.Tensor, n_classes: int, label: str) -> None:
+    """Default metric/loss: class ids in ``0..n_classes-1`` (an id past the logits can never be
+    predicted, so it would silently count as wrong)."""
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= n_classes:
+        bad = lo if lo < 0 else hi
+        raise ShapeError(
+            f"{label}: column 'labels' holds {bad}, but the model gives {n_classes} classes; accepted: "
+            f"class ids 0..{n_classes - 1} (pass metric_fn= / loss_fn= for other labels)"
+        )
+
+
 def check_masks_used(dataset: Dataset | Mapping[str, Any], label: str, collator: CounterfactualCollator) -> None:
     """A mask column only reaches the model through ``input_key``: without it, refuse rather
     than silently run every example unmasked (a padded batch would then attend to its pads)."""
@@ -146,9 +190,12 @@ def evaluate(
             subspaces, input_key=input_key, unit_locations=unit_locations,
             n_interventions=len(intervenable.interventions),
         )
+    check_positive_int(batch_size, "evaluate: batch_size")
+    check_bool(factual, "evaluate: factual")
     check_columns(dataset, "dataset", collator.subspace_tables is not None)
     check_masks_used(dataset, "dataset", collator)
     cols = _columns(dataset)
+    check_column_tensors(cols, "dataset", default_labels=metric_fn is None)
     n = len(cols["labels"])
     logits_fn = logits_fn or default_logits
     metric = metric_fn or default_metric
@@ -168,6 +215,8 @@ def evaluate(
                 base_logits.append(logits_fn(call_model(intervenable.model, b["base"])).float())
     logits = gather_rows(torch.cat(cf_logits), n, state)
     labels = cols["labels"].to(logits.device)
+    if metric_fn is None:
+        check_label_range(labels, logits.shape[-1], "dataset")
     scores = metric(logits, labels)
     result = EvalResult(iia=float("nan"), n_examples=n)
     if isinstance(scores, Mapping):

@@ -22,7 +22,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import ConfigError, ShapeError, accepted
 from ..modes import evaluating, restore_flags, training_flags
-from ..validation import check_number, is_int
+from ..validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_optional_positive_int,
+    check_path,
+    is_int,
+)
 from .data import CounterfactualCollator, check_columns, check_location_columns
 from .distributed import gather_rows, process_state, shard_rows, shard_size
 from .evaluate import (
@@ -30,6 +37,7 @@ from .evaluate import (
     _columns,
     _move,
     _take,
+    check_column_tensors,
     check_masks_used,
     default_logits,
     default_loss,
@@ -195,16 +203,20 @@ class Trainer:
                 f"optimizer: expected None (AdamW), a torch.optim.Optimizer class or an optimizer built on "
                 f"the interventions' parameters, got {optimizer!r}"
             )
+        for name, value in (("train_model", train_model), ("load_best_at_end", load_best_at_end),
+                            ("show_progress", show_progress), ("cpu", cpu)):
+            check_bool(value, name)
+        # the shuffle seed of epoch e is seed * 100_003 + e, which torch must hold
+        check_int(seed, "seed", minimum=0, maximum=2**63 // 100_003 - 10**6)
+        check_optional_positive_int(early_stopping_patience, "early_stopping_patience")
+        check_number(early_stopping_min_delta, "early_stopping_min_delta", non_negative=True)
+        for name, value in (("checkpoint_dir", checkpoint_dir), ("source_cache_dir", source_cache_dir)):
+            if value is not None:
+                check_path(value, name)
         self.cols = _columns(train_dataset)
-        if len(self.cols["labels"]) == 0:
-            raise ConfigError("train_dataset is empty; give at least one counterfactual example")
+        check_column_tensors(self.cols, "train_dataset", default_labels=loss_fn is None)
         self.eval_dataset = eval_dataset
         labels = self.cols["labels"]
-        if loss_fn is None and (labels.dim() != 1 or labels.dtype.is_floating_point):
-            raise ShapeError(
-                f"train_dataset: column 'labels' has shape {tuple(labels.shape)} ({labels.dtype}); the "
-                f"default loss needs integer class ids of shape [n_examples]; pass loss_fn= for other labels"
-            )
         if loss_fn is None and int(labels.min()) < 0:
             raise ShapeError(
                 f"train_dataset: column 'labels' holds {int(labels.min())}; the default loss takes class ids "
