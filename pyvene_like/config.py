@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,8 +213,9 @@ class IntervenableConfig:
     :class:`~pyvene_like.IntervenableModel`.
     """
 
-    def __init__(self, representations=None, intervention_types=None, mode: str = "parallel",
-                 model_type=None):
+    def __init__(self, representations: RepresentationConfig | dict | Sequence[RepresentationConfig | dict] | None = None,
+                 intervention_types: Any = None, mode: str = "parallel",
+                 model_type: Any = None) -> None:
         if representations is None:
             representations = [RepresentationConfig()]
         if isinstance(representations, (RepresentationConfig, dict)):
@@ -255,7 +257,7 @@ class IntervenableConfig:
             self._shared_type = None  # a representation names its own type
         self.representations.append(rep)
 
-    def add_intervention(self, representations) -> None:
+    def add_intervention(self, representations: RepresentationConfig | dict | Sequence[RepresentationConfig | dict]) -> None:
         """Append representations (a RepresentationConfig, a dict, or a list of them); one that
         names no type takes the config's shared type (vanilla when there is none)."""
         if isinstance(representations, (RepresentationConfig, dict)):
@@ -269,7 +271,7 @@ class IntervenableConfig:
             self._append(rep)
 
     @property
-    def intervention_types(self):
+    def intervention_types(self) -> Any:
         """As pyvene reports it: the one type when every representation takes the config's shared
         type, else a list with each representation's type."""
         if self._shared_type is not None:

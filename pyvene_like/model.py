@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
@@ -14,6 +18,12 @@ from .engine.outputs import shape_outputs
 from .engine.plan import Plan, compile_plan
 from .engine.runner import Executor
 from .errors import ConfigError
+from .types import Device, Inputs, PathLike, Subspaces, UnitLocations
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo, HfApi
+
+    from .sites import Site
 
 
 def _as_config(config) -> IntervenableConfig:
@@ -110,7 +120,8 @@ class IntervenableModel(nn.Module):
     The wrapped model is never modified: hooks exist only during a call.
     """
 
-    def __init__(self, config, model: nn.Module, use_fast: bool = False):
+    def __init__(self, config: IntervenableConfig | Mapping[str, Any] | Sequence[Any], model: nn.Module,
+                 use_fast: bool = False) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -140,7 +151,7 @@ class IntervenableModel(nn.Module):
         return [s.key for s in self.plan.slots]
 
     @property
-    def sites(self):
+    def sites(self) -> list[Site]:
         """Resolved sites, one per intervention, in config order."""
         return [s.site for s in self.plan.slots]
 
@@ -153,7 +164,7 @@ class IntervenableModel(nn.Module):
         """False for a recurrent model whose cell runs once per step (pyvene's GRU), else True."""
         return not _is_recurrent(self.model)
 
-    def set_device(self, device, set_model: bool = True) -> IntervenableModel:
+    def set_device(self, device: Device, set_model: bool = True) -> IntervenableModel:
         """Move the interventions (and, with ``set_model``, the wrapped model) to ``device``."""
         self.interventions.to(device)
         if set_model:
@@ -190,8 +201,8 @@ class IntervenableModel(nn.Module):
             p.requires_grad_(False)
 
     # -- saving and sharing (files: pyvene_like.serialization; the Hub: pyvene_like.hub) -----------
-    def save_pretrained(self, save_directory, *, repo_id: str | None = None, push_to_hub: bool = False,
-                        **push_to_hub_kwargs):
+    def save_pretrained(self, save_directory: PathLike, *, repo_id: str | None = None, push_to_hub: bool = False,
+                        **push_to_hub_kwargs: Any) -> Path:
         """Write ``config.json``, ``interventions.safetensors`` and a ``README.md`` model card.
 
         The wrapped model is not saved, only its identity (Hub id when it has one,
@@ -209,9 +220,10 @@ class IntervenableModel(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, model=None, *, functions: dict | None = None,
-                        revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-                        token=None):
+    def from_pretrained(cls, path_or_repo_id: PathLike, model: nn.Module | None = None, *,
+                        functions: dict | None = None, revision: str | None = None,
+                        cache_dir: PathLike | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None) -> IntervenableModel:
         """Rebuild the interventions saved in a folder or Hub repo on ``model``.
 
         A repo id is fetched with ``huggingface_hub.snapshot_download`` (cache and
@@ -225,17 +237,17 @@ class IntervenableModel(nn.Module):
                                    cache_dir=cache_dir, local_files_only=local_files_only,
                                    token=token, cls=cls)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None,
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
                     revision: str | None = None, commit_message: str | None = None,
-                    create_pr: bool = False, api=None):
+                    create_pr: bool = False, api: HfApi | None = None) -> CommitInfo:
         """Save to a temporary folder and upload it to ``repo_id`` (created when missing)."""
         from . import hub
 
         return hub.push_to_hub(self, repo_id, private=private, token=token, revision=revision,
                                commit_message=commit_message, create_pr=create_pr, api=api)
 
-    def save(self, save_directory, save_to_hf_hub: bool = False, hf_repo_name: str | None = None,
-             include_model: bool = False):
+    def save(self, save_directory: PathLike, save_to_hf_hub: bool = False, hf_repo_name: str | None = None,
+             include_model: bool = False) -> Path:
         """pyvene's name for :meth:`save_pretrained` (same safetensors files, never a pickle).
 
         ``save_to_hf_hub=True`` also uploads to ``hf_repo_name``. ``include_model=True`` is
@@ -250,8 +262,8 @@ class IntervenableModel(nn.Module):
                                     push_to_hub=save_to_hf_hub)
 
     @classmethod
-    def load(cls, load_directory, model, local_directory=None, from_huggingface_hub: bool = False,
-             include_model: bool = False):
+    def load(cls, load_directory: PathLike, model: nn.Module, local_directory: PathLike | None = None,
+             from_huggingface_hub: bool = False, include_model: bool = False) -> IntervenableModel:
         """pyvene's name for :meth:`from_pretrained` (a folder, or a Hub repo id)."""
         if include_model:
             raise ConfigError("load: include_model=True is not supported; load the model yourself and pass model=")
@@ -285,7 +297,9 @@ class IntervenableModel(nn.Module):
             subspaces=inputs.get("subspaces"),
         )[1]
 
-    def train_alignment(self, train_dataloader, compute_loss, compute_metrics, inputs_collator=None, **kwargs):
+    def train_alignment(self, train_dataloader: Iterable[dict[str, Any]], compute_loss: Callable[..., torch.Tensor],
+                        compute_metrics: Callable[..., Any], inputs_collator: Callable | None = None,
+                        **kwargs: Any) -> None:
         """pyvene's training call: Adam (``lr``, default 1e-3) over the intervention
         parameters, a linear schedule with 10% warm-up, ``epochs`` (default 10), optional
         ``gradient_accumulation_steps``, ``optimizer=`` / ``scheduler=`` overrides, and the
@@ -328,7 +342,8 @@ class IntervenableModel(nn.Module):
                             iv.set_temperature(temperatures[step])
                 step += 1
 
-    def eval_alignment(self, eval_dataloader, compute_metrics, inputs_collator=None, **kwargs):
+    def eval_alignment(self, eval_dataloader: Iterable[dict[str, Any]], compute_metrics: Callable[..., Any],
+                       inputs_collator: Callable | None = None, **kwargs: Any) -> float:
         """pyvene's evaluation call: ``compute_metrics([logits], [labels])`` per batch, averaged
         with the batch sizes as weights."""
         total, weight = 0.0, 0
@@ -343,7 +358,8 @@ class IntervenableModel(nn.Module):
         return total / weight if weight else float("nan")
 
     # -- running ----------------------------------------------------------------------------
-    def collect_source_representations(self, sources, unit_locations=None) -> list:
+    def collect_source_representations(self, sources: Sequence[Inputs | None],
+                                       unit_locations: UnitLocations = None) -> list:
         """Source activations at every intervention's units, without running the base.
 
         Returns one ``[batch, units, width]`` tensor per intervention (``None`` for those that
@@ -355,14 +371,14 @@ class IntervenableModel(nn.Module):
 
     def forward(
         self,
-        base,
-        sources=None,
-        unit_locations=None,
-        source_representations=None,
-        subspaces=None,
+        base: Inputs,
+        sources: Sequence[Inputs | None] | Inputs | None = None,
+        unit_locations: UnitLocations = None,
+        source_representations: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
+        subspaces: Subspaces = None,
         output_original_output: bool = False,
         return_dict: bool = False,
-    ):
+    ) -> Any:
         original, intervened, collected = self._executor.forward(
             self.model,
             base,
@@ -376,11 +392,11 @@ class IntervenableModel(nn.Module):
 
     def collect(
         self,
-        base,
-        sources=None,
-        unit_locations=None,
-        source_representations=None,
-        subspaces=None,
+        base: Inputs,
+        sources: Sequence[Inputs | None] | Inputs | None = None,
+        unit_locations: UnitLocations = None,
+        source_representations: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
+        subspaces: Subspaces = None,
     ) -> list[torch.Tensor]:
         """Only the Collect interventions' activations of the call ``forward`` would make, one
         tensor per Collect intervention in config order; the base pass stops right after the
@@ -404,17 +420,17 @@ class IntervenableModel(nn.Module):
 
     def generate(
         self,
-        base,
-        sources=None,
-        unit_locations=None,
-        source_representations=None,
+        base: Inputs,
+        sources: Sequence[Inputs | None] | Inputs | None = None,
+        unit_locations: UnitLocations = None,
+        source_representations: Sequence[torch.Tensor | None] | torch.Tensor | None = None,
         intervene_on_prompt: bool = True,
-        timesteps=None,
-        subspaces=None,
+        timesteps: str | int | Sequence[int] | None = None,
+        subspaces: Subspaces = None,
         output_original_output: bool = False,
         return_dict: bool = False,
-        **generate_kwargs,
-    ):
+        **generate_kwargs: Any,
+    ) -> Any:
         """HuggingFace ``generate`` with the interventions, identical with or without the KV cache.
 
         Positions are absolute per example (the p-th real token, after any left padding), across

@@ -19,6 +19,8 @@ Inputs = torch.Tensor | Mapping[str, Any]
 UnitLocations = Mapping[str, Any] | Sequence[Any] | int | None
 #: Subspaces of a call: one list per intervention (per example), a flat list for all, or ``None``.
 Subspaces = Sequence[Any] | None
+#: An intervention's subspace partition: ``[start, end)`` ranges of dims, one per subspace id.
+Partition = Sequence[Sequence[int]] | None
 #: A random seed or an explicit generator.
 Seed = int | torch.Generator | None
 #: A filesystem path.
@@ -26,4 +28,4 @@ PathLike = str | os.PathLike
 #: Where tensors live.
 Device = str | torch.device | int
 
-__all__ = ["Inputs", "UnitLocations", "Subspaces", "Seed", "PathLike", "Device"]
+__all__ = ["Inputs", "UnitLocations", "Subspaces", "Partition", "Seed", "PathLike", "Device"]

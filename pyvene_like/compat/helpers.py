@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ConfigError, LoadError, PyveneLikeWarning, ShapeError
+from ..types import PathLike
 from ..validation import check_bool, check_int
 from .toy_models import (
     GRUConfig,
@@ -35,6 +39,12 @@ from .toy_models import (
     MLPConfig,
     MLPForClassification,
 )
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+#: What the factories return, as pyvene's do: ``(config, tokenizer, model)``.
+Created = tuple[Any, Any, nn.Module]
 
 __all__ = [
     "embed_to_distrib",
@@ -72,7 +82,7 @@ def _embedding_matrix(model) -> torch.Tensor:
     return weight
 
 
-def embed_to_distrib(model, embed: torch.Tensor, log: bool = False, logits: bool = False) -> torch.Tensor:
+def embed_to_distrib(model: nn.Module, embed: torch.Tensor, log: bool = False, logits: bool = False) -> torch.Tensor:
     """Read a hidden state out through the input embedding matrix.
 
     ``embed @ W_E^T`` gives one score per vocabulary entry; with ``logits=True`` these
@@ -97,12 +107,13 @@ def embed_to_distrib(model, embed: torch.Tensor, log: bool = False, logits: bool
         return torch.log_softmax(scores, dim=-1) if log else torch.softmax(scores, dim=-1)
 
 
-def format_token(tokenizer, tok) -> str:
+def format_token(tokenizer: PreTrainedTokenizerBase, tok: int | torch.Tensor) -> str:
     """Decode one token id for display: spaces become ``_`` and newlines a literal ``\\n``."""
     return tokenizer.decode(tok).replace(" ", "_").replace("\n", "\\n")
 
 
-def top_vals(tokenizer, res: torch.Tensor, n: int = 10, return_results: bool = False):
+def top_vals(tokenizer: PreTrainedTokenizerBase, res: torch.Tensor, n: int = 10,
+             return_results: bool = False) -> list[tuple[str, float]] | None:
     """The ``n`` highest entries of a 1-D distribution over the vocabulary, highest first.
 
     Prints one ``token value`` line each (token padded to 20 characters), or with
@@ -117,7 +128,7 @@ def top_vals(tokenizer, res: torch.Tensor, n: int = 10, return_results: bool = F
     return None
 
 
-def GET_LOC(LOC, unit: str = "h.pos", batch_size: int = 1):  # noqa: N802 - pyvene's name
+def GET_LOC(LOC: Sequence[int], unit: str = "h.pos", batch_size: int = 1) -> list:  # noqa: N802 - pyvene's name
     """``(head, position)`` -> the nested unit locations that unit ``"h.pos"`` takes:
     ``[[[[head]] * batch_size, [[position]] * batch_size]]``."""
     if unit != "h.pos":
@@ -208,22 +219,26 @@ def _factory(model_cls_name: str, name: str, config, cache_dir, tokenizer_name=N
     return config, tokenizer, model
 
 
-def create_gpt2(name: str = "gpt2", cache_dir=None, config=None):
+def create_gpt2(name: str = "gpt2", cache_dir: PathLike | None = None,
+                config: PretrainedConfig | None = None) -> Created:
     """GPT-2 base model (``GPT2Model``, eager attention): ``(config, tokenizer, model)``."""
     return _factory("GPT2Model", name, config, cache_dir, eager=True)
 
 
-def create_gpt2_lm(name: str = "gpt2", config=None, cache_dir=None):
+def create_gpt2_lm(name: str = "gpt2", config: PretrainedConfig | None = None,
+                   cache_dir: PathLike | None = None) -> Created:
     """GPT-2 with its LM head (``GPT2LMHeadModel``, eager attention)."""
     return _factory("GPT2LMHeadModel", name, config, cache_dir, eager=True)
 
 
-def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir=None, config=None):
+def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir: PathLike | None = None,
+                   config: PretrainedConfig | None = None) -> Created:
     """GPT-Neo causal LM; the tokenizer is GPT-Neo's (``EleutherAI/gpt-neo-125M``), as in pyvene."""
     return _factory("GPTNeoForCausalLM", name, config, cache_dir, tokenizer_name="EleutherAI/gpt-neo-125M")
 
 
-def create_llama(name: str = "sharpbai/alpaca-7b-merged", cache_dir=None, dtype=torch.bfloat16, config=None):
+def create_llama(name: str = "sharpbai/alpaca-7b-merged", cache_dir: PathLike | None = None,
+                 dtype: torch.dtype = torch.bfloat16, config: PretrainedConfig | None = None) -> Created:
     """LLaMA causal LM, loaded in ``dtype`` (bfloat16 by default, as pyvene); a random model
     built from ``config=`` keeps the default float32. Attention is transformers' default (SDPA),
     as in pyvene."""
@@ -241,21 +256,21 @@ def _toy(model_cls, config_cls, config, tokenizer_name, cache_dir):
     return config, tokenizer, model_cls(config)
 
 
-def create_mlp_classifier(config: MLPConfig, tokenizer_name: str | None = None, cache_dir=None):
+def create_mlp_classifier(config: MLPConfig, tokenizer_name: str | None = None, cache_dir: PathLike | None = None) -> Created:
     """A random ``MLPForClassification``; a tokenizer only when ``tokenizer_name`` is given."""
     return _toy(MLPForClassification, MLPConfig, config, tokenizer_name, cache_dir)
 
 
-def create_gru(config: GRUConfig, tokenizer_name: str | None = None, cache_dir=None):
+def create_gru(config: GRUConfig, tokenizer_name: str | None = None, cache_dir: PathLike | None = None) -> Created:
     """A random ``GRUModel``."""
     return _toy(GRUModel, GRUConfig, config, tokenizer_name, cache_dir)
 
 
-def create_gru_lm(config: GRUConfig, tokenizer_name: str | None = None, cache_dir=None):
+def create_gru_lm(config: GRUConfig, tokenizer_name: str | None = None, cache_dir: PathLike | None = None) -> Created:
     """A random ``GRULMHeadModel``."""
     return _toy(GRULMHeadModel, GRUConfig, config, tokenizer_name, cache_dir)
 
 
-def create_gru_classifier(config: GRUConfig, tokenizer_name: str | None = None, cache_dir=None):
+def create_gru_classifier(config: GRUConfig, tokenizer_name: str | None = None, cache_dir: PathLike | None = None) -> Created:
     """A random ``GRUForClassification``."""
     return _toy(GRUForClassification, GRUConfig, config, tokenizer_name, cache_dir)

@@ -143,7 +143,7 @@ class MLPModel(MLPPreTrainedModel):
         self.h = nn.ModuleList(MLPBlock(config) for _ in range(config.n_layer))
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module | None:
         return getattr(self, "wte", None)
 
     def forward(
@@ -153,7 +153,7 @@ class MLPModel(MLPPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> tuple | MLPModelOutput:
         hidden = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if position_ids is not None:
             hidden = hidden + self.wpe(position_ids)
@@ -185,7 +185,7 @@ class MLPForClassification(MLPPreTrainedModel):
         self.score = nn.Linear(config.h_dim, config.num_classes, bias=config.include_bias)
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module | None:
         return self.mlp.get_input_embeddings()
 
     def forward(
@@ -196,7 +196,7 @@ class MLPForClassification(MLPPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> tuple | SequenceClassifierOutput:
         out = self.mlp(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -273,7 +273,7 @@ class GRUCell(nn.Module):
         for param in self.parameters():
             nn.init.uniform_(param, -bound, bound)
 
-    def forward(self, current_states: torch.Tensor, hidden_states: torch.Tensor | None = None):
+    def forward(self, current_states: torch.Tensor, hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         if hidden_states is None:
             hidden_states = current_states.new_zeros(current_states.shape[0], self.h_dim)
         x_reset, x_update, x_new = self.x2h(current_states).chunk(3, dim=-1)
@@ -322,10 +322,10 @@ class GRUModel(GRUPreTrainedModel):
         self.cells = nn.ModuleList(GRUCell(config) for _ in range(config.n_layer))
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module | None:
         return getattr(self, "wte", None)
 
-    def set_input_embeddings(self, new_embeddings):
+    def set_input_embeddings(self, new_embeddings: nn.Module) -> None:
         self.wte = new_embeddings
 
     def forward(
@@ -336,7 +336,7 @@ class GRUModel(GRUPreTrainedModel):
         hidden_states: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> tuple | GRUModelOutput:
         embeds = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if position_ids is not None:
             embeds = embeds + self.wpe(position_ids)
@@ -377,7 +377,7 @@ class GRUForClassification(GRUPreTrainedModel):
         self.gru = GRUModel(config)
         self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module | None:
         return self.gru.get_input_embeddings()
 
     def forward(
@@ -389,7 +389,7 @@ class GRUForClassification(GRUPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> tuple | SequenceClassifierOutput:
         out = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         steps = out[0]
         last = _last_positions(input_ids, inputs_embeds, attention_mask).to(steps.device)
@@ -414,13 +414,13 @@ class GRULMHeadModel(GRUPreTrainedModel):
         self.gru = GRUModel(config)
         self.lm_head = nn.Linear(config.h_dim, config.vocab_size, bias=False)
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module | None:
         return self.gru.get_input_embeddings()
 
-    def get_output_embeddings(self):
+    def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def set_output_embeddings(self, new_embeddings):
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
     def forward(
@@ -431,7 +431,7 @@ class GRULMHeadModel(GRUPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> tuple | CausalLMOutput:
         out = self.gru(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         logits = self.lm_head(out[0])
         loss = None

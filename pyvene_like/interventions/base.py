@@ -28,13 +28,17 @@ returns the site to hook instead (see :class:`~pyvene_like.interventions.codeboo
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, LocationError
+from ..types import Partition, Subspaces
 from ..validation import check_bool, check_optional_positive_int, is_int
+
+if TYPE_CHECKING:
+    from ..sites import Site
 
 
 class Intervention(nn.Module):
@@ -53,7 +57,7 @@ class Intervention(nn.Module):
     #: at call time); otherwise :meth:`bind_site` compares ``embed_dim`` with the site at build.
     checks_width: ClassVar[bool] = False
 
-    def __init__(self, embed_dim: int | None = None, subspace_partition=None, use_fast: bool = False):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, use_fast: bool = False):
         super().__init__()
         self.embed_dim = check_optional_positive_int(embed_dim, f"{type(self).__name__}: embed_dim")
         self.subspace_partition = check_partition(subspace_partition, embed_dim)
@@ -66,7 +70,8 @@ class Intervention(nn.Module):
     def needs_source(self) -> bool:
         return self.source_from == "source"
 
-    def forward(self, base, source=None, subspaces=None):  # pragma: no cover - abstract
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- settings (what serialization saves besides the state dict) ------------------------
@@ -89,7 +94,7 @@ class Intervention(nn.Module):
             )
         return cls(**config)
 
-    def bind_site(self, model: nn.Module, site, rep):
+    def bind_site(self, model: nn.Module, site: Site, rep: Any) -> None:
         """Check, once at build time, that ``embed_dim`` (when given) is the site's width.
 
         A wrong ``embed_dim`` (``intervention_kwargs={"embed_dim": 7}`` on a site of width 64) is
@@ -129,7 +134,7 @@ class Intervention(nn.Module):
         return model
 
     # -- helpers for subclasses -------------------------------------------------------
-    def subspace_mask(self, subspaces, base: torch.Tensor) -> torch.Tensor | None:
+    def subspace_mask(self, subspaces: Subspaces, base: torch.Tensor) -> torch.Tensor | None:
         """``[batch, 1, width]`` boolean mask of the dims selected by ``subspaces``.
 
         Without ``subspace_partition`` the ids are raw dimensions; with one, id ``k``
@@ -185,7 +190,8 @@ class ConstantSourceIntervention(Intervention):
 
     source_from = None
 
-    def forward(self, base, source=None, subspaces=None):  # pragma: no cover - abstract
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 

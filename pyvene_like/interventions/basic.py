@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError, ShapeError
 from ..registry import register_intervention
+from ..types import Partition, Subspaces
 from ..validation import check_bool, check_fits_dtype, check_non_negative_int, check_number
 from .base import ConstantSourceIntervention, Intervention
 
@@ -37,10 +40,11 @@ class VanillaIntervention(Intervention):
     """Interchange: the base units take the source's values (on the chosen subspaces)."""
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # with the source equal to the base
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
@@ -49,10 +53,11 @@ class AdditionIntervention(Intervention):
     """``base + source`` (on the chosen subspaces). Steering vectors use this."""
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {"source_representation": torch.zeros(embed_dim)}
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         return base + _selected(self, base, source, subspaces)
 
 
@@ -61,10 +66,11 @@ class SubtractionIntervention(Intervention):
     """``base - source`` (on the chosen subspaces)."""
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {"source_representation": torch.zeros(embed_dim)}
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         return base - _selected(self, base, source, subspaces)
 
 
@@ -72,7 +78,8 @@ class SubtractionIntervention(Intervention):
 class ZeroIntervention(ConstantSourceIntervention):
     """Zero ablation of the chosen units (and subspaces)."""
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         mask = self.subspace_mask(subspaces, base)
         if mask is None:
             return torch.zeros_like(base)
@@ -86,10 +93,11 @@ class CollectIntervention(ConstantSourceIntervention):
     modifies_output = False
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # it only reads
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         mask = self.subspace_mask(subspaces, base)
         return base if mask is None else base.masked_fill(~mask, 0)
 
@@ -103,7 +111,8 @@ class SkipIntervention(Intervention):
 
     source_from = "module_input"
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
 
 
@@ -115,7 +124,7 @@ _NOISE_HEADROOM = 16.0
 class NoiseIntervention(ConstantSourceIntervention):
     """Adds Gaussian noise ``noise_level * N(0, 1)``; with ``seed`` every call draws the same noise."""
 
-    def __init__(self, embed_dim=None, subspace_partition=None, noise_level: float = 0.1, seed: int | None = None):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, noise_level: float = 0.1, seed: int | None = None):
         super().__init__(embed_dim, subspace_partition)
         self.noise_level = check_fits_dtype(
             check_number(noise_level, "NoiseIntervention: noise_level", non_negative=True),
@@ -124,18 +133,19 @@ class NoiseIntervention(ConstantSourceIntervention):
             seed = check_non_negative_int(seed, "NoiseIntervention: seed (an int or None)")
         self.seed = seed
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "noise_level": self.noise_level, "seed": self.seed}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"noise_level": 0.5, "seed": 7}}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {"intervention_kwargs": {"noise_level": 0.0, "seed": 7}}
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         if self.noise_level * _NOISE_HEADROOM > torch.finfo(base.dtype).max:
             # Fits float32 (checked when built) but not these activations (float16: 65504).
             raise ConfigError(
@@ -163,7 +173,7 @@ class LambdaIntervention(Intervention):
     Set ``needs_source=False`` for functions of the base alone (no source run is made).
     """
 
-    def __init__(self, fn=None, embed_dim=None, subspace_partition=None, needs_source: bool = True):
+    def __init__(self, fn: Callable[..., torch.Tensor | None] | None = None, embed_dim: int | None = None, subspace_partition: Partition = None, needs_source: bool = True):
         super().__init__(embed_dim, subspace_partition)
         if fn is None or not callable(fn):
             raise ConfigError(f"LambdaIntervention needs a callable fn(base, source[, subspaces]), got {fn!r}")
@@ -171,20 +181,21 @@ class LambdaIntervention(Intervention):
         self.source_from = "source" if check_bool(needs_source, "LambdaIntervention: needs_source") else None
         self._pass_subspaces = _arity(fn) == 3
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The settings besides ``fn``: a function is code, not data, and is given back at load
         time (``from_pretrained(..., functions=...)``)."""
         return {**super().get_config(), "needs_source": self.source_from is not None}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"intervention_kwargs": {"fn": _example_mix}}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {"intervention_kwargs": {"fn": _example_keep}}
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor | None:
         if self._pass_subspaces:
             new = self.fn(base, source, subspaces)
         else:

@@ -10,10 +10,13 @@ and logits 100 for the rotated one). Parameters and computation are float32, as 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..registry import register_intervention
+from ..types import Partition, Subspaces
 from ..validation import check_number
 from .rotated import (
     TrainableIntervention,
@@ -37,7 +40,7 @@ class SigmoidMaskIntervention(TrainableIntervention):
     them keep the base. Parameters: ``embed_dim`` (``mask``).
     """
 
-    def __init__(self, embed_dim=None, subspace_partition=None, temperature: float = 0.01, mask_init: float = 0.0):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, temperature: float = 0.01, mask_init: float = 0.0):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
@@ -48,14 +51,15 @@ class SigmoidMaskIntervention(TrainableIntervention):
 
     # get_config: the base's; temperature and mask_init start a buffer and a parameter (state).
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # with the source equal to the base
 
     def mask_weights(self) -> torch.Tensor:
         """The ``[embed_dim]`` soft mask (float32)."""
         return torch.sigmoid(self.mask / self.temperature)
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         self._check(base, source)
         with _full_precision(base):
             cdt = _compute_dtype(base)
@@ -78,7 +82,7 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
     rotated dims. Parameters: ``embed_dim**2 + embed_dim`` (rotation and ``masks``).
     """
 
-    def __init__(self, embed_dim=None, subspace_partition=None, temperature: float = 50.0, mask_init: float = 100.0):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, temperature: float = 50.0, mask_init: float = 100.0):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, subspace_partition)
@@ -89,14 +93,15 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # with the source equal to the base
 
     def mask_weights(self) -> torch.Tensor:
         """The ``[embed_dim]`` soft mask over rotated dims (float32)."""
         return torch.sigmoid(self.masks / self.temperature)
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         self._check(base, source)
         with _full_precision(base):
             soft = self.mask_weights()

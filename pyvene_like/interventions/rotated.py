@@ -20,6 +20,7 @@ activation's dtype. A bfloat16 model trains a float32 rotation.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
+from ..types import Partition, Subspaces
 from ..validation import check_fits_dtype, check_number, check_positive_int, is_int
 from .base import Intervention, check_partition, rectangular_subspaces
 
@@ -83,7 +85,7 @@ class RotateLayer(nn.Module):
         self.weight = nn.Parameter(torch.empty(n, n if k is None else k))
         nn.init.orthogonal_(self.weight)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight
 
 
@@ -166,7 +168,7 @@ class TrainableIntervention(Intervention):
         return self
 
     # -- temperature (for the interventions that have one) -----------------------------------
-    def set_temperature(self, value) -> None:
+    def set_temperature(self, value: float | torch.Tensor) -> None:
         """Set the mask's temperature (a saved buffer); a positive number or 0-d tensor."""
         if not hasattr(self, "temperature"):
             raise ConfigError(f"{type(self).__name__} has no temperature")
@@ -285,7 +287,7 @@ class RotatedSpaceIntervention(TrainableIntervention):
     the vanilla interchange; ``0`` leaves the base untouched). Parameters: ``embed_dim**2``.
     """
 
-    def __init__(self, embed_dim=None, subspace_partition=None, interchange_dim: int | None = None):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, interchange_dim: int | None = None):
         n = _need_width(embed_dim, type(self).__name__)
         super().__init__(n, subspace_partition)
         self.interchange_dim = n
@@ -309,14 +311,15 @@ class RotatedSpaceIntervention(TrainableIntervention):
             )
         self.interchange_dim = int(interchange_dim)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "interchange_dim": self.interchange_dim}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # with the source equal to the base
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         self._check(base, source)
         if subspaces is not None:
             sel = _rotated_selection(self, subspaces, base.shape[0], self.embed_dim, base.device)
@@ -342,7 +345,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
     (or ``subspace_partition`` groups of them). Parameters: ``embed_dim * low_rank_dimension``.
     """
 
-    def __init__(self, embed_dim=None, subspace_partition=None, low_rank_dimension: int | None = None):
+    def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, low_rank_dimension: int | None = None):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         if low_rank_dimension is None:
@@ -366,18 +369,19 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
         with allocating(type(self).__name__, n):
             self.rotate_layer = orthonormal_layer(n, low_rank_dimension)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "low_rank_dimension": self.low_rank_dimension}
 
     @classmethod
-    def example_kwargs(cls, embed_dim):
+    def example_kwargs(cls, embed_dim: int) -> dict[str, Any]:
         return {"low_rank_dimension": min(8, embed_dim)}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return cls.example_kwargs(embed_dim)  # with the source equal to the base
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         self._check(base, source)
         sel = None
         if subspaces is not None:
@@ -412,7 +416,7 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
 
     supports_subspaces = False
 
-    def __init__(self, embed_dim=None, init_boundary: float = 0.5, temperature: float = 50.0):
+    def __init__(self, embed_dim: int | None = None, init_boundary: float = 0.5, temperature: float = 50.0):
         name = type(self).__name__
         n = _need_width(embed_dim, name)
         super().__init__(n, None)
@@ -424,12 +428,12 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(init_boundary)]))
         self.register_buffer("temperature", torch.tensor(_temperature_value(temperature, name)))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         # init_boundary and temperature start the parameter and the buffer: state, not settings.
         return {"embed_dim": self.embed_dim}
 
     @classmethod
-    def null_kwargs(cls, embed_dim):
+    def null_kwargs(cls, embed_dim: int) -> dict[str, Any] | None:
         return {}  # with the source equal to the base
 
     def get_boundary_parameters(self) -> nn.Parameter:
@@ -441,7 +445,8 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         centres = torch.arange(self.embed_dim, dtype=torch.float32, device=edge.device) + 0.5
         return torch.sigmoid((edge - centres) / self.temperature)
 
-    def forward(self, base, source=None, subspaces=None):
+    def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
+                subspaces: Subspaces = None) -> torch.Tensor:
         self._no_subspaces(subspaces)
         self._check(base, source)
         with _full_precision(base):
