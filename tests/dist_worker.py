@@ -15,34 +15,17 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import pyvene_like as pv
 import pyvene_like.training.loop as loop_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the shared tiny models
+from tiny_models import MLP  # noqa: E402
 
 IDS = {0: ["WX"], 1: ["YZ"], 2: ["WX", "YZ"]}
 SUBSPACES = {0: [0], 1: [1], 2: [0, 1]}
 N_TRAIN, N_EVAL = 128, 50  # 50: not a multiple of 2 * batch, so evaluation pads a shard
 BATCH = 16                 # per process; one process uses gradient_accumulation_steps=2
-
-
-class MLP(nn.Module):
-    def __init__(self, d_in=16, h=16, n_layer=2, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        dims = [d_in] + [h] * n_layer
-        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = nn.Linear(h, 2)
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-                    m.bias.zero_()
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
 
 
 def data():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_gpt2
-from torch import nn
+from tiny_models import MLP
 
 import pyvene_like as pv
 from pyvene_like.training import CounterfactualCollator
@@ -17,23 +17,6 @@ IDS = {0: ["WX"], 1: ["YZ"], 2: ["WX", "YZ"]}
 SUBSPACES = {0: [0], 1: [1], 2: [0, 1]}
 
 
-class MLP(nn.Module):
-    def __init__(self, d_in=16, h=16, n_layer=2, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        dims = [d_in] + [h] * n_layer
-        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = nn.Linear(h, 2)
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-                    m.bias.zero_()
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import transformers
+from torch import nn
 
 VOCAB = 128
 MAX_POS = 128
@@ -232,3 +233,26 @@ def train_bpe_tokenizer(corpus, vocab_size: int = 400):
                                   special_tokens=["<|endoftext|>"], show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+# -- a plain torch model (no HF config) ------------------------------------------------
+class MLP(nn.Module):
+    """A seeded ReLU MLP with a 2-way head: ``layers.<i>`` are the sites; the same weights for a
+    seed in every process (the multi-process tests build it on each rank)."""
+
+    def __init__(self, d_in=16, h=16, n_layer=2, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        dims = [d_in] + [h] * n_layer
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(h, 2)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
+                    m.bias.zero_()
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
