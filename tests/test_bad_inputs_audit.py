@@ -372,3 +372,10 @@ def test_generate_row_counts_are_positive_ints(gpt2, key, value):
     with pytest.raises(ConfigError, match=f"generate: {key} must be a positive int, got {value!r}"):
         im.generate(base, max_new_tokens=2, **{key: value})
     assert _hooks(gpt2) == hooks
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_sae_hook_name_may_not_be_blank(name):
+    # A blank hook name was stored and written to cfg.json, naming no hook at all.
+    with pytest.raises(ConfigError, match=r"hook_name must be a string or None, got '\s*' \(a blank name"):
+        pv.sae.SAE(d_in=4, d_sae=8, hook_name=name)

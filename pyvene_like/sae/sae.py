@@ -108,8 +108,9 @@ class SAE(nn.Module):
             norm_scaling_factor = check_fits_dtype(
                 check_number(norm_scaling_factor, "SAE norm_scaling_factor", positive=True),
                 "SAE norm_scaling_factor", dtype_from_name(dtype))
-        if hook_name is not None and not isinstance(hook_name, str):
-            raise ConfigError(f"SAE hook_name must be a string or None, got {hook_name!r}")
+        if hook_name is not None and (not isinstance(hook_name, str) or not hook_name.strip()):
+            blank = " (a blank name: give the hook's name, or None)" if isinstance(hook_name, str) else ""
+            raise ConfigError(f"SAE hook_name must be a string or None, got {hook_name!r}{blank}")
         self.d_in, self.d_sae = d_in, d_sae
         self.activation = activation
         self.k = None if k is None else int(k)
