@@ -38,7 +38,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -144,22 +143,8 @@ def _rss() -> int:
 
 def peak_rss_growth(fn) -> tuple[int, object]:
     base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        out = fn()
-    finally:
-        stop.set()
-        th.join()
-    return max(peak[0], _rss()) - base, out
+    out, peak = common.run_sampling_peak(fn, _rss)
+    return peak - base, out
 
 
 def memory_runs(model, sizes, tmp: Path) -> list:

@@ -18,6 +18,7 @@ import pstats
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -79,6 +80,27 @@ def abort_on_leftover_hooks(model, prefix: str, when: str) -> None:
 
 
 # -- timing ---------------------------------------------------------------------------------
+def run_sampling_peak(fn, read) -> tuple[object, int]:
+    """``fn()`` while ``read()`` (a memory figure in bytes) is sampled every 2 ms from a second
+    thread: (fn's result, the largest reading, before, during and right after the call)."""
+    peak = [read()]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], read())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        th.join()
+    return out, max(peak[0], read())
+
+
 def time_round_robin(calls: dict, rounds: int, inner: int, warmup_rounds: int) -> dict:
     """Per-contender samples (ms per call) of ``rounds`` timed rounds after ``warmup_rounds``.
 

@@ -42,7 +42,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -142,22 +141,7 @@ def _trim() -> None:
 
 def _peak_anon(fn):
     """``fn()`` with RssAnon sampled every 2 ms: (its result, the peak RssAnon)."""
-    peak = [_status()["RssAnon"]]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _status()["RssAnon"])
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        out = fn()
-    finally:
-        stop.set()
-        th.join()
-    return out, max(peak[0], _status()["RssAnon"])
+    return common.run_sampling_peak(fn, lambda: _status()["RssAnon"])
 
 
 def memory_part(sizes: list[int], tmp: Path) -> list:
