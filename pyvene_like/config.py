@@ -199,6 +199,16 @@ def type_name(cls) -> str:
     return name
 
 
+def _representation_list(representations: Any, expected: str) -> list[RepresentationConfig]:
+    """One RepresentationConfig or dict, or a non-empty list of them, as RepresentationConfigs;
+    anything else is a ConfigError that says what was ``expected``."""
+    if isinstance(representations, (RepresentationConfig, dict)):
+        representations = [representations]
+    if not isinstance(representations, (list, tuple)) or not representations:
+        raise ConfigError(f"{expected}, got {representations!r}")
+    return [RepresentationConfig.from_dict(r) for r in representations]
+
+
 class IntervenableConfig:
     """A list of representations plus the defaults they share.
 
@@ -218,14 +228,8 @@ class IntervenableConfig:
                  model_type: Any = None) -> None:
         if representations is None:
             representations = [RepresentationConfig()]
-        if isinstance(representations, (RepresentationConfig, dict)):
-            representations = [representations]
-        if not isinstance(representations, (list, tuple)) or not representations:
-            raise ConfigError(
-                f"representations must be a non-empty list of RepresentationConfig or dicts, "
-                f"got {representations!r}"
-            )
-        reps = [RepresentationConfig.from_dict(r) for r in representations]
+        reps = _representation_list(
+            representations, "representations must be a non-empty list of RepresentationConfig or dicts")
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not supported; accepted: {accepted(MODES)}.{did_you_mean(mode, MODES)}")
         self.mode = mode
@@ -260,14 +264,8 @@ class IntervenableConfig:
     def add_intervention(self, representations: RepresentationConfig | dict | Sequence[RepresentationConfig | dict]) -> None:
         """Append representations (a RepresentationConfig, a dict, or a list of them); one that
         names no type takes the config's shared type (vanilla when there is none)."""
-        if isinstance(representations, (RepresentationConfig, dict)):
-            representations = [representations]
-        if not isinstance(representations, (list, tuple)) or not representations:
-            raise ConfigError(
-                f"add_intervention: expected a RepresentationConfig, a dict or a non-empty list of "
-                f"them, got {representations!r}"
-            )
-        for rep in [RepresentationConfig.from_dict(r) for r in representations]:
+        for rep in _representation_list(
+                representations, "add_intervention: expected a RepresentationConfig, a dict or a non-empty list of them"):
             self._append(rep)
 
     @property
