@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -384,6 +384,17 @@ def _prepare(model, clean, corrupted, noise, direction):
     return clean, corrupted
 
 
+def _resolve_metric(metric: Callable | str, clean_outputs: Callable[[], Any]) -> Callable:
+    """A metric function as given, or ``"kl_to_clean"`` made from the clean run's last-position
+    logits (``clean_outputs()`` is called only then, without gradients)."""
+    if not isinstance(metric, str):
+        return metric
+    if metric != "kl_to_clean":
+        raise ConfigError(f"metric {metric!r}: accepted strings: 'kl_to_clean'; or pass a function")
+    with torch.no_grad():
+        return kl_to(_logits(clean_outputs())[:, -1])
+
+
 # -- exact sweeps -------------------------------------------------------------------------------
 def patching_sweep(
     model: nn.Module,
@@ -436,10 +447,7 @@ def patching_sweep(
     with torch.no_grad():
         clean_out = _call(model, clean)
         corr_out = _call(model, corrupted) if corrupted is not None else _run_noised(model, clean, noise_rep)
-    if isinstance(metric, str):
-        if metric != "kl_to_clean":
-            raise ConfigError(f"metric {metric!r}: accepted strings: 'kl_to_clean'; or pass a function")
-        metric = kl_to(_logits(clean_out)[:, -1])
+    metric = _resolve_metric(metric, lambda: clean_out)
     m_clean = metric(clean_out).detach().float().cpu()
     m_corr = metric(corr_out).detach().float().cpu()
 
@@ -527,11 +535,7 @@ def attribution_patching(
     bsz, seq = _shape(clean)
     grid = _grid(model, component, unit, layers, positions, heads, seq, bsz)
     noise_rep = _noise_for(noise, model, clean)
-    if isinstance(metric, str):
-        if metric != "kl_to_clean":
-            raise ConfigError(f"metric {metric!r}: accepted strings: 'kl_to_clean'; or pass a function")
-        with torch.no_grad():
-            metric = kl_to(_logits(_call(model, clean))[:, -1])
+    metric = _resolve_metric(metric, lambda: _call(model, clean))
     clean_acts = _read_acts(model, clean, grid)
     corr_acts = _read_acts(model, corrupted, grid) if corrupted is not None else _read_acts(model, clean, grid, noise_rep)
     if direction == "denoising":
