@@ -231,16 +231,22 @@ def test_a_list_of_ints_is_read_as_floats_and_nan_is_refused():
 
 
 @pytest.mark.parametrize("partition, match", [
-    ([], r"subspace_partition must be a non-empty list of \[start, end\) pairs of ints"),
+    ([], r"subspace_partition must be a non-empty list of subspaces, each a \[start, end\) pair"),
     ([[0.0, 4.0]], r"subspace_partition must be a non-empty list .* got \[\[0.0, 4.0\]\]"),
     ([[0, True]], r"subspace_partition must be a non-empty list"),
-    ([[0, 4, 8]], r"subspace_partition must be a non-empty list"),
-    ([[-2, 4]], r"subspace_partition must be \[start, end\) pairs with 0 <= start < end"),
+    ([[]], r"subspace_partition must be a non-empty list"),
+    ([[0, 4, 4]], r"a list of dims needs distinct dims >= 0, got \[0, 4, 4\]"),
+    ([[0, -4, 2]], r"a list of dims needs distinct dims >= 0"),
+    ([[-2, 4]], r"a two-int entry is a \[start, end\) range and needs 0 <= start < end, got \[-2, 4\]"),
+    ([[4, 4]], r"a two-int entry is a \[start, end\) range"),
     ([[0, 4], [2, 8]], r"subspace_partition must be non-overlapping"),
+    ([[0, 1, 2], [2]], r"subspace_partition must be non-overlapping"),
+    ([[0, 1, 9]], r"reaches dimension 10 but the site's width is 8"),
 ])
 def test_bad_partitions(partition, match):
-    with pytest.raises(ConfigError, match=match):
-        pv.RepresentationConfig(subspace_partition=partition)
+    if "reaches dimension" not in match:  # a config alone does not know the width
+        with pytest.raises(ConfigError, match=match):
+            pv.RepresentationConfig(subspace_partition=partition)
     with pytest.raises(ConfigError, match=match):
         pv.VanillaIntervention(embed_dim=8, subspace_partition=partition)
 

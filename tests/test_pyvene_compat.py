@@ -813,12 +813,13 @@ def test_a_constant_source_intervention_needs_no_source_run(gpt2_tiny):
     torch.testing.assert_close(out, ref)
 
 
-def test_use_fast_is_accepted_by_interventions_and_changes_nothing():
+def test_use_fast_reads_the_first_examples_subspaces_for_every_example_as_in_pyvene():
     base = torch.arange(12.0).view(2, 1, 6)
     src = base + 50
     fast = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]], use_fast=True)
     slow = pv.VanillaIntervention(subspace_partition=[[0, 2], [2, 6]])
-    assert torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [1]]))
+    assert torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [0]]))
+    assert not torch.equal(fast(base, src, [[0], [1]]), slow(base, src, [[0], [1]]))
     with pytest.raises(ConfigError, match="use_fast must be True or False"):
         pv.VanillaIntervention(use_fast="yes")
 
@@ -868,3 +869,144 @@ def test_train_alignment_warms_up_over_ten_percent_of_the_steps_unrounded():
     im.train_alignment([batch] * 2, lambda logits, labels: logits[:, -1].logsumexp(-1).mean(), lambda preds, labels: 0.0,
                        None, epochs=1, lr=0.5)
     assert not torch.allclose(im.interventions[0].rotate_layer.weight, before)
+
+
+# ------------------------------------------- interventions called directly (pyvene's forms)
+
+
+def _swap_by_hand(base, source, dims_of):
+    """``dims_of(b, u)`` -> the dims of example b, unit u that take the source's values."""
+    out = base.clone()
+    for b in range(base.shape[0]):
+        for u in range(base.shape[1]):
+            for d in dims_of(b, u):
+                out[b, u, d] = source[b, u, d]
+    return out
+
+
+def test_subspaces_given_per_unit_apply_along_the_units_when_called_directly():
+    base = torch.arange(36.0).view(2, 3, 6)
+    source = base + 100
+    rows = [[1, 0], [0, 1], [1, 2]]  # 3 lists for 3 units (2 examples)
+    out = pv.VanillaIntervention()(base, source, subspaces=rows)
+    assert torch.equal(out, _swap_by_hand(base, source, lambda b, u: rows[u]))
+    part = [[0, 2], [2, 4], [4, 6]]
+    out = pv.VanillaIntervention(subspace_partition=part)(base, source, subspaces=rows)
+    dims = [[d for i in r for d in range(*part[i])] for r in rows]
+    assert torch.equal(out, _swap_by_hand(base, source, lambda b, u: dims[u]))
+    # a source of one unit's width is broadcast to every example and unit
+    vec = torch.arange(6.0) + 500
+    out = pv.VanillaIntervention(subspace_partition=part)(base, vec, subspaces=rows)
+    assert torch.equal(out, _swap_by_hand(base, vec.expand_as(base), lambda b, u: dims[u]))
+
+
+def test_per_example_lists_win_when_there_are_as_many_examples_as_units():
+    base = torch.arange(24.0).view(2, 2, 6)
+    source = base + 100
+    rows = [[0], [5]]
+    out = pv.VanillaIntervention()(base, source, subspaces=rows)
+    assert torch.equal(out, _swap_by_hand(base, source, lambda b, u: rows[b]))
+
+
+def test_per_example_and_unit_lists_when_called_directly():
+    base = torch.arange(36.0).view(2, 3, 6)
+    source = base + 100
+    rows = [[[0], [1, 2], [5]], [[3], [3], [0, 4]]]
+    out = pv.AdditionIntervention()(base, source, subspaces=rows)
+    expected = base.clone()
+    for b in range(2):
+        for u in range(3):
+            expected[b, u, rows[b][u]] += source[b, u, rows[b][u]]
+    assert torch.equal(out, expected)
+    with pytest.raises(pv.LocationError, match=r"\[batch\]\[units\]\[ids\] lists must be 2 lists of 3 id lists"):
+        pv.AdditionIntervention()(base, source, subspaces=[[[0], [1]], [[0], [1]]])
+    with pytest.raises(pv.LocationError, match=r"got 4 per-example lists for a batch of 2 or 3 per-unit lists"):
+        pv.VanillaIntervention()(base, source, subspaces=[[0]] * 4)
+
+
+def test_embed_dim_narrower_than_the_units_means_the_first_embed_dim_features():
+    base = torch.arange(36.0).view(2, 3, 6)
+    source = base + 100
+    out = pv.VanillaIntervention(embed_dim=2)(base, source)
+    assert torch.equal(out, _swap_by_hand(base, source, lambda b, u: [0, 1]))
+    out = pv.SubtractionIntervention(embed_dim=4)(base, source)
+    expected = base.clone()
+    expected[..., :4] -= source[..., :4]
+    assert torch.equal(out, expected)
+    assert torch.equal(pv.CollectIntervention(embed_dim=3)(base), base[..., :3])
+    with pytest.raises(pv.ShapeError, match=r"units of width 6 are narrower than embed_dim=8"):
+        pv.VanillaIntervention(embed_dim=8)(base, source)
+
+
+def test_inside_a_model_embed_dim_must_still_be_the_sites_width(gpt2_tiny):
+    with pytest.raises(ConfigError, match=r"embed_dim=2 does not match the width of the site"):
+        pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention=pv.VanillaIntervention(embed_dim=2)),
+                             gpt2_tiny)
+
+
+def test_collect_with_subspaces_returns_the_selected_dims_in_the_order_named():
+    base = torch.arange(36.0).view(2, 3, 6)
+    part = [[0, 2], [2, 4], [4, 6]]
+    rows = [[1, 0], [0, 1], [1, 2]]
+    out = pv.CollectIntervention(subspace_partition=part)(base, None, subspaces=rows)
+    dims = [[d for i in r for d in range(*part[i])] for r in rows]
+    expected = torch.stack([torch.stack([base[b, u, dims[u]] for u in range(3)]) for b in range(2)])
+    assert torch.equal(out, expected)
+    with pytest.raises(pv.LocationError, match=r"the rows select different numbers of dims \(\[1, 2\]\)"):
+        pv.CollectIntervention()(base, None, subspaces=[[0], [0, 1]])
+
+
+def test_index_list_partitions_name_their_dims_and_two_ints_are_a_range():
+    iv = pv.VanillaIntervention(subspace_partition=[[0, 1, 2], [3, 4], [5]])
+    base = torch.arange(12.0).view(2, 1, 6)
+    source = base + 100
+    assert torch.equal(iv(base, source, subspaces=[[1]]), _swap_by_hand(base, source, lambda b, u: [3]))
+    assert torch.equal(iv(base, source, subspaces=[[0, 2]]), _swap_by_hand(base, source, lambda b, u: [0, 1, 2, 5]))
+    # the dims of a listed subspace may be anywhere, in any order
+    iv = pv.CollectIntervention(subspace_partition=[[5, 0, 3], [1, 2]])
+    assert torch.equal(iv(base, None, subspaces=[[0]]), base[..., [5, 0, 3]])
+    assert iv.get_config()["subspace_partition"] == [[5, 0, 3], [1, 2]]
+
+
+def test_subspaces_per_example_and_unit_in_a_model_call_match_hand_hooks(gpt2_tiny):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output",
+                               "subspace_partition": [[0, 1, 7], [2, 3], [10, 20, 23]]}, gpt2_tiny)
+    base, src = _ids(5), _ids(6)
+    rows = [[[0], [2]], [[1, 2], [0]]]  # [batch][units][ids]
+    got = im(base, [src], {"sources->base": ([[[1, 3]] * 2], [[[1, 3]] * 2])}, subspaces=[rows])[1].last_hidden_state
+    groups = [[0, 1, 7], [2], [10, 20, 23]]
+    s = _block_output(gpt2_tiny, src, 0)
+
+    def patch(m, a, o):
+        x = _out(o).clone()
+        for b in range(2):
+            for u, pos in enumerate([1, 3]):
+                dims = [d for i in rows[b][u] for d in groups[i]]
+                x[b, pos, dims] = s[b, pos, dims]
+        return (x,) + tuple(o[1:]) if isinstance(o, tuple) else x
+
+    h = gpt2_tiny.h[0].register_forward_hook(patch)
+    try:
+        with torch.no_grad():
+            expected = gpt2_tiny(**base).last_hidden_state
+    finally:
+        h.remove()
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(pv.LocationError, match=r"got 3 per-example lists for .* on a batch of 2"):
+        im(base, [src], {"sources->base": ([[[1, 3]] * 2], [[[1, 3]] * 2])}, subspaces=[[[0], [1], [2]]])
+
+
+def test_boundless_starts_as_pyvenes_soft_window_and_cools_to_whole_dims():
+    iv = pv.BoundlessRotatedSpaceIntervention(embed_dim=6)
+    R = iv.rotate_layer.weight.detach()
+    base, source = torch.arange(12.0).view(2, 6), torch.arange(12.0, 24.0).view(2, 6)
+    # pyvene's untrained window: sigmoid(i/T) * sigmoid((b*n - i)/T) at T = 50, here at i + 1/2
+    c = torch.arange(6.0) + 0.5
+    w = torch.sigmoid(c / 50) * torch.sigmoid((3 - c) / 50)
+    assert 0.25 < float(w.min()) and float(w.max()) < 0.27
+    expected = base + ((source - base) @ R * w) @ R.T
+    torch.testing.assert_close(iv(base, source), expected)
+    iv.set_temperature(0.01)
+    rotated = iv(base, source) @ R
+    torch.testing.assert_close(rotated[:, :3], (source @ R)[:, :3])  # dim 0 whole, not half
+    torch.testing.assert_close(rotated[:, 3:], (base @ R)[:, 3:])

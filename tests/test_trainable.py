@@ -142,7 +142,8 @@ def test_boundless_matches_direct_computation(gpt2, ids):
     with torch.no_grad():
         iv.intervention_boundaries.fill_(0.3)
         iv.set_temperature(2.0)
-        m = torch.sigmoid((0.3 * W - (torch.arange(W) + 0.5)) / 2.0)
+        c = torch.arange(W) + 0.5  # pyvene's two-sided window, at the dims' centres
+        m = torch.sigmoid(c / 2.0) * torch.sigmoid((0.3 * W - c) / 2.0)
         expected = _by_hand(gpt2, ids, lambda b, s: ((1 - m) * (b @ R) + m * (s @ R)) @ R.T)
         assert torch.allclose(_call(im, ids), expected, atol=1e-5)
         # cold: a hard interchange of the first boundary * width rotated dims

@@ -195,7 +195,16 @@ class ForwardWindow:
                 )
         elif src is not None and (src.shape != vals.shape or src.device != vals.device):
             src = fit_source_repr(src, vals, slot)
-        return vals, src, self.subspaces[i], units
+        sub = self.subspaces[i]
+        if (isinstance(sub, (list, tuple)) and sub and isinstance(sub[0], (list, tuple, torch.Tensor))
+                and len(sub) != vals.shape[0]):
+            # Inside a model, lists are per example; per-unit lists are for direct calls only.
+            raise LocationError(
+                f"subspaces: got {len(sub)} per-example lists for {slot.label} on a batch of "
+                f"{vals.shape[0]} (accepted: [ids] for every example, [batch][ids] or "
+                f"[batch][units][ids])"
+            )
+        return vals, src, sub, units
 
     def record(self, slot, new, units) -> None:
         prev = self.collected.get(slot.index) if slot.steps else None

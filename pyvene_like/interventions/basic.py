@@ -23,9 +23,9 @@ def _selected(iv, base, source, subspaces):
     """The source, cast to the base's dtype and zero outside the chosen subspaces (zeroed, not
     multiplied by the mask: NaN * 0 is NaN, and a NaN or inf outside the subspaces must not
     reach the dims they leave alone)."""
-    mask = iv.subspace_mask(subspaces, base)
+    mask = iv.swap_mask(subspaces, base)
     source = _like(source, base)
-    return source if mask is None else source.masked_fill(~mask, 0)
+    return source if mask is None else torch.where(mask, source, torch.zeros((), dtype=source.dtype, device=source.device))
 
 
 def _blend(base, new, mask):
@@ -45,7 +45,7 @@ class VanillaIntervention(Intervention):
 
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
-        return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
+        return _blend(base, _like(source, base), self.swap_mask(subspaces, base))
 
 
 @register_intervention("addition")
@@ -88,7 +88,10 @@ class ZeroIntervention(ConstantSourceIntervention):
 
 @register_intervention("collect")
 class CollectIntervention(ConstantSourceIntervention):
-    """Reads the units and leaves the output untouched; the values are returned by the call."""
+    """Reads the units and leaves the output untouched; the values are returned by the call.
+
+    With ``subspaces`` it returns only the selected dims, in the order the ids name them
+    (``[..., k]``; every example must select as many dims)."""
 
     modifies_output = False
 
@@ -98,8 +101,13 @@ class CollectIntervention(ConstantSourceIntervention):
 
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
-        mask = self.subspace_mask(subspaces, base)
-        return base if mask is None else base.masked_fill(~mask, 0)
+        if subspaces is None:
+            prefix = self.prefix_mask(base)
+            return base if prefix is None else base[..., : self.embed_dim]
+        # The selected dims, in the order the ids name them (as pyvene returns them).
+        dims, cover = self.subspace_dims(subspaces, base)
+        index = dims.view(*cover, dims.shape[-1]).expand(*base.shape[:-1], dims.shape[-1])
+        return torch.gather(base, -1, index)
 
 
 @register_intervention("skip")

@@ -65,7 +65,7 @@ class SigmoidMaskIntervention(TrainableIntervention):
             cdt = _compute_dtype(base)
             m = self.mask_weights().to(cdt)
             if subspaces is not None:
-                sel = self.subspace_mask(subspaces, base)  # [B, 1, width]
+                sel = self.subspace_mask(subspaces, base)  # broadcastable to the units
                 m = torch.where(sel, m, 0.0)
             b = base if base.dtype == cdt else base.to(cdt)
             s = source if source.dtype == cdt else source.to(cdt)
@@ -107,7 +107,7 @@ class SigmoidMaskRotatedSpaceIntervention(TrainableIntervention):
             soft = self.mask_weights()
             sel = None
             if subspaces is not None:
-                sel = _rotated_selection(self, subspaces, base.shape[0], self.embed_dim, base.device)
+                sel = _rotated_selection(self, subspaces, base, self.embed_dim)
                 if not isinstance(sel, torch.Tensor) or sel.dtype != torch.bool:
                     # same dims for every example: zero the mask elsewhere, keep the full R
                     keep = torch.zeros(self.embed_dim, dtype=torch.bool, device=soft.device)

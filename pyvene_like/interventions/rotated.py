@@ -31,7 +31,7 @@ from ..errors import ConfigError, LocationError, ShapeError
 from ..registry import register_intervention
 from ..types import Partition, Subspaces
 from ..validation import check_fits_dtype, check_number, check_positive_int, is_int
-from .base import Intervention, check_partition, rectangular_subspaces
+from .base import Intervention, check_partition, padded, partition_groups, subspace_layout
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -197,25 +197,28 @@ class TrainableIntervention(Intervention):
             )
 
 
-def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device):
+def _rotated_selection(iv: Intervention, subspaces, base: torch.Tensor, width: int):
     """Which of ``width`` rotated dims ``subspaces`` selects.
 
-    Returns a ``slice`` or a 1-d index tensor when every example selects the same dims (the
-    usual DAS case: the rotation is then cut to those columns), else a ``[batch, 1, width]``
-    boolean mask. Ids are rotated dims, or ``subspace_partition`` groups of them.
+    Returns a ``slice`` or a 1-d index tensor when every row selects the same dims (the usual
+    DAS case: the rotation is then cut to those columns), else a boolean mask broadcastable to
+    the units (per example, per unit or both: :func:`~.base.subspace_layout`). Ids are rotated
+    dims, or ``subspace_partition`` groups of them.
     """
     name = type(iv).__name__
+    bsz, device = base.shape[0], base.device
     if (isinstance(subspaces, torch.Tensor) and subspaces.dim() == 2 and subspaces.shape[0] == bsz
             and subspaces.numel() and not subspaces.dtype.is_floating_point and subspaces.dtype != torch.bool):
         # A [batch, k] id tensor (what the trainer's collator makes): checked with tensor ops.
         ids = subspaces
         lo, hi = int(ids.min()), int(ids.max())
         rows = [ids[0].tolist()] if bool((ids == ids[0]).all()) else None
+        cover = (bsz, 1) if base.dim() == 3 else (bsz,)
     else:
-        rows = rectangular_subspaces(subspaces, bsz)
+        rows, cover = subspace_layout(subspaces, base, iv.use_fast)
         lo, hi = min(min(r) for r in rows), max(max(r) for r in rows)  # ints: checked there
         first = rows[0]
-        ids = None if all(r == first for r in rows) else torch.as_tensor(rows, dtype=torch.long, device=device)
+        ids = None if all(r == first for r in rows) else torch.as_tensor(padded(rows), dtype=torch.long, device=device)
         rows = [first] if ids is None else None
     part = iv.subspace_partition
     if part is None:
@@ -231,22 +234,23 @@ def _rotated_selection(iv: Intervention, subspaces, bsz: int, width: int, device
             f"{part} (accepted ids: 0..{len(part) - 1}), which splits the {width} rotated dims "
             f"of {name}"
         )
-    if rows is not None:  # every example selects the same dims
+    if rows is not None:  # every row selects the same dims
         first = rows[0]
         if part is None:
             dims = sorted(set(first))
         else:
-            dims = sorted({d for i in first for d in range(part[i][0], part[i][1])})
+            groups = partition_groups(part)
+            dims = sorted({d for i in first for d in groups[i]})
         if dims[-1] - dims[0] + 1 == len(dims):
             return slice(dims[0], dims[-1] + 1)
         return torch.tensor(dims, dtype=torch.long, device=device)
-    ids = ids.to(device=device, dtype=torch.long)  # [B, K]
+    ids = ids.to(device=device, dtype=torch.long)  # [N, K]
     if part is None:
-        mask = torch.zeros(bsz, width, dtype=torch.bool, device=device)
+        mask = torch.zeros(ids.shape[0], width, dtype=torch.bool, device=device)
         mask.scatter_(1, ids, True)
     else:
         mask = iv._table(width, device)[ids].any(dim=1)
-    return mask.unsqueeze(1)
+    return mask.view(*cover, width)
 
 
 def _rotated_interchange(iv, base, source, sel=None, soft=None):
@@ -322,7 +326,7 @@ class RotatedSpaceIntervention(TrainableIntervention):
                 subspaces: Subspaces = None) -> torch.Tensor:
         self._check(base, source)
         if subspaces is not None:
-            sel = _rotated_selection(self, subspaces, base.shape[0], self.embed_dim, base.device)
+            sel = _rotated_selection(self, subspaces, base, self.embed_dim)
         elif self.interchange_dim == 0:
             return base
         elif self.interchange_dim == self.embed_dim:
@@ -385,7 +389,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
         self._check(base, source)
         sel = None
         if subspaces is not None:
-            sel = _rotated_selection(self, subspaces, base.shape[0], self.low_rank_dimension, base.device)
+            sel = _rotated_selection(self, subspaces, base, self.low_rank_dimension)
         return _rotated_interchange(self, base, source, sel)
 
     def extra_repr(self) -> str:
@@ -398,9 +402,13 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
     are interchanged.
 
     Rotated dim ``i`` is taken from the source with weight
-    ``sigmoid((boundary * embed_dim - (i + 0.5)) / temperature)`` where ``boundary`` is the
-    parameter ``intervention_boundaries`` clamped to ``[0, 1]`` (starts at ``init_boundary``),
-    so at a low temperature the first ``round(boundary * embed_dim)`` rotated dims are swapped.
+    ``sigmoid(c / T) * sigmoid((boundary * embed_dim - c) / T)`` at its centre ``c = i + 0.5``,
+    a soft window over ``[0, boundary * embed_dim)``, where ``boundary`` is the parameter
+    ``intervention_boundaries`` clamped to ``[0, 1]`` (starts at ``init_boundary``) and ``T`` the
+    temperature. This is pyvene's two-sided boundary (so an untrained intervention at ``T = 50``
+    weighs every dim about 0.26, as pyvene's does), measured at the dims' centres: at a low
+    temperature the first ``round(boundary * embed_dim)`` rotated dims are swapped whole, dim 0
+    included (pyvene's edge sits on dim 0 itself and keeps it at half weight).
 
     The schedule users run: start hot and anneal, e.g. for ``total`` optimiser steps::
 
@@ -443,7 +451,7 @@ class BoundlessRotatedSpaceIntervention(TrainableIntervention):
         """The soft ``[embed_dim]`` interchange weight of each rotated dim (float32)."""
         edge = self.intervention_boundaries.clamp(0.0, 1.0) * self.embed_dim
         centres = torch.arange(self.embed_dim, dtype=torch.float32, device=edge.device) + 0.5
-        return torch.sigmoid((edge - centres) / self.temperature)
+        return torch.sigmoid(centres / self.temperature) * torch.sigmoid((edge - centres) / self.temperature)
 
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
