@@ -42,6 +42,7 @@ from .errors import (
     PyveneLikeWarning,
     ShapeError,
     SiteError,
+    TrainingError,
 )
 from .exports import public_names
 from .interventions import (

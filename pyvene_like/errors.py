@@ -36,6 +36,10 @@ class LoadError(PyveneLikeError, OSError):
     """A saved intervention cannot be read."""
 
 
+class TrainingError(PyveneLikeError, FloatingPointError):
+    """Training cannot go on: gradients became inf or NaN (a step would ruin the parameters)."""
+
+
 class PyveneLikeWarning(UserWarning):
     """Base class of the library's warnings."""
 

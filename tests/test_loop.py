@@ -346,3 +346,40 @@ def test_loop_bad_arguments():
     with pytest.raises(pv.ConfigError, match="the loader gave no batch; max_steps can never be reached"):
         TrainLoop(lambda b: 0, model=model, optimizer=opt, loader=[], epochs=None, max_steps=3,
                   use_accelerate=False, show_progress=False).run()
+
+
+@pytest.mark.parametrize("use_accelerate", [True, False])
+def test_a_step_with_nan_gradients_is_refused_and_not_taken(use_accelerate):
+    """A NaN in one batch used to turn every weight into NaN for the rest of the run, silently."""
+    model = _model()
+    before = {}
+
+    def step(batch):
+        x, y = batch
+        if loop.state["global_step"] == 3:
+            before.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return F.mse_loss(model(x), y)
+
+    loop = TrainLoop(step, model=model, loader=_loader(8), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     epochs=2, show_progress=False, use_accelerate=use_accelerate)
+    with pytest.raises(pv.TrainingError, match=r"gradients became inf or NaN at epoch 1, step 4 \(loss nan, "
+                                                r"learning rate \[0\.1\]\); the step was not taken"):
+        loop.run()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # the last good step's weights
+
+
+def test_an_update_that_overflows_the_parameters_is_reported():
+    model = _model()
+    loop = _loop(model, optimizer=torch.optim.SGD(model.parameters(), lr=1e6), epochs=3)
+    with pytest.raises(pv.TrainingError, match=r"the optimizer step at epoch \d, step \d+ \(loss .*, learning rate "
+                                                r"\[1000000\.0\]\) made parameters inf or NaN"):
+        loop.run()
+
+
+def test_finite_training_is_not_stopped():
+    model = _model()
+    _loop(model, epochs=2).run()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -55,7 +55,7 @@ import torch
 from accelerate import Accelerator
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..errors import ConfigError, accepted
+from ..errors import ConfigError, TrainingError, accepted
 from ..validation import is_int
 from .checkpoint import read_checkpoint, write_checkpoint
 from .distributed import refuse_fsdp, resolve_cpu
@@ -402,6 +402,8 @@ class TrainLoop:
         else:
             acc.backward(loss)
         self._call("on_before_optimizer_step")
+        if self.sync_gradients:
+            self._check_finite_gradients(loss)
         if self.max_grad_norm is not None and self.sync_gradients:
             params = self.clip_parameters
             if params is None:
@@ -413,10 +415,48 @@ class TrainLoop:
         # A prepared optimizer only acts on the micro-batch whose gradients sync; the schedule
         # follows the steps it took (fp16's scaler skips a step with inf gradients).
         self.optimizer.step()
+        if self.sync_gradients:
+            self._check_finite_parameters(loss)
         if self.scheduler is not None and self.sync_gradients and not getattr(self.optimizer, "step_was_skipped",
                                                                               False):
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_finite_gradients(self, loss: torch.Tensor) -> None:
+        """Refuse a step whose (synced, so same on every process) gradients hold inf or NaN: it
+        would turn the parameters into NaN for the rest of the run with no error. fp16 is left
+        to its loss scaler, which skips such steps by design."""
+        acc = self.accelerator
+        if acc is not None and getattr(acc, "mixed_precision", "no") == "fp16":
+            return
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(
+            f"training: the gradients became inf or NaN {self._where(loss)}; the step was not "
+            f"taken, so the parameters are those of the step before. Check the data for inf/NaN, "
+            f"lower the learning rate or clip gradients (max_grad_norm)"
+        )
+
+    def _check_finite_parameters(self, loss: torch.Tensor) -> None:
+        """Finite gradients times a large learning rate can still overflow the parameters."""
+        acc = self.accelerator
+        if acc is not None and getattr(acc, "mixed_precision", "no") == "fp16":
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return
+        raise TrainingError(
+            f"training: the optimizer step {self._where(loss)} made parameters inf or NaN (the "
+            f"gradients were finite, the update overflowed); they are not usable. Lower the "
+            f"learning rate or clip gradients (max_grad_norm)"
+        )
+
+    def _where(self, loss: torch.Tensor) -> str:
+        lrs = sorted({g["lr"] for g in self.optimizer.param_groups if "lr" in g})
+        return (f"at epoch {self.state['epoch'] + 1}, step {self.state['global_step'] + 1} "
+                f"(loss {float(loss.detach().float())}, learning rate {lrs})")
 
     def _add_stats(self, stats: dict) -> None:
         sums = self.epoch_sums
