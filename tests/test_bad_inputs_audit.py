@@ -379,3 +379,40 @@ def test_sae_hook_name_may_not_be_blank(name):
     # A blank hook name was stored and written to cfg.json, naming no hook at all.
     with pytest.raises(ConfigError, match=r"hook_name must be a string or None, got '\s*' \(a blank name"):
         pv.sae.SAE(d_in=4, d_sae=8, hook_name=name)
+
+
+# -- errors raised inside the user's model --------------------------------------------------------
+def _tiny_lm():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=16, vocab_size=50)).eval()
+
+
+@pytest.mark.parametrize("bad, shown", [(50, "50"), (10**6, "1000000"), (-3, "-3")])
+def test_token_ids_outside_the_vocabulary_name_the_input_not_torch_internals(bad, shown):
+    model = _tiny_lm()
+    im = pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="zero"), model)
+    ids = torch.tensor([[1, 2, bad, 4]])
+    match = rf"input_ids: token id {shown} is outside the model's vocabulary of 50 embeddings \(accepted: 0\.\.49\)"
+    with pytest.raises(pv.ShapeError, match=match) as info:
+        im({"input_ids": ids}, unit_locations={"base": 1})
+    assert isinstance(info.value.__cause__, IndexError)  # the model's own error stays chained
+    with pytest.raises(pv.ShapeError, match=match):
+        im.generate({"input_ids": ids}, unit_locations={"base": 1}, max_new_tokens=2)
+    with pytest.raises(pv.ShapeError, match=match):
+        pv.IntervenableModel(pv.RepresentationConfig(0, "block_output"), model)(
+            {"input_ids": torch.tensor([[1, 2, 3, 4]])}, [{"input_ids": ids}], {"sources->base": 1})
+
+
+def test_an_error_of_the_model_itself_is_not_relabelled():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            raise RuntimeError("my model is broken")
+
+    im = pv.IntervenableModel({"component": "layer.output", "intervention_type": "zero"}, Broken())
+    with pytest.raises(RuntimeError, match="my model is broken"):
+        im(torch.zeros(1, 2, 4), unit_locations={"base": 0})

@@ -91,7 +91,7 @@ from .arguments import (
 )
 from .hooks import HookSet, find_input
 from .outputs import shape_outputs
-from .runner import Executor
+from .runner import Executor, raise_for_inputs
 from .units import as_3d, make_units
 
 _TIMESTEP_WORDS = ("all",)
@@ -544,6 +544,15 @@ def _collected(sc: _Schedule, bsz: int) -> torch.Tensor | None:
 
 
 # -- the call -----------------------------------------------------------------------------------
+def _hf_generate(model, inputs: dict, generate_kwargs: dict):
+    """``model.generate``, with a ShapeError naming the input when a bad one made it fail."""
+    try:
+        return model.generate(**inputs, **generate_kwargs)
+    except (IndexError, RuntimeError, ValueError) as e:
+        raise_for_inputs(model, inputs, e)
+        raise
+
+
 def generate(executor: Executor, model, base, sources=None, unit_locations=None,
              source_representations=None, intervene_on_prompt: bool = True, timesteps=None,
              subspaces=None, output_original_output: bool = False, return_dict: bool = False,
@@ -636,7 +645,7 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
         for i, slot in enumerate(slots)
     ]
 
-    original = model.generate(**inputs, **generate_kwargs) if output_original_output else None
+    original = _hf_generate(model, inputs, generate_kwargs) if output_original_output else None
     step = StepWindow(n_cols, schedules)
     try:
         from transformers.cache_utils import Cache
@@ -672,7 +681,7 @@ def generate(executor: Executor, model, base, sources=None, unit_locations=None,
             hooks.pre(model, on_model)
             executor.install_writes(hooks)
             with torch.no_grad():
-                intervened = model.generate(**inputs, **generate_kwargs)
+                intervened = _hf_generate(model, inputs, generate_kwargs)
     finally:
         executor.window = prev
     # An intervention with positions among those computed must have run.

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError, LocationError, ShapeError
+from ..errors import ConfigError, LocationError, PyveneLikeError, ShapeError
 from .arguments import (
     batch_size,
     check_repr,
@@ -47,11 +47,49 @@ from .units import Units, as_3d, check_positions, gather, make_units, scatter, s
 
 
 def call_model(model, inputs):
-    if type(inputs) is dict or isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+    try:
+        if type(inputs) is dict or isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs)
+        return model(inputs)
+    except (IndexError, RuntimeError, ValueError) as e:
+        raise_for_inputs(model, inputs, e)
+        raise
+
+
+def raise_for_inputs(model, inputs, error: BaseException) -> None:
+    """After the model raised ``error`` on ``inputs``: a ShapeError naming the input at fault
+    when it is one we can tell (token ids outside the vocabulary, an attention mask of another
+    shape), chained to the model's own error; else return and let the caller re-raise it. Only
+    the failing path pays for the checks."""
+    if isinstance(error, PyveneLikeError):
+        return
+    if isinstance(inputs, Mapping):
+        ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    else:
+        first = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else inputs
+        ids, mask = first, None
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool or ids.numel() == 0:
+        return
+    emb = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = emb() if callable(emb) else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    n = getattr(emb, "num_embeddings", None)
+    if n is not None:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= n:
+            raise ShapeError(
+                f"input_ids: token id {hi if hi >= n else lo} is outside the model's vocabulary of "
+                f"{n} embeddings (accepted: 0..{n - 1}); was the input made by another tokenizer?"
+            ) from error
+    if isinstance(mask, torch.Tensor) and mask.shape != ids.shape:
+        raise ShapeError(
+            f"attention_mask: shape {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)} "
+            f"(accepted: the same [batch, seq] shape)"
+        ) from error
 
 
 def aliases_input(args, kwargs, x) -> bool:
