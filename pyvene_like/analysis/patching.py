@@ -220,7 +220,7 @@ class PatchingResult:
         folder = check_save_folder(path, "PatchingResult.save", PATCHING_CONFIG)
         doc = {"library": "pyvene_like", "library_version": __version__, "format_version": 1,
                "kind": "patching_result", "axes": list(self.axes),
-               "labels": {a: list(self.labels[a]) for a in self.axes}, "tokens": self.tokens,
+               "labels": {k: list(v) for k, v in self.labels.items()}, "tokens": self.tokens,
                "direction": self.direction, "component": self.component, "method": self.method}
         check_json(doc, "the axes, labels and tokens", "PatchingResult.save")
         make_folder(folder, "PatchingResult.save")
@@ -246,7 +246,7 @@ class PatchingResult:
         check_versions(where, doc, format_version=1)
         axes, labels = doc.get("axes"), doc.get("labels")
         if (not isinstance(axes, list) or not all(isinstance(a, str) for a in axes) or not isinstance(labels, dict)
-                or sorted(labels) != sorted(axes) or not all(isinstance(labels[a], list) for a in axes)):
+                or not all(isinstance(labels.get(a), list) for a in axes)):
             raise LoadError(f"{where}: 'axes' must be a list of axis names and 'labels' a list per axis, got "
                             f"axes={axes!r}, labels for {sorted(labels) if isinstance(labels, dict) else labels!r}")
         for key in ("direction", "component", "method"):
@@ -271,7 +271,7 @@ class PatchingResult:
             if list(tensors[key].shape) != [batch]:
                 raise LoadError(f"{folder / PATCHING_WEIGHTS}: {key!r} has shape {list(tensors[key].shape)}; "
                                 f"expected [{batch}] (one value per example)")
-        return cls(per_example, tuple(axes), {a: labels[a] for a in axes}, tensors["clean"], tensors["corrupted"],
+        return cls(per_example, tuple(axes), labels, tensors["clean"], tensors["corrupted"],
                    doc["direction"], doc["component"], doc["method"], tokens)
 
 
