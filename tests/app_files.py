@@ -8,7 +8,8 @@
   on the heads' attention values of both layers, and where their codes fire on :data:`CORPUS`;
 * ``sae/``: a random SAE in SAELens' layout at ``blocks.1.hook_resid_post``;
 * ``prompts/animals.txt``, ``prompts/objects.txt``: two prompt sets;
-* ``patching/``: a ``PatchingResult.save`` of a layer x position sweep;
+* ``patching/``, ``patching_heads/``: ``PatchingResult.save`` of a layer x position sweep and of a
+  layer x head x position one;
 * ``interventions/``: ``save_pretrained`` of a vanilla intervention at layer 1.
 """
 
@@ -84,8 +85,12 @@ def build(folder: Path) -> dict[str, Path]:
     result = patching_sweep(model, clean, "kl_to_clean", corrupted=corrupted, progress=False,
                             tokens=tok.convert_ids_to_tokens(clean[0].tolist()))
     result.save(folder / "patching")
+    # heads x positions: a 3-D grid, drawn one head at a time
+    patching_sweep(model, clean, "kl_to_clean", corrupted=corrupted, component="head_attention_value_output",
+                   unit="h.pos", progress=False, tokens=tok.convert_ids_to_tokens(clean[0].tolist())
+                   ).save(folder / "patching_heads")
 
     im = pv.IntervenableModel(pv.RepresentationConfig(1, "block_output", intervention_type="vanilla"), model)
     im.save_pretrained(folder / "interventions")
     return {name: folder / name for name in ("model", "codebooks", "records", "sae", "prompts", "patching",
-                                             "interventions")}
+                                             "patching_heads", "interventions")}

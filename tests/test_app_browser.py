@@ -208,6 +208,22 @@ def test_patching_heatmap_has_labels_and_answers_hover(page, workspace, files):
         pytest.approx(data["effect"][0][0])
 
 
+def test_a_three_axis_grid_is_drawn_one_slice_at_a_time(page, workspace, files):
+    rel = _rel(files, "patching_heads")
+    data = workspace.patching(rel)
+    assert data["axes"] == ["layer", "head", "position"]
+    page.click("button[data-page='patching']")
+    page.select_option("#patch-folder", rel)
+    wait_idle(page)
+    assert page.locator("#patch-slice-name").inner_text() == "position"
+    page.select_option("#patch-slice", "3")
+    cells = page.locator("#heatmap-svg rect.cell")
+    layers, heads = len(data["labels"]["layer"]), len(data["labels"]["head"])
+    assert cells.count() == layers * heads
+    assert float(page.locator(f"#heatmap-svg rect[data-i='{layers - 1}'][data-j='1']").get_attribute("data-value")) == \
+        pytest.approx(data["normalized"][layers - 1][1][3])
+
+
 def test_interventions_page_runs_a_saved_intervention(page, workspace, files):
     rel = _rel(files, "interventions")
     page.click("button[data-page='interventions']")

@@ -85,7 +85,7 @@ def test_the_file_list_holds_only_what_is_under_the_roots_and_follows_no_symlink
     assert files["roots"] == ["served"]
     every = [p for paths in files["files"].values() for p in paths]
     assert every and all(p.startswith("served/") for p in every)
-    assert files["files"]["patching"] == ["served/patching"]  # not served/link_out
+    assert files["files"]["patching"] == ["served/patching", "served/patching_heads"]  # not served/link_out
 
 
 def test_a_folder_of_another_kind_is_a_400_naming_what_it_is(client):
