@@ -239,7 +239,8 @@ class Workspace:
     def codebooks(self, rel: str) -> list[dict]:
         """The codebooks a records folder covers: site name, layer, component, heads, codes."""
         recs = self.records(rel)
-        meta = recs.codes.select_columns(["codebook", "layer", "component", "head", "code"]).to_dict()
+        meta = self._cached(("code_meta", self.resolve(rel, "records")), lambda: recs.codes.select_columns(
+            ["codebook", "layer", "component", "head", "code"]).to_dict())
         books: dict[str, dict] = {}
         for name, layer, comp, head, code in zip(meta["codebook"], meta["layer"], meta["component"],
                                                  meta["head"], meta["code"]):
@@ -256,7 +257,9 @@ class Workspace:
         if sort not in ("count", "code"):
             raise ConfigError(f"sort {sort!r} is not accepted; accepted: 'count', 'code'")
         recs = self.records(rel)
-        table = recs.codes.select_columns(["codebook", "head", "code", "count", "frequency", "top_tokens"]).to_dict()
+        # Read once per records folder: a real model's table has a row per code per head.
+        table = self._cached(("code_table", self.resolve(rel, "records")), lambda: recs.codes.select_columns(
+            ["codebook", "head", "code", "count", "frequency", "top_tokens"]).to_dict())
         names = sorted(set(table["codebook"]))
         if codebook not in names:
             raise ConfigError(f"codebook {codebook!r} is not in {rel!r}; accepted: {names}")
