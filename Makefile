@@ -10,12 +10,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build available on our machines
 	$(VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	# .[dev] pulls in .[app] (starlette, uvicorn) and playwright, which drives the system chromium
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python tutorials/02_das_equality.py
 
+# The browser tests (tests/test_app_browser.py) drive Debian's chromium; without it they fail
+# and say so (install: apt-get install -y chromium; .ci/run does), unless PYVENE_LIKE_SKIP_BROWSER=1.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 

@@ -31,7 +31,10 @@ sampling). This is the codebook paper's topic-steering tutorial (Tamkin, Taufeeq
    fails that; on seed 0 no unsteered generation of 200 has under 47 %). Unsteered generations
    pass 94-99 % of the time. The table also gives the raw mention rate,
    the share of fluent generations and the NLL per token under the unsteered model;
-6. results as JSON and a plot in ``tutorial_outputs/04_codebook_topics/``.
+6. results as JSON and a plot in ``tutorial_outputs/04_codebook_topics/``, with what the
+   browser app reads (``pyvene-like serve tutorial_outputs/04_codebook_topics``): the model
+   without its codebooks and the tokenizer (``model/``), the codebooks (``codebooks/``) and
+   the code records of the held-out stories (``records/``).
 
 Why this recipe (measured on CI-sized runs, 200 test generations per cell). The earlier recipe
 forced four codes per topic in place of each head's second code (``mode="replace"``) and scored
@@ -95,6 +98,7 @@ from pyvene_like.codebook import (
     record_codes,
     save_codebooks,
     train_codebook_model,
+    unwrap_codebook,
     wrap_codebook,
 )
 
@@ -274,6 +278,15 @@ def first_per_head(matches: list, n: int, min_precision: float) -> list:
     return chosen
 
 
+def save_for_app(model, tok, records) -> None:
+    """What ``pyvene-like serve`` reads: the model without its codebooks (the app loads
+    ``codebooks/`` into a copy), its tokenizer, and the code records. Unwraps ``model``: the
+    last use of it."""
+    unwrap_codebook(model).save_pretrained(OUT / "model")
+    tok.save_pretrained(OUT / "model")
+    records.save_to_disk(OUT / "records")
+
+
 def main() -> dict:
     t0 = time.perf_counter()
     random.seed(SEED)
@@ -381,6 +394,7 @@ def main() -> dict:
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     plot(table)
+    save_for_app(model, tok, records)
     print(f"\nsaved {OUT / 'results.json'}, {OUT / 'steering.png'} and the codebooks in {OUT / 'codebooks'}; "
           f"total {seconds:.1f} s")
     worst = min(r["rise"] for r in table.values())

@@ -26,7 +26,9 @@ seeded) on the noun's embedding. Then, with ``pyvene_like.analysis.patching``:
 4. a check: one cell of the exact sweep equals a hand-written torch hook.
 
 Results go to ``tutorial_outputs/06_causal_tracing/`` (``TUTORIAL_OUTPUT_DIR``):
-``trace.png``, ``heads.png``, ``attribution.png`` and ``results.json`` with the keys
+``trace.png``, ``heads.png``, ``attribution.png``, the sweeps as ``PatchingResult.save`` folders
+(``trace/``, ``heads/``, ``attribution_trace/``, ``attribution_heads/``: browse them as heatmaps with
+``pyvene-like serve tutorial_outputs/06_causal_tracing``) and ``results.json`` with the keys
 ``small``, ``n_sentences``, ``tokens``, ``noun_position``, ``it_position``, ``trace``
 (normalised layers x positions), ``heads_top`` (the five heads restoring most),
 ``attribution`` (per grid: ``spearman``, ``pearson``, ``top_k``, ``top_k_agreement``,
@@ -106,6 +108,7 @@ def main() -> dict:
     trace = patching_sweep(model, enc, metric, noise=noise, tokens=tokens, progress=False)
     t_trace = time.perf_counter() - t0
     plot_patching(trace, path=OUT / "trace.png", title="restoring the clean block output (noun noised)")
+    trace.save(OUT / "trace")
     norm = trace.normalized
     results["trace"] = [[round(float(v), 3) for v in row] for row in norm]
     print(f"1. causal trace, {len(texts)} sentences, {tuple(norm.shape)} grid in {t_trace:.1f}s "
@@ -120,6 +123,7 @@ def main() -> dict:
                            unit="h", progress=False)
     t_heads = time.perf_counter() - t0
     plot_patching(heads, path=OUT / "heads.png", title="restoring one head's output (all positions)")
+    heads.save(OUT / "heads")
     results["heads_top"] = [{"layer": c["layer"], "head": c["head"], "normalized": round(v, 3)}
                             for c, v in heads.top(5)]
     print("2. heads restoring most:", ", ".join(f"L{c['layer']}.H{c['head']} {v:.2f}" for c, v in heads.top(5)))
@@ -133,6 +137,7 @@ def main() -> dict:
         t0 = time.perf_counter()
         approx[name] = attribution_patching(model, enc, metric, noise=noise, **kw)
         t_attr = time.perf_counter() - t0
+        approx[name].save(OUT / f"attribution_{'trace' if name == 'block_output' else name}")
         stats = compare_attribution(exact, approx[name], k=10)
         stats.update(exact_seconds=round(seconds, 3), attribution_seconds=round(t_attr, 3))
         results["attribution"][name] = stats

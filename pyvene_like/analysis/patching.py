@@ -26,6 +26,7 @@ first-order approximation; :func:`compare_attribution` says how well it ranks th
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ Tokens = int | Sequence[int] | torch.Tensor
 
 DIRECTIONS = ("denoising", "noising")
 UNITS = ("pos", "h", "h.pos")
+#: The files :meth:`PatchingResult.save` writes.
+PATCHING_CONFIG = "patching.json"
+PATCHING_WEIGHTS = "patching.safetensors"
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -199,6 +203,76 @@ class PatchingResult:
             idx = idx[::-1]
             out.append(({a: self.labels[a][j] for a, j in zip(self.axes, idx)}, float(v[order[len(out)]])))
         return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to the folder ``path``: ``patching.json`` (axes, labels, tokens,
+        direction, component, method, library version) and ``patching.safetensors``
+        (``per_example``, ``clean``, ``corrupted``). Never a pickle. Returns the folder."""
+        from ..serialization import (
+            check_json,
+            check_save_folder,
+            make_folder,
+            save_tensors,
+            write_json,
+        )
+        from ..version import __version__
+
+        folder = check_save_folder(path, "PatchingResult.save", PATCHING_CONFIG)
+        doc = {"library": "pyvene_like", "library_version": __version__, "format_version": 1,
+               "kind": "patching_result", "axes": list(self.axes),
+               "labels": {k: list(v) for k, v in self.labels.items()}, "tokens": self.tokens,
+               "direction": self.direction, "component": self.component, "method": self.method}
+        check_json(doc, "the axes, labels and tokens", "PatchingResult.save")
+        make_folder(folder, "PatchingResult.save")
+        digest = save_tensors({"per_example": self.per_example, "clean": self.clean, "corrupted": self.corrupted},
+                              folder / PATCHING_WEIGHTS)
+        doc["weights"] = {"file": PATCHING_WEIGHTS, "sha256": digest}
+        write_json(folder / PATCHING_CONFIG, doc)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PatchingResult:
+        """Read a folder written by :meth:`save`; a :class:`~pyvene_like.LoadError` names what
+        is missing or inconsistent."""
+        from ..errors import LoadError
+        from ..serialization import check_versions, load_tensors, read_json
+        from ..validation import check_path
+
+        folder = check_path(path, "PatchingResult.load: path", error=LoadError)
+        where, doc = read_json(folder, PATCHING_CONFIG, "PatchingResult.load", "PatchingResult.save")
+        if not isinstance(doc, dict) or doc.get("kind") != "patching_result":
+            raise LoadError(f"{where}: not a saved PatchingResult (no \"kind\": \"patching_result\"); "
+                            f"give a folder written by PatchingResult.save")
+        check_versions(where, doc, format_version=1)
+        axes, labels = doc.get("axes"), doc.get("labels")
+        if (not isinstance(axes, list) or not all(isinstance(a, str) for a in axes) or not isinstance(labels, dict)
+                or not all(isinstance(labels.get(a), list) for a in axes)):
+            raise LoadError(f"{where}: 'axes' must be a list of axis names and 'labels' a list per axis, got "
+                            f"axes={axes!r}, labels for {sorted(labels) if isinstance(labels, dict) else labels!r}")
+        for key in ("direction", "component", "method"):
+            if not isinstance(doc.get(key), str):
+                raise LoadError(f"{where}: {key!r} must be a string, got {doc.get(key)!r}")
+        tokens = doc.get("tokens")
+        if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+            raise LoadError(f"{where}: 'tokens' must be a list of strings or null, got {tokens!r}")
+        weights = doc.get("weights") if isinstance(doc.get("weights"), dict) else {}
+        tensors = load_tensors(folder / PATCHING_WEIGHTS, caller="PatchingResult.load", sha256=weights.get("sha256"),
+                               recorded_in=PATCHING_CONFIG, fix="save the result again")
+        missing = [k for k in ("per_example", "clean", "corrupted") if k not in tensors]
+        if missing:
+            raise LoadError(f"{folder / PATCHING_WEIGHTS}: tensor {missing[0]!r} is missing (it holds {sorted(tensors)})")
+        per_example = tensors["per_example"]
+        grid = [len(labels[a]) for a in axes]
+        if list(per_example.shape[:-1]) != grid or per_example.dim() != len(axes) + 1:
+            raise LoadError(f"{folder / PATCHING_WEIGHTS}: 'per_example' has shape {list(per_example.shape)}, but the "
+                            f"labels give a grid of {grid} (plus a batch dimension)")
+        batch = per_example.shape[-1]
+        for key in ("clean", "corrupted"):
+            if list(tensors[key].shape) != [batch]:
+                raise LoadError(f"{folder / PATCHING_WEIGHTS}: {key!r} has shape {list(tensors[key].shape)}; "
+                                f"expected [{batch}] (one value per example)")
+        return cls(per_example, tuple(axes), labels, tensors["clean"], tensors["corrupted"],
+                   doc["direction"], doc["component"], doc["method"], tokens)
 
 
 # -- shared pieces ----------------------------------------------------------------------------
