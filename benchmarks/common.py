@@ -9,6 +9,7 @@ and how it checks correctness stays in the script.
 from __future__ import annotations
 
 import cProfile
+import ctypes
 import gc
 import hashlib
 import json
@@ -99,6 +100,27 @@ def run_sampling_peak(fn, read) -> tuple[object, int]:
         stop.set()
         th.join()
     return out, max(peak[0], read())
+
+
+def proc_memory() -> dict:
+    """``RssAnon`` and ``RssFile`` of this process, in bytes (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("RssAnon", "RssFile")}
+
+
+def trim_heap() -> None:
+    """Hand freed heap back to the OS (glibc), so RssAnon counts what is held, not what an
+    earlier part freed and the allocator kept."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the figures then include retained free memory
+        pass
+
+
+def peak_rss_anon(fn):
+    """``fn()`` with RssAnon sampled every 2 ms: (its result, the peak RssAnon)."""
+    return run_sampling_peak(fn, lambda: proc_memory()["RssAnon"])
 
 
 def time_round_robin(calls: dict, rounds: int, inner: int, warmup_rounds: int) -> dict:

@@ -34,9 +34,7 @@ Three parts, each checked for correctness before it is measured:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
-import gc
 import json
 import os
 import subprocess
@@ -124,39 +122,19 @@ def train(n: int, *, batch: int, epochs: int, accumulation: int = 1, **kw) -> tu
     return im, tr, tr.train()
 
 
-def _status() -> dict:
-    with open("/proc/self/status") as f:
-        return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("RssAnon", "RssFile")}
-
-
-def _trim() -> None:
-    """Hand freed heap back to the OS (glibc), so RssAnon counts what is held, not what an
-    earlier part freed and the allocator kept."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc: the figures then include retained free memory
-        pass
-
-
-def _peak_anon(fn):
-    """``fn()`` with RssAnon sampled every 2 ms: (its result, the peak RssAnon)."""
-    return common.run_sampling_peak(fn, lambda: _status()["RssAnon"])
-
-
 def memory_part(sizes: list[int], tmp: Path) -> list:
     rows = []
     for n in sizes:
         rotations = {}
         for mode in ("memory", "disk"):
-            _trim()
-            before = _status()
+            common.trim_heap()
+            before = common.proc_memory()
             t0 = time.perf_counter()
             extra = {"source_cache_dir": tmp / f"cache_{n}"} if mode == "disk" else {}
-            (im, tr, res), peak = _peak_anon(functools.partial(train, n, batch=512, epochs=1, source_cache=mode, **extra))
+            (im, tr, res), peak = common.peak_rss_anon(functools.partial(train, n, batch=512, epochs=1, source_cache=mode, **extra))
             seconds = time.perf_counter() - t0
-            _trim()
-            after = _status()  # the Trainer and its cache still alive
+            common.trim_heap()
+            after = common.proc_memory()  # the Trainer and its cache still alive
             rotations[mode] = im.interventions[0].rotate_layer.weight.detach().clone()
             rows.append({
                 "examples": n, "mode": res.source_cache, "cache_mb": round(tr._source_cache.nbytes / 2**20, 1),
