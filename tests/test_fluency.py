@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from pyvene_like.analysis import CorpusGrammar, gated_rates, generated_nll, grammar_rates, perplexity
+from pyvene_like.analysis import (
+    CorpusGrammar,
+    gated_rates,
+    generated_nll,
+    grammar_rates,
+    perplexity,
+)
 from pyvene_like.errors import ConfigError, ShapeError
 from tests.conftest import make_gpt2
 
