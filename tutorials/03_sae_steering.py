@@ -1,7 +1,7 @@
 """Steering a language model toward a topic with a sparse autoencoder trained here, end to end.
 
 Run: ``python tutorials/03_sae_steering.py``; ``TUTORIAL_SMALL=1`` gives the CI-sized run of
-the same steps. Nothing is downloaded. For each seed (corpus, initialisation, training order and
+the same steps; ``TUTORIAL_SEEDS=3,4`` other seeds. Nothing is downloaded. For each seed (corpus, initialisation, training order and
 sampling all follow it):
 
 1. a corpus of short two-sentence texts about the sea or about the forest (word lists and a
@@ -105,7 +105,8 @@ VAL_PROMPTS = ["yesterday the", "i think the", "look , the"]
 TEST_PROMPTS = ["today the", "we saw that the", "at dawn the"]
 
 RECIPE = dict(
-    seeds=[0, 1] if SMALL else [0, 1, 2, 3, 4],
+    seeds=[int(x) for x in os.environ["TUTORIAL_SEEDS"].split(",")] if os.environ.get("TUTORIAL_SEEDS")
+    else [0, 1] if SMALL else [0, 1, 2, 3, 4],
     n_train_texts=1500 if SMALL else 4000, lm_steps=300 if SMALL else 700, lm_batch=32, lm_lr=3e-3,
     n_layer=3, n_embd=64, layer=1,
     n_sae_texts=400 if SMALL else 1200, d_sae=128, k=8, sae_epochs=6 if SMALL else 10,
