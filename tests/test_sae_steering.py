@@ -139,6 +139,11 @@ def test_steering_configs_from_scores():
     swap = res.steering_config(1, method="swap", top_k=5)
     assert swap.intervention_type is pv.SAESwapIntervention and swap.intervention_kwargs["use_error_term"] is False
     assert res.to_dict(top_k=2)["features"] == top[:2]
+    # continuous weights (top_k=None): the scores min-max mapped to [0, 1], raised to power
+    w01 = (res.scores - res.scores.min()) / (res.scores.max() - res.scores.min())
+    cont = res.steering_config(1, method="swap", top_k=None, power=2.0).intervention_kwargs
+    assert "features" not in cont and cont["weights"] == pytest.approx((w01**2).tolist())
+    assert res.swap_weights() == pytest.approx(w01.tolist()) and set(res.swap_weights(0.0)) == {1.0}
 
 
 def test_bad_inputs():
@@ -155,6 +160,12 @@ def test_bad_inputs():
         res.top_features(49)
     with pytest.raises(pv.ConfigError, match="method 'swop' is not supported.*Did you mean 'swap'"):
         res.steering_config(1, method="swop")
+    with pytest.raises(pv.ConfigError, match=r"power=2\.0 is only used by method='swap' with top_k=None.*top_k=5"):
+        res.steering_config(1, method="swap", top_k=5, power=2.0)
+    with pytest.raises(pv.ConfigError, match="method='add' needs top_k"):
+        res.steering_config(1, method="add", top_k=None)
+    with pytest.raises(pv.ConfigError, match="swap_weights: power must be a non-negative finite number, got -1"):
+        res.swap_weights(-1)
     with pytest.raises(pv.ConfigError, match="method='distance' needs ref_distances"):
         st.score_features(sae, good, good, method="distance")
     with pytest.raises(pv.ShapeError, match="ref_distances has 3 entries for 2 reference prompts"):

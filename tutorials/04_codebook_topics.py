@@ -31,10 +31,16 @@ sampling). This is the codebook paper's topic-steering tutorial (Tamkin, Taufeeq
    fails that; on seed 0 no unsteered generation of 200 has under 47 %). Unsteered generations
    pass 94-99 % of the time. The table also gives the raw mention rate,
    the share of fluent generations and the NLL per token under the unsteered model;
-6. results as JSON and a plot in ``tutorial_outputs/04_codebook_topics/``, with what the
-   browser app reads (``pyvene-like serve tutorial_outputs/04_codebook_topics``): the model
-   without its codebooks and the tokenizer (``model/``), the codebooks (``codebooks/``) and
-   the code records of the held-out stories (``records/``).
+6. results as JSON and a plot in ``tutorial_outputs/04_codebook_topics/``. Besides the
+   ``table``, ``results.json`` carries the fluency keys shared with tutorial 03
+   (``pv.analysis.gated_rates``): ``summary[condition][metric]`` for the conditions
+   ``unsteered`` and ``codes`` and the metrics ``fluent_rate`` and ``fluent_on_topic_rate`` (a
+   generation that mentions the topic and passes the gate), each ``{"mean", "sd",
+   "per_seed", "per_topic"}`` with the mean over topics (one seed per run: ``sd`` is null).
+   The folder also holds what the browser app reads (``pyvene-like serve
+   tutorial_outputs/04_codebook_topics``): the model without its codebooks and the tokenizer
+   (``model/``), the codebooks (``codebooks/``) and the code records of the held-out stories
+   (``records/``).
 
 Why this recipe (measured on CI-sized runs, 200 test generations per cell). The earlier recipe
 forced four codes per topic in place of each head's second code (``mode="replace"``) and scored
@@ -80,6 +86,7 @@ template stories: how the recipe carries to real models is not tested here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -92,6 +99,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import pyvene_like as pv
+from pyvene_like.analysis import gated_rates, perplexity
 from pyvene_like.codebook import (
     code_intervention_config,
     code_search,
@@ -239,15 +247,10 @@ def fluency(prompt: str, text: str, bigrams: set) -> tuple[float, float]:
     return (sum(p in bigrams for p in pairs) / max(len(pairs), 1), len(set(words)) / max(len(words), 1))
 
 
-@torch.no_grad()
 def unsteered_nll(model, gens: dict) -> float:
-    """Mean negative log-likelihood per generated token under the model without forcing."""
-    total, count = 0.0, 0
-    for _, seq, n in gens.values():
-        logp = torch.log_softmax(model(input_ids=seq).logits[:, n - 1:-1].float(), -1)
-        total -= logp.gather(-1, seq[:, n:, None]).sum().item()
-        count += seq[:, n:].numel()
-    return total / count
+    """Mean negative log-likelihood per generated token under the model without forcing (the log
+    of the shared measure's perplexity, ``pv.analysis.perplexity``)."""
+    return math.log(perplexity(model, [(seq, n) for _, seq, n in gens.values()]))
 
 
 def score(gens: dict, topic: str, bigrams: set) -> dict:
@@ -261,9 +264,11 @@ def score(gens: dict, topic: str, bigrams: set) -> dict:
             fluent = share >= FLUENT_BIGRAMS and distinct >= FLUENT_DISTINCT
             rows.append((bool(rx.search(text)), fluent, share, distinct))
     n = len(rows)
+    gated = gated_rates([r[0] for r in rows], [r[1] for r in rows])  # the keys 03 reports too
     return {"mention": sum(r[0] for r in rows) / n, "fluent": sum(r[1] for r in rows) / n,
             "on_topic": sum(r[0] and r[1] for r in rows) / n, "bigram_share": sum(r[2] for r in rows) / n,
-            "distinct": sum(r[3] for r in rows) / n}
+            "distinct": sum(r[3] for r in rows) / n,
+            **{k: gated[k] for k in ("fluent_rate", "fluent_on_topic_rate", "on_topic_among_fluent")}}
 
 
 def first_per_head(matches: list, n: int, min_precision: float) -> list:
@@ -346,7 +351,7 @@ def main() -> dict:
     # 4b. test: the kept setting on the test prompts, fresh samples, against the unsteered model.
     base_test = generate(model, tok, PROMPTS, seed=SEED + 1)
     base_nll = unsteered_nll(model, base_test)
-    table, examples = {}, {}
+    table, examples, gated = {}, {}, {"unsteered": {}, "codes": {}}
     for topic in TOPICS:
         im = pv.IntervenableModel(code_intervention_config([m.info for m in found[topic]], mode=MODE), model)
         steered = generate(model, tok, PROMPTS, im, seed=SEED + 1)
@@ -359,6 +364,7 @@ def main() -> dict:
                         "per_prompt_mention": {p: {"baseline": mentions(base_test[p][0], topic),
                                                    "steered": mentions(steered[p][0], topic)} for p in PROMPTS}}
         examples[topic] = steered[PROMPTS[1]][0][:3]
+        gated["unsteered"][topic], gated["codes"][topic] = b, s
     seconds = time.perf_counter() - t0
 
     print("\nexample of an unsteered story:", base_test[PROMPTS[1]][0][0])
@@ -391,6 +397,12 @@ def main() -> dict:
         "codes": {t: [{"code": str(m.info), "precision": m.precision, "recall": m.recall} for m in ms]
                   for t, ms in found.items()},
         "validation": validation, "table": table, "examples": examples,
+        # the shared fluency keys (as in 03): per condition, the mean over topics for this seed
+        "summary": {cond: {k: {"mean": sum(r[k] for r in rows.values()) / len(rows), "sd": None,
+                               "per_seed": [sum(r[k] for r in rows.values()) / len(rows)],
+                               "per_topic": {t: r[k] for t, r in rows.items()}}
+                           for k in ("fluent_rate", "fluent_on_topic_rate")}
+                    for cond, rows in gated.items()},
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     plot(table)

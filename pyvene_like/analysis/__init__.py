@@ -1,5 +1,6 @@
 """Reading models: token positions, attention patterns and head finding, activation datasets, probes,
-patching sweeps (causal tracing) and attribution patching."""
+patching sweeps (causal tracing), attribution patching, and the fluency of generations (corpus
+grammar, perplexity, steering rates gated by fluency)."""
 
 from ..exports import public_names
 from .attention import (
@@ -12,6 +13,7 @@ from .attention import (
     heads_above,
 )
 from .collect import ActivationSite, activation_columns, activation_metadata, collect_activations
+from .fluency import CorpusGrammar, TextCheck, gated_rates, generated_nll, grammar_rates, perplexity
 from .patching import (
     GaussianNoise,
     PatchingResult,

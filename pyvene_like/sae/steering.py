@@ -30,7 +30,8 @@ Autoencoders" (IBM, ``IBM/sae-steering``):
 
    * ``"swap"`` (the published method, :class:`~pyvene_like.sae.interventions.SAESwapIntervention`,
      registered as ``sae_swap``): at each position the SAE's
-     pre-activations are weighted by the scores (1 for the kept features, 0 for the others),
+     pre-activations are weighted by the scores (the paper: the scores in [0, 1] as continuous
+     weights, ``top_k=None``; or 1 for the top-k features, 0 for the others),
      the SAE's own activation (ReLU, TopK, JumpReLU) picks which features fire, and those
      features keep their *unweighted* pre-activation; every other feature is zeroed. As in the
      paper, the SAE's reconstruction then replaces the activations (``use_error_term=False``).
@@ -51,7 +52,7 @@ from ..analysis.collect import ActivationSite
 from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
-from ..validation import is_int
+from ..validation import check_number, is_int
 from .interventions import (
     SAESwapIntervention as SAESwapIntervention,  # steering's intervention, also here
 )
@@ -166,27 +167,50 @@ class FeatureScores:
             raise ConfigError(f"top_k must be an int in 1..d_sae={d_sae}, got {top_k!r}")
         return self.scores.topk(top_k).indices.tolist()
 
-    def intervention_kwargs(self, method: str = "swap", top_k: int = 10, scale: float = 1.0,
-                            use_error_term: bool | None = None) -> tuple[str, dict]:
-        """``(intervention_type, intervention_kwargs)`` that steer with the ``top_k`` features."""
+    def swap_weights(self, power: float = 1.0) -> list[float]:
+        """The paper's continuous swap weights: the scores mapped to [0, 1] (``(s - min) / (max -
+        min)`` over all features; distance scores already are) and raised to ``power``. Power 1
+        is the published weighting; a larger power lets fewer features through (a stronger
+        steer), 0 weights every feature 1 (no steering)."""
+        power = check_number(power, "swap_weights: power", non_negative=True)
+        s = self.scores.float()
+        span = s.max() - s.min()
+        w = (s - s.min()) / span if span > 0 else torch.ones_like(s)
+        return w.pow(power).tolist()
+
+    def intervention_kwargs(self, method: str = "swap", top_k: int | None = 10, scale: float = 1.0,
+                            use_error_term: bool | None = None, power: float | None = None) -> tuple[str, dict]:
+        """``(intervention_type, intervention_kwargs)`` that steer with the ``top_k`` features;
+        for ``"swap"``, ``top_k=None`` weights every feature by :meth:`swap_weights` (``power``,
+        default 1: the paper's continuous weights) instead of keeping the top ``k``."""
         if method not in STEER_METHODS:
             raise ConfigError(f"steering method {method!r} is not supported; accepted: {accepted(STEER_METHODS)}."
                               f"{did_you_mean(str(method), STEER_METHODS)}")
-        feats = self.top_features(top_k)
+        if power is not None and not (method == "swap" and top_k is None):
+            raise ConfigError(f"power={power!r} is only used by method='swap' with top_k=None (continuous "
+                              f"weights); got method={method!r}, top_k={top_k!r}")
         if method == "swap":
-            return "sae_swap", {"sae": self.sae, "features": feats,
-                                "use_error_term": False if use_error_term is None else use_error_term}
+            error_term = False if use_error_term is None else use_error_term
+            if top_k is None:
+                return "sae_swap", {"sae": self.sae, "weights": self.swap_weights(1.0 if power is None else power),
+                                    "use_error_term": error_term}
+            return "sae_swap", {"sae": self.sae, "features": self.top_features(top_k), "use_error_term": error_term}
+        if top_k is None:
+            raise ConfigError("method='add' needs top_k, the number of best-scoring features to add to (an int "
+                              "in 1..d_sae); top_k=None is for method='swap'")
+        feats = self.top_features(top_k)
         values = [float(scale * self.target_means[f]) for f in feats]
         return "sae_steer", {"sae": self.sae, "features": feats, "mode": "add", "value": values,
                              "use_error_term": True if use_error_term is None else use_error_term}
 
     def steering_config(self, layer: int, component: str = "block_output", method: str = "swap",
-                        top_k: int = 10, scale: float = 1.0, use_error_term: bool | None = None
-                        ) -> RepresentationConfig:
-        """A :class:`~pyvene_like.RepresentationConfig` steering at ``(layer, component)``; use it
-        in an :class:`~pyvene_like.IntervenableModel` with ``unit_locations={"base": None}`` in
+                        top_k: int | None = 10, scale: float = 1.0, use_error_term: bool | None = None,
+                        power: float | None = None) -> RepresentationConfig:
+        """A :class:`~pyvene_like.RepresentationConfig` steering at ``(layer, component)``
+        (arguments as in :meth:`intervention_kwargs`); use it in an
+        :class:`~pyvene_like.IntervenableModel` with ``unit_locations={"base": None}`` in
         ``forward``, or ``timesteps="all"`` in ``generate``."""
-        kind, kwargs = self.intervention_kwargs(method, top_k, scale, use_error_term)
+        kind, kwargs = self.intervention_kwargs(method, top_k, scale, use_error_term, power)
         return RepresentationConfig(layer, component, intervention_type=kind, intervention_kwargs=kwargs)
 
     def to_dict(self, top_k: int | None = None) -> dict:
