@@ -283,6 +283,19 @@ def check_id_range(rows: list[list[int]], count: int, out_of_range) -> None:
         raise LocationError(out_of_range(hi if hi >= count else lo))
 
 
+def _id_list(subspaces) -> list | tuple:
+    """``subspaces`` as a non-empty list (a tensor as nested lists, one id as ``[id]``)."""
+    if isinstance(subspaces, torch.Tensor):
+        subspaces = subspaces.tolist()
+    if is_int(subspaces):
+        subspaces = [subspaces]
+    if not isinstance(subspaces, (list, tuple)) or len(subspaces) == 0:
+        raise LocationError(
+            f"subspaces: expected a list of ids or a [batch][ids] list, got {subspaces!r}"
+        )
+    return subspaces
+
+
 def subspace_layout(subspaces, base: torch.Tensor, use_fast: bool = False) -> tuple[list[list[int]], tuple[int, ...]]:
     """``subspaces`` for units ``base`` (``[batch, units, width]`` or ``[batch, width]``) as rows of
     int ids and the leading shape the rows cover, which a ``[N, width]`` mask takes by ``view``:
@@ -300,14 +313,7 @@ def subspace_layout(subspaces, base: torch.Tensor, use_fast: bool = False) -> tu
     bsz = base.shape[0]
     units = base.shape[1] if base.dim() == 3 else None
     one = (1, 1) if units is not None else (1,)
-    if isinstance(subspaces, torch.Tensor):
-        subspaces = subspaces.tolist()
-    if is_int(subspaces):
-        subspaces = [subspaces]
-    if not isinstance(subspaces, (list, tuple)) or len(subspaces) == 0:
-        raise LocationError(
-            f"subspaces: expected a list of ids or a [batch][ids] list, got {subspaces!r}"
-        )
+    subspaces = _id_list(subspaces)
     if not any(_nested(s) for s in subspaces):
         return [_int_ids(subspaces, subspaces)], one
     if use_fast:
@@ -338,14 +344,7 @@ def rectangular_subspaces(subspaces, bsz: int) -> list[list[int]]:
     Every id must be an int (Python or numpy, not a bool, not a float: ``1.0`` and ``True``
     are refused rather than truncated); ranges are checked by the caller, which knows them
     (:func:`subspace_rows`)."""
-    if isinstance(subspaces, torch.Tensor):
-        subspaces = subspaces.tolist()
-    if is_int(subspaces):
-        subspaces = [subspaces]
-    if not isinstance(subspaces, (list, tuple)) or len(subspaces) == 0:
-        raise LocationError(
-            f"subspaces: expected a list of ids or a [batch][ids] list, got {subspaces!r}"
-        )
+    subspaces = _id_list(subspaces)
     if not any(isinstance(s, (list, tuple, torch.Tensor)) for s in subspaces):
         return [_int_ids(subspaces, subspaces)] * bsz
     if len(subspaces) != bsz:
