@@ -340,9 +340,11 @@ def save(payload: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = ["WX", "YZ", "both"]
-    series = [("DAS (rotated)", payload["das"]["per_seed"])] + [
-        (b.replace("_", " "), payload["baselines"][b]["per_seed"]) for b in BASELINES]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    labels = {"grouped_neurons": "grouped units", "neuron_halves": "units 0:16 / 16:32 (both: whole layer)",
+              "do_nothing": "do nothing"}
+    series = [("DAS (rotation)", payload["das"]["per_seed"])] + [
+        (labels[b], payload["baselines"][b]["per_seed"]) for b in BASELINES]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     width = 0.8 / len(series)
     for j, (label, rows) in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
@@ -356,7 +358,7 @@ def save(payload: dict) -> None:
     n = len(payload["seeds"])
     ax.set_title(f"Hierarchical equality, plain MLP, hidden layer {payload['layer']} pre-activations\n"
                  f"({n} seed{'s' * (n > 1)}; dots: seeds)", fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series), fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(OUT / "iia.png", dpi=120)
     plt.close(fig)

@@ -24,9 +24,9 @@ interventions:
    than its neighbours in the same layer;
 5. the causal test. A probe on the last layer's output at "it" (the representation the
    model hands on) reads the noun on held-out templates. We then ablate the found heads at
-   "it" only (``vanilla`` head-unit interventions, unit ``"h.pos"``, whose
-   ``source_representations`` are each head's mean output at "it" over the training
-   sentences; and ``zero`` interventions for zero ablation) and measure how far that probe's
+   "it" only with ``ablate_heads`` (``kind="mean"``: each head's output set to its mean at
+   "it" over the training sentences, from ``head_means``; ``kind="zero"``: set to zero; both
+   are head-unit interventions, unit ``"h.pos"``) and measure how far that probe's
    accuracy falls, against ablating the same number of *random unselected heads of the same
    layers* (``N_RANDOM`` draws). If the found heads move the noun to "it", removing them
    must hurt more than removing their neighbours.
@@ -80,10 +80,12 @@ import torch
 import pyvene_like as pv
 from pyvene_like.analysis import (
     AttentionHead,
+    ablate_heads,
     activation_metadata,
     collect_activations,
     evaluate_probe,
     find_token_positions,
+    head_means,
     head_scores,
     probe_sweep,
     train_probe,
@@ -178,39 +180,19 @@ def with_summary(per_seed: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def readout_states(model, tok, texts, layers_heads: dict[int, list[int]], kind: str, means) -> torch.Tensor:
-    """The last layer's output at "it" with the given heads ablated at "it" only.
-
-    ``kind="mean"``: each head's output at "it" is replaced by its mean over the training
-    sentences (``vanilla`` with ``source_representations``); ``"zero"``: set to zero.
-    ``layers_heads`` empty: the clean model.
-    """
-    reps = [pv.RepresentationConfig(layer, COMPONENT, "h.pos", intervention_type="vanilla" if kind == "mean" else "zero")
-            for layer in layers_heads]
-    im = pv.IntervenableModel(reps, model) if reps else None
+def readout_states(model, tok, texts, heads, kind: str, means) -> torch.Tensor:
+    """The last layer's output at "it", with ``heads`` ablated at "it" only (``ablate_heads``:
+    ``kind="mean"`` sets each head's output to its mean from ``head_means``, ``"zero"`` to
+    zero); no heads: the clean model."""
     states = []
     for start in range(0, len(texts), 64):
         part = texts[start:start + 64]
         enc = dict(tok(part, return_tensors="pt", padding=True))
         it = find_token_positions(part, "it", tok)
-        rows = torch.arange(len(part))
-        if im is None:
-            hidden = model(**enc).last_hidden_state
-        else:
-            locs = {"base": [([hs] * len(part), [[p] for p in it]) for hs in layers_heads.values()]}
-            srcs = ([torch.stack([means[(layer, h)] for h in hs]) for layer, hs in layers_heads.items()]
-                    if kind == "mean" else None)
-            _, out = im(enc, unit_locations=locs, source_representations=srcs)
-            hidden = out.last_hidden_state
-        states.append(hidden[rows, torch.as_tensor(it)])
+        out = (ablate_heads(model, enc, heads, it, kind=kind, means=means if kind == "mean" else None)
+               if heads else model(**enc))
+        states.append(out.last_hidden_state[torch.arange(len(part)), torch.as_tensor(it)])
     return torch.cat(states)
-
-
-def by_layer(heads) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for h in sorted(heads):
-        out.setdefault(h.layer, []).append(h.head)
-    return out
 
 
 def main() -> dict:
@@ -269,7 +251,7 @@ def main() -> dict:
     t_probe = time.perf_counter()
 
     # The causal test: ablate heads at "it", read the noun from the last layer's output there.
-    means = {(h.layer, h.head): torch.as_tensor(ds[column(h)]).float().mean(0) for h in all_heads}
+    means = head_means(ds, all_heads)  # each head's mean output at "it" over the training sentences
     y_held = torch.as_tensor(held["label"])
     readouts = [train_probe(ds, readout, seed=seed, **PROBE) for seed in PROBE_SEEDS]
 
@@ -277,18 +259,18 @@ def main() -> dict:
         with torch.no_grad():
             return [(r.probe(states).argmax(-1) == y_held).float().mean().item() for r in readouts]
 
-    clean = accuracies(readout_states(model, tok, held_texts, {}, "mean", means))
+    clean = accuracies(readout_states(model, tok, held_texts, [], "mean", means))
     rng = random.Random(0)
     draws = []
     for _ in range(N_RANDOM):  # the same number of heads per layer as found, from the unselected ones
         draws.append([h for layer in layers for h in rng.sample(controls[layer], sum(f.layer == layer for f in found))])
     causal: dict = {"readout": readout, "clean": {"per_seed": clean, "summary": summary(clean)}}
     for kind in ("mean", "zero"):
-        acc = accuracies(readout_states(model, tok, held_texts, by_layer(found), kind, means))
+        acc = accuracies(readout_states(model, tok, held_texts, found, kind, means))
         drops = [c - a for c, a in zip(clean, acc)]
         random_rows = []
         for heads in draws:
-            r_acc = accuracies(readout_states(model, tok, held_texts, by_layer(heads), kind, means))
+            r_acc = accuracies(readout_states(model, tok, held_texts, heads, kind, means))
             random_rows.append({"heads": [str(h) for h in heads],
                                 "drop": statistics.fmean(c - a for c, a in zip(clean, r_acc))})
         random_drops = [r["drop"] for r in random_rows]

@@ -1,7 +1,8 @@
 """Reading models: token positions, attention patterns and head finding, activation datasets, probes,
-patching sweeps (causal tracing) and attribution patching."""
+head ablation, patching sweeps (causal tracing) and attribution patching."""
 
 from ..exports import public_names
+from .ablation import ablate_heads, head_means
 from .attention import (
     AttentionHead,
     HeadScores,
