@@ -1,8 +1,9 @@
 """Reading models: token positions, attention patterns and head finding, activation datasets, probes,
-patching sweeps (causal tracing), attribution patching, and the fluency of generations (corpus
-grammar, perplexity, steering rates gated by fluency)."""
+head ablation, patching sweeps (causal tracing), attribution patching, and the fluency of
+generations (corpus grammar, perplexity, steering rates gated by fluency)."""
 
 from ..exports import public_names
+from .ablation import ablate_heads, head_means
 from .attention import (
     AttentionHead,
     HeadScores,
