@@ -1,7 +1,8 @@
 """Property-based tests of the engine's call-time inputs on a tiny GPT-2 (issue 13).
 
 Generated unit locations (ints, negatives, out of range, floats, bools, NaN, lists of the wrong
-depth or batch), subspaces (ids in and out of range, floats, bools; flat or per example) and
+depth or batch), subspaces (ids in and out of range, floats, bools; flat, per example, per
+example and unit, or a count that is not the batch) and
 source representations (shapes, dtypes, NaN) go into one interchange or addition call. The
 outcome is EITHER the result a hand-written torch forward hook gives for the same edit on the
 same module, OR a library error (:class:`PyveneLikeError`) whose message shows the offending
