@@ -203,6 +203,8 @@ def test_component_matches_hand_written_hooks(family, component):
     expected = main_out(run_with_edit(model, module, io, base, edit))
     im = pv.IntervenableModel(pv.RepresentationConfig(LAYER, pre + component), model)
     assert im.sites[0].path == path and im.sites[0].io == io
+    if layout is None:  # the width the site reports is the tensor's (OPT's activation said 32 of 64)
+        assert im.sites[0].width == s.shape[-1]
     _, out = im(base, [src], {"sources->base": (2, 5)})
     assert torch.equal(main_out(out), expected)
     assert not torch.equal(main_out(out), main_out(model(**base)))

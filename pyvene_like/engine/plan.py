@@ -115,6 +115,9 @@ def compile_slots(config: IntervenableConfig, model: nn.Module) -> list[Slot]:
         bind = getattr(intervention, "bind_site", None)
         if callable(bind):
             site = bind(model, site, rep) or site
+        if isinstance(intervention, Intervention):
+            # Inside a model the units are the site's whole width: embed_dim selects no prefix.
+            intervention.in_model = True
         if rep.group_key is None:
             group = len(groups)
             groups[("__slot", i)] = group

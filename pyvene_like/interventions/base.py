@@ -58,6 +58,10 @@ class Intervention(nn.Module):
     #: True when forward() itself refuses units whose width is not ``embed_dim`` (a ShapeError
     #: at call time); otherwise :meth:`bind_site` compares ``embed_dim`` with the site at build.
     checks_width: ClassVar[bool] = False
+    #: Set by IntervenableModel on the interventions it runs: their units are the site's whole
+    #: width, so ``embed_dim`` never selects the first features (:meth:`prefix_mask`), as it does
+    #: for an intervention called directly on wider units (pyvene's meaning).
+    in_model: bool = False
 
     def __init__(self, embed_dim: int | None = None, subspace_partition: Partition = None, use_fast: bool = False):
         super().__init__()
@@ -199,9 +203,10 @@ class Intervention(nn.Module):
     def prefix_mask(self, base: torch.Tensor) -> torch.Tensor | None:
         """pyvene's meaning of ``embed_dim`` for an intervention called directly on wider units:
         only the first ``embed_dim`` features take part. ``None`` when the units are
-        ``embed_dim`` wide (always the case inside an IntervenableModel, which checks the width)."""
+        ``embed_dim`` wide, and always inside an IntervenableModel (:attr:`in_model`): there the
+        units are the site's whole width."""
         width = base.shape[-1]
-        if self.embed_dim is None or width == self.embed_dim:
+        if self.embed_dim is None or width == self.embed_dim or self.in_model:
             return None
         if width < self.embed_dim:
             raise ShapeError(

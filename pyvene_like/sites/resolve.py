@@ -501,8 +501,13 @@ def resolve_site(layout: ModelLayout, layer: int, component: str, unit: str) -> 
     if role == "act" and width is None:
         # An activation has no weights: its width is that of the up projection feeding it, the
         # first linear map of the module that holds it (GPT-2's c_fc, Llama's gate_proj, ff1).
+        # When the activation sits in the layer itself (OPT's activation_fn), the attention's
+        # projections come first: they are not what feeds it.
+        # A fused gate-and-up projection (Phi-3's gate_up_proj) holds two halves; the activation
+        # sees one.
         parent = layer_mod.get_submodule(rel.rpartition(".")[0]) if "." in rel else layer_mod
-        width = next((d[1] for d in (_linear_dims(m) for m in parent.modules())
+        width = next((d[1] // 2 if "gate_up" in name else d[1] for name, m in parent.named_modules()
+                      if not _in_attention(name) for d in [_linear_dims(m)]
                       if d[0] is not None and d[1] is not None), None)
     site = Site(module, path, io, width=width, description=f"{path} ({io})")
     if head_kind is not None:
@@ -524,6 +529,11 @@ def _check_embedding_layer(layout, stack_name, component: str, layer: int) -> No
             f"{len(layers)} layers (accepted: 0..{len(layers) - 1}; component {component!r} is the "
             f"same site at every layer)"
         )
+
+
+def _in_attention(name: str) -> bool:
+    """Whether a submodule path lies inside an attention block (``self_attn.k_proj``, ...)."""
+    return any(part in name.lower() for part in ("attn", "attention"))
 
 
 def _infer_width(module: nn.Module, io: str) -> int | None:
