@@ -62,7 +62,18 @@ condition and topic, the metrics), ``examples``; ``sweep`` (per setting, validat
 averaged over seeds and topics); ``target`` (mean over seeds: every topic's
 ``fluent_on_topic_rate`` at least 0.10 over unsteered and its ``fluent_rate`` within 0.15).
 
-RESULTS_PLACEHOLDER
+Full run (seeds 0-2, 6 min on a busy 2-core machine), test prompts, 160 generations per topic,
+condition and seed; fluent and on topic, unsteered -> codes (points of rise), mean ± sd over seeds:
+dragon 15 ± 3 -> 35 ± 13 (+20 ± 14), flower 13 ± 1 -> 52 ± 18 (+39 ± 16), fire 20 ± 5 -> 57 ± 33
+(+37 ± 29), baby 5 ± 2 -> 34 ± 15 (+29 ± 17); fluent 98 % unsteered, 93-96 % steered; perplexity
+under the unsteered model 1.29 -> 1.30. Every topic meets the target on the mean over seeds, but
+not on every seed: on seed 2 dragon rose +3.7 and fire +4.4 (no setting within the fluency
+budget moved them on the validation prompts either), the other ten seed-topic pairs +19..+55.
+What this does not show: that a story holds together beyond its sentences (the grammar accepts
+a name that changes, or a second topic), steering with fluency as strict as the model's own
+(steered text fails the grammar 2-12 % more often), or that any of it carries to a real model
+and a codebook of thousands of codes; the titles that make steering work are part of the
+corpus, and a real corpus has its own ways of putting a topic in context.
 """
 
 from __future__ import annotations
