@@ -60,32 +60,48 @@ def _check_das(results, tmp_path):
 
 
 def _check_codebook_topics(results, tmp_path):
-    """The CI-sized codebook run still steers, counted on fluent generations only: with the
-    setting chosen on validation prompts, forcing each topic's codes raises the rate of test
-    generations that mention the topic and pass the fluency gate. Thresholds from the tutorial's
-    seed sweep (10 seeds): per topic +22..+29 points on average (sd 10-13, worst +8), topic mean
-    +26.8 (sd 7.1, worst +16.9); the old replace-four-codes recipe scores -14..+3 here."""
+    """The CI-sized codebook run (one seed) still steers, counted on fluent generations only: with
+    the setting chosen on validation prompts, forcing each topic's codes raises the rate of test
+    generations that name the topic and are valid under the story grammar, without costing more
+    fluency than the budget. Thresholds from the CI-sized run of seed 0 (deterministic on the pinned
+    torch): unsteered fluent 0.80, steered 0.74-0.85; rises +3, +23, +57, +28 points (mean +28);
+    no steering scores 0 and the earlier recipe (no titles, every token) -3..+19, mean under +10."""
     out = tmp_path / "04_codebook_topics"
-    assert results["small"] and (out / "steering.png").stat().st_size > 0
-    assert (out / "codebooks" / "codebooks.safetensors").is_file()
-    history = results["training"]["history"]
-    assert history[-1]["lm_loss"] < 0.5 * history[0]["lm_loss"]
-    recipe = results["recipe"]
+    assert results["small"] and (out / "steering.png").stat().st_size > 0 and (out / "sweep.png").stat().st_size > 0
+    assert (out / "codebooks" / "codebooks.safetensors").is_file()  # what the browser app reads
+    assert (out / "model" / "config.json").is_file() and (out / "records").is_dir()
+    recipe, seeds, topics = results["recipe"], results["seeds"], list(results["table"])
     assert not set(recipe["val_prompts"]) & set(recipe["prompts"])  # chosen on other prompts
-    assert len(recipe["prompts"]) * recipe["samples"] >= 200
-    rises = []
+    assert len(recipe["prompts"]) * recipe["samples"] >= 100
+    summary = results["summary"]
+    for run in results["per_seed"]:
+        history = run["training"]["history"]
+        assert history[-1]["lm_loss"] < 0.5 * history[0]["lm_loss"]
+        for topic in topics:
+            assert run["codes"][topic], topic
+            val = run["validation"][topic]
+            kept = [r for r in val["settings"] if all(r[k] == v for k, v in run["chosen"][topic].items())]
+            assert len(kept) == 1, (topic, run["chosen"][topic])
+            in_budget = [r for r in val["settings"]
+                         if r["fluent_rate"] >= val["unsteered"]["fluent_rate"] - recipe["max_fluency_drop"]]
+            assert kept[0]["fluent_on_topic_rate"] == max(r["fluent_on_topic_rate"] for r in in_budget or val["settings"])
+    for cond in results["conditions"]:
+        for metric in ("fluent_rate", "fluent_on_topic_rate", "on_topic_rate", "perplexity"):
+            entry = summary[cond][metric]
+            assert len(entry["per_seed"]) == len(seeds) and entry["sd"] is not None
+            for topic in topics:  # the summary holds the per-seed numbers of each topic
+                assert entry["per_topic"][topic]["per_seed"] == [r["test"][cond][topic][metric]
+                                                                 for r in results["per_seed"]]
     for topic, row in results["table"].items():
-        assert results["codes"][topic], topic
-        assert row["fluent"]["baseline"] >= 0.9, (topic, row)  # the gate passes unsteered text
-        assert row["rise"] == row["steered"] - row["baseline"]
-        rises.append(row["rise"])
-        assert rises[-1] > 0, (topic, row)
-    assert sum(rises) / len(rises) >= 0.1, results["table"]
-    summary = results["summary"]  # the fluency keys shared with 03, the same numbers as the table
-    for topic, row in results["table"].items():
-        assert summary["unsteered"]["fluent_on_topic_rate"]["per_topic"][topic] == row["baseline"]
-        assert summary["codes"]["fluent_on_topic_rate"]["per_topic"][topic] == row["steered"]
-        assert summary["codes"]["fluent_rate"]["per_topic"][topic] == row["fluent"]["steered"]
+        assert row["rise"]["per_seed"] == [s - b for b, s in zip(row["baseline"]["per_seed"],
+                                                                 row["steered"]["per_seed"])]
+        assert row["steered"] == summary["codes"]["fluent_on_topic_rate"]["per_topic"][topic]
+    fluent = {c: summary[c]["fluent_rate"]["mean"] for c in ("unsteered", "codes")}
+    assert fluent["unsteered"] >= 0.7, fluent  # the grammar passes most unsteered stories
+    assert fluent["codes"] >= fluent["unsteered"] - 0.15, fluent  # steering keeps the text fluent
+    rises = [row["rise"]["mean"] for row in results["table"].values()]
+    assert sum(rises) / len(rises) >= 0.15, results["table"]
+    assert sum(r > 0 for r in rises) >= len(rises) - 1, results["table"]  # every topic but at most one rises
 
 
 def _check_heads_and_probes(results, tmp_path):

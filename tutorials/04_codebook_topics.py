@@ -1,95 +1,96 @@
 """Codebook features: train a tiny story model with codebooks, find topic codes, steer it.
 
 Run: ``python tutorials/04_codebook_topics.py``; ``TUTORIAL_SMALL=1`` gives the CI-sized run of
-the same steps; ``TUTORIAL_SEED=n`` another seed (corpus, initialisation, training order,
-sampling). This is the codebook paper's topic-steering tutorial (Tamkin, Taufeeque and Goodman,
-2023) on a model small enough to train here:
+the same steps; ``TUTORIAL_SEEDS=3,4`` other seeds. Nothing is downloaded. For each seed (corpus,
+initialisation, training order and sampling all follow it), the codebook paper's topic steering
+(Tamkin, Taufeeque and Goodman, 2023) on a model small enough to train here:
 
 1. a synthetic corpus of children's stories about eight topics (dragon, flower, fire, baby,
-   ball, cat, boat, tree), built from templates and word lists, and a word-level tokenizer
-   built on it;
+   ball, cat, boat, tree), built from templates and word lists, and a word-level tokenizer.
+   Half the stories open with a title that names the topic ("a story about a dragon ."); the
+   test prompts never do;
 2. a one-layer GPT-2 with a codebook on every attention head's output
    (``head_attention_value_output``: one codebook per head, ``k`` codes of ``num_codes``),
-   trained with :func:`~pyvene_like.codebook.train_codebook_model` (language-modelling loss,
-   reconstruction term, dead-code replacement);
-3. :func:`~pyvene_like.codebook.record_codes` over held-out stories, and
-   :func:`~pyvene_like.codebook.code_search` per topic: the codes whose firing best matches
-   the topic's regular expression (precision and recall per code). The pattern is
-   ``\bdragon\b.*``: a match runs from the topic's first mention to the end of the story, so
-   the positive tokens are those *in a dragon context*, which is what a topic code should
-   stand for (with the bare word ``\bdragon\b`` code search finds codes of the positions
-   that read the word, which steer less);
-4. steering with a :class:`~pyvene_like.CodebookIntervention` at every position (prompt and
-   generated tokens): the best code (by F1) of each of the first ``n`` heads is *added* to the
-   ``k`` codes the head picks itself (``mode="append"``). The setting, ``n`` in 2..4 with or
-   without a precision floor of 0.5, is chosen per topic on four validation prompts; the table
-   reports it on four other (test) prompts x 50 samples, with fresh samples, against the
-   unsteered model;
-5. the metric cannot reward word salad: a generation counts as *on topic* when it mentions the
-   topic and is fluent: at least 90 % of its word bigrams occur in the training stories and at
-   least 40 % of its words are distinct (a loop of corpus bigrams such as "the fire . the fire"
-   fails that; on seed 0 no unsteered generation of 200 has under 47 %). Unsteered generations
-   pass 94-99 % of the time. The table also gives the raw mention rate,
-   the share of fluent generations and the NLL per token under the unsteered model;
-6. results as JSON and a plot in ``tutorial_outputs/04_codebook_topics/``. Besides the
-   ``table``, ``results.json`` carries the fluency keys shared with tutorial 03
-   (``pv.analysis.gated_rates``): ``summary[condition][metric]`` for the conditions
-   ``unsteered`` and ``codes`` and the metrics ``fluent_rate`` and ``fluent_on_topic_rate`` (a
-   generation that mentions the topic and passes the gate), each ``{"mean", "sd",
-   "per_seed", "per_topic"}`` with the mean over topics (one seed per run: ``sd`` is null).
-   The folder also holds what the browser app reads (``pyvene-like serve
-   tutorial_outputs/04_codebook_topics``): the model without its codebooks and the tokenizer
-   (``model/``), the codebooks (``codebooks/``) and the code records of the held-out stories
-   (``records/``).
+   trained with :func:`~pyvene_like.codebook.train_codebook_model`;
+3. :func:`~pyvene_like.codebook.record_codes` over held-out stories and
+   :func:`~pyvene_like.codebook.code_search` per topic with the pattern ``\\bdragon\\b.*`` (the
+   tokens *in a dragon context*, from the topic's first mention on);
+4. steering as the paper does: a few codes (the best code by F1 in each of the first ``n``
+   heads where code search finds one with precision >= 0.5) added to the codes
+   each head picks (``mode="append"``), at the prompt and the first ``w`` generated tokens.
+   The setting (``n`` x ``w``) is chosen per topic and seed on *validation* prompts: the one
+   with the most fluent on-topic generations among those whose fluent rate stays within
+   ``MAX_FLUENCY_DROP`` of unsteered. The table reports it on other (test) prompts with fresh
+   samples;
+5. the measure cannot reward word salad (``pv.analysis.fluency``): a generation is *fluent*
+   when every sentence of prompt + generation is one the story templates can produce (an
+   unfinished last sentence must begin one); *on topic* when it names the topic; the
+   headline is ``fluent_on_topic_rate``, generations that are both. Also the perplexity of the
+   generations under the unsteered model;
+6. results as JSON and plots in ``tutorial_outputs/04_codebook_topics/``: ``steering.png`` (the
+   test table) and ``sweep.png`` (fluent on-topic rate against fluent rate for every setting,
+   validation prompts, mean over seeds and topics). The folder also holds what the browser app
+   reads (``pyvene-like serve tutorial_outputs/04_codebook_topics``), from the first seed: the
+   model without its codebooks and the tokenizer (``model/``), the codebooks (``codebooks/``)
+   and the code records of the held-out stories (``records/``).
 
-Why this recipe (measured on CI-sized runs, 200 test generations per cell). The earlier recipe
-forced four codes per topic in place of each head's second code (``mode="replace"``) and scored
-any mention in 4 prompts x 10 samples. Its rise was +15..+92 points per topic depending on the
-seed (it fails the old per-topic +30 check on 4 of seeds 0-9), and the mentions were word salad
-("there was was was not not of the hills"): 0-16 % of those generations pass the fluency gate,
-and their on-topic rate *fell* (-20..+22 points, typically -12). Forcing fewer codes, or
-appending them, keeps the text closer to the corpus; which ``n`` works best differs by topic
-and seed, hence the choice on validation prompts (one code, ``n=1``, never won on seeds 0-4:
-its rises averaged +2..+8 points per topic, so it is not tried).
+Why titles, windows and a lower temperature (measured on CI-sized runs of seed 0, validation
+prompts; the recipe was settled there, then once more after a first full run of seeds 0-2: its
+validation prompts ran up to the child's name, so a window of 10 tokens won there and fell
+short of the test prompts, whose topic is picked 10-17 tokens in; the validation prompts were
+made as short as the test ones and ``n = 4`` was added. Seeds 3 and 4 were run only after
+that, as a check). Without
+titles nothing in the corpus shows a topic before the sentence that picks it, so a model never
+learns to let a topic in context choose the story, and forcing "in a dragon context" codes has
+little to act on: fluent on-topic rose by -3..+19 points per topic at any ``n`` and window, and
+forcing codes at every generated token broke the text (fluent 0.77 -> 0.23-0.61). Forcing on
+the prompt only moves nothing in a one-layer model (later positions read the prompt's inputs,
+not its attention outputs), nor in a two-layer one trained on this corpus. With titles the
+codes choose the topic and the window keeps the rest of the story the model's own. Sampling is
+at temperature 0.5: a model this small slips in most 40-word stories at 1.0 (fluent 0.28-0.37
+unsteered, seed 0), 0.53 at 0.7, 0.69 at 0.5 (validation prompts), and slips hide what steering
+does to fluency. The slips are real: dropped words ("the dragon became friends ."), a line of
+one topic finished with another's words; a one-layer model tracks little beyond the last
+words.
 
-Seed spread, ``TUTORIAL_SMALL=1 TUTORIAL_SEED=s``, rise of on-topic generations (points;
-seeds 0-4 were used to choose the recipe, seeds 5-9 only measure it):
+``results.json`` keys (stable): ``seeds``; ``conditions`` (``unsteered``, ``codes``);
+``summary[condition][metric]`` = ``{"mean", "sd", "per_seed", "per_topic"}``: ``per_seed`` the
+mean over topics of each seed, ``mean``/``sd`` over those, ``per_topic[topic]`` =
+``{"mean", "sd", "per_seed"}`` over seeds; metrics ``fluent_rate``, ``fluent_on_topic_rate``,
+``on_topic_rate``, ``on_topic_among_fluent``, ``sentence_valid_rate``, ``perplexity``;
+``table[topic]`` = ``{"baseline", "steered", "rise"}`` of ``fluent_on_topic_rate``, each
+``{"mean", "sd", "per_seed"}``; ``per_seed[i]`` with ``seed``, ``training`` (history),
+``codes`` (per topic, the kept codes with precision and recall), ``validation`` (per topic, the
+unsteered rates and one row per setting), ``chosen`` (the setting per topic), ``test`` (per
+condition and topic, the metrics), ``examples``; ``sweep`` (per setting, validation rates
+averaged over seeds and topics); ``target`` (mean over seeds: every topic's
+``fluent_on_topic_rate`` at least 0.10 over unsteered and its ``fluent_rate`` within 0.15).
 
-======  ======  ======  ======  ======  ======  ==============  ==================
-seed    dragon  flower  fire    baby    mean    mention rise    fluent, steered
-======  ======  ======  ======  ======  ======  ==============  ==================
-0       +19.5   +14.5   +21.5   +33.5   +22.2   +40.8           74 % (96 % unsteered)
-1       +27.0   +18.0   +18.5   +38.0   +25.4   +39.5           73 % (98 %)
-2       +29.5   +16.5   +14.0   +14.5   +18.6   +51.2           53 % (96 %)
-3       +36.0   +40.0   +38.5   +38.0   +38.1   +56.5           76 % (95 %)
-4       +8.0    +16.5   +27.5   +15.5   +16.9   +42.4           63 % (96 %)
-5       +16.0   +30.0   +17.0   +20.0   +20.8   +29.9           84 % (99 %)
-6       +25.0   +50.5   +39.5   +9.0    +31.0   +42.6           81 % (97 %)
-7       +17.5   +32.5   +51.0   +36.0   +34.2   +47.0           83 % (98 %)
-8       +34.5   +39.5   +17.0   +29.0   +30.0   +46.5           76 % (96 %)
-9       +10.5   +25.5   +44.0   +44.5   +31.1   +40.2           84 % (94 %)
-======  ======  ======  ======  ======  ======  ==============  ==================
-
-Mean over seeds +26.8 (sd 7.1) for the topic mean, +22..+29 (sd 10-13) per topic; the worst
-topic of any seed rose +8. ``tests/test_tutorials.py`` asks every topic to rise (> 0, two
-standard deviations under the per-topic mean) and the mean to reach +10 (2.4 sd under it): a
-healthy run with another training trajectory passes; the old replace recipe (topic mean -14..+3
-on seeds 0-4) and no steering (0) fail.
-
-What this does not show: steered stories are still less fluent than unsteered ones (a quarter
-fail the gate; NLL per token under the unsteered model 0.5 -> 0.7..2.2), and the gate checks
-word order locally (bigrams), not that a story holds together or keeps to one topic; steering
-that keeps fluency as a constraint is left to a later change. It is a one-layer model on
-template stories: how the recipe carries to real models is not tested here.
+Full run (seeds 0-2, 6 min on a busy 2-core machine), test prompts, 160 generations per topic,
+condition and seed; fluent and on topic, unsteered -> codes (points of rise), mean ± sd over seeds:
+dragon 15 ± 3 -> 35 ± 13 (+20 ± 14), flower 13 ± 1 -> 52 ± 18 (+39 ± 16), fire 20 ± 5 -> 57 ± 33
+(+37 ± 29), baby 5 ± 2 -> 34 ± 15 (+29 ± 17); fluent 98 % unsteered, 93-96 % steered; perplexity
+under the unsteered model 1.29 -> 1.30. Every topic meets the target on the mean over seeds, but
+not on every seed: on seed 2 dragon rose +3.7 and fire +4.4 (no setting within the fluency
+budget moved them on the validation prompts either), the other ten seed-topic pairs +19..+55.
+The check run on seeds 3 and 4 (``TUTORIAL_SEEDS=3,4``, after the recipe was fixed): rises
++60, +18, +69, +79 (seed 3) and +10, +16, +26, +11 (seed 4) for dragon, flower, fire, baby;
+fluent 98 -> 96-100 % and 90 -> 76-93 % (seed 4's dragon lost 14 points of fluency).
+What this does not show: that a story holds together beyond its sentences (the grammar accepts
+a name that changes, or a second topic), steering with fluency as strict as the model's own
+(steered text fails the grammar 2-12 % more often), or that any of it carries to a real model
+and a codebook of thousands of codes; the titles that make steering work are part of the
+corpus, and a real corpus has its own ways of putting a topic in context.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 import random
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import pyvene_like as pv
-from pyvene_like.analysis import gated_rates, perplexity
+from pyvene_like.analysis import CorpusGrammar, gated_rates, grammar_rates, perplexity
 from pyvene_like.codebook import (
     code_intervention_config,
     code_search,
@@ -115,30 +116,33 @@ OUT = Path(os.environ.get("TUTORIAL_OUTPUT_DIR", "tutorial_outputs")) / "04_code
 # Tiny matrices: one thread is as fast as two, and it does not spin-wait when the CPU is shared.
 torch.set_num_threads(1)
 
-SEED = int(os.environ.get("TUTORIAL_SEED", "0"))  # one seed for corpus, initialisation, training, sampling
+SEEDS = ([int(x) for x in os.environ["TUTORIAL_SEEDS"].split(",")] if os.environ.get("TUTORIAL_SEEDS")
+         else [0] if SMALL else [0, 1, 2])
 N_STORIES = 2_000 if SMALL else 4_000
 N_RECORD = 300 if SMALL else 600  # held-out stories for recording codes
-MODEL = dict(n_layer=1, n_embd=64, n_head=4, n_positions=96)
+MODEL = dict(n_layer=1, n_embd=64, n_head=4, n_positions=64)  # the longest titled story is 63 tokens
 CODEBOOK = dict(num_codes=64, k=2)
-TRAIN = dict(steps=600 if SMALL else 1_500, batch_size=32, lr=3e-3, reconstruction_weight=1.0,
+TRAIN = dict(steps=600 if SMALL else 1_000, batch_size=32, lr=3e-3, reconstruction_weight=1.0,
              dead_code_steps=100, warmup_steps=50)
-# Steering settings tried per topic on the validation prompts: the best code of code search in
-# each of the first n heads (ranked by F1; optionally only codes with precision >= 0.5), added to
-# the codes the model picks itself (mode "append"). The setting with the largest rise of fluent
-# on-topic generations is kept; the table reports it on the test prompts, with fresh samples.
-CANDIDATES = [(n, p) for n in (2, 3, 4) for p in (0.0, 0.5)]
+TITLED = 0.5  # share of training stories that open with TITLE
+TITLE = "a story about a {topic} ."
+# The validation grid: n codes (the best of each of the first n heads with a precision >= the floor)
+# x window (the prompt and the first w generated tokens; 40 = every generated token).
+N_CODES = (1, 2, 3, 4)
+WINDOWS = (10, 20) if SMALL else (10, 20, 40)
+MIN_PRECISIONS = (0.5,)  # the paper keeps codes above a precision threshold; a floor of 0.0 did no better on seed 0
+MAX_FLUENCY_DROP = 0.10  # on validation; the target asks 0.15 on the test prompts
 MODE = "append"
 PROMPTS = ["", "once upon a time ,", "once there was a", "a long time ago ,"]  # test
-VAL_PROMPTS = ["there was a", "once upon a time , there was a little", "there was a girl named mia .",
-               "a long time ago , there was a boy called sam ."]
-SAMPLES = 50  # per prompt: 200 generations per topic and setting, about +-5 points of sampling noise
+# Validation prompts are story openings as short as the test ones: the topic is picked as many
+# tokens after them (10-17), so the window chosen on them fits the test prompts.
+VAL_PROMPTS = ["once", "there was a", "once there was", "a long time ago"]
+SAMPLES = 25 if SMALL else 40  # per prompt: 100 or 160 generations per topic and condition
 MAX_NEW_TOKENS = 40
+TEMPERATURE = 0.5
 TOPICS = ["dragon", "flower", "fire", "baby"]  # measured; the others are there to be avoided
-# A generation is fluent when at least 90 % of its word bigrams occur in the training stories and
-# at least FLUENT_DISTINCT of its words are distinct (a loop such as "the fire . the fire . ..."
-# is made of corpus bigrams); unsteered generations pass about 95 % of the time.
-FLUENT_BIGRAMS = 0.9
-FLUENT_DISTINCT = 0.4
+METRICS = ["fluent_on_topic_rate", "fluent_rate", "on_topic_rate", "on_topic_among_fluent", "sentence_valid_rate",
+           "perplexity"]
 
 # -- 1. the corpus ----------------------------------------------------------------------------
 NAMES = [("lily", "she", "her"), ("tom", "he", "his"), ("sue", "she", "her"), ("ben", "he", "his"),
@@ -181,13 +185,28 @@ ENDINGS = ["the end .", "{name} was very happy .", "it was a good day .", "{p} w
 
 
 def make_story(rng: random.Random, topic: str) -> str:
+    """An opener, the topic's first line and three more of its lines in random order, an ending;
+    half the stories carry a title that names the topic first (see the docstring: why)."""
+    titled = rng.random() < TITLED
     name, p, _ = rng.choice(NAMES)
     kid = "girl" if p == "she" else "boy"
     opener = rng.choice(OPENERS)[0].format(kid=kid, name=name)
     lines = STORY_TOPICS[topic]
     body = [lines[0]] + rng.sample(lines[1:], 3)
     end = rng.choice(ENDINGS)
-    return " ".join([opener, *body, end]).format(name=name, p=p)
+    story = " ".join([opener, *body, end]).format(name=name, p=p)
+    return TITLE.format(topic=topic) + " " + story if titled else story
+
+
+def all_sentences() -> set[str]:
+    """Every sentence ``make_story`` can produce: the grammar generations are judged by."""
+    out = {TITLE.format(topic=t) for t in STORY_TOPICS}
+    for name, p, _ in NAMES:
+        kid = "girl" if p == "she" else "boy"
+        out.update(o.format(kid=kid, name=name) for o, _ in OPENERS)
+        out.update(line.format(name=name, p=p) for lines in STORY_TOPICS.values() for line in lines)
+        out.update(e.format(name=name, p=p) for e in ENDINGS)
+    return out
 
 
 def make_corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -211,68 +230,45 @@ def encode(tok, texts: list[str], length: int) -> dict:
 
 
 # -- 4. steering --------------------------------------------------------------------------------
-def generate(model, tok, prompts: list[str], im=None, seed: int = 0) -> dict:
-    """SAMPLES sampled continuations per prompt: ``{prompt: (texts, token ids, prompt length)}``."""
+def generate(model, tok, prompts: list[str], config=None, window: int = MAX_NEW_TOKENS, seed: int = 0) -> list:
+    """SAMPLES sampled continuations per prompt, one random stream for the whole call
+    (independent samples across prompts): ``[(prompt, sequences, prompt length)]``. With a
+    config, its interventions act at the prompt and the first ``window`` generated tokens."""
     torch.manual_seed(seed)
-    out = {}
+    im = None if config is None else pv.IntervenableModel(config, model)
+    kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE, top_k=0,
+                  pad_token_id=tok.pad_token_id, eos_token_id=None)
+    out = []
     for prompt in prompts:
         ids = tok(["<s> " + prompt.strip()] * SAMPLES, return_tensors="pt")["input_ids"]
-        kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=1.0, top_k=0,
-                      pad_token_id=tok.pad_token_id, eos_token_id=None)
         base = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        seq = model.generate(**base, **kwargs) if im is None else im.generate(base, timesteps="all", **kwargs)[1]
-        out[prompt] = (tok.batch_decode(seq[:, ids.shape[1]:], skip_special_tokens=True), seq, ids.shape[1])
+        if im is None:
+            seq = model.generate(**base, **kwargs)
+        else:
+            steps = "all" if window >= MAX_NEW_TOKENS else list(range(window))
+            seq = im.generate(base, intervene_on_prompt=True, timesteps=steps, **kwargs)[1]
+        out.append((prompt, seq, ids.shape[1]))
     return out
 
 
-def mentions(texts: list[str], topic: str) -> float:
+def measure(model, tok, gens: list, topic: str, grammar: CorpusGrammar) -> dict:
+    """Fluency (the story grammar over prompt + generation), topic (the generated words name it),
+    both, and the perplexity of the generated tokens under ``model`` (the unsteered model)."""
     rx = re.compile(rf"\b{topic}\b")
-    return sum(bool(rx.search(t)) for t in texts) / len(texts)
-
-
-def corpus_bigrams(texts: list[str]) -> set:
-    out = set()
-    for t in texts:
-        w = ["<s>", *t.split()]
-        out.update(zip(w, w[1:]))
-    return out
-
-
-def fluency(prompt: str, text: str, bigrams: set) -> tuple[float, float]:
-    """(share of the generated words whose bigram with the word before is a corpus bigram,
-    distinct words / words); repetition such as "was was was" fails the first."""
-    words = text.split()
-    seq = ["<s>", *prompt.split(), *words]
-    pairs = list(zip(seq, seq[1:]))[len(seq) - 1 - len(words):]
-    return (sum(p in bigrams for p in pairs) / max(len(pairs), 1), len(set(words)) / max(len(words), 1))
-
-
-def unsteered_nll(model, gens: dict) -> float:
-    """Mean negative log-likelihood per generated token under the model without forcing (the log
-    of the shared measure's perplexity, ``pv.analysis.perplexity``)."""
-    return math.log(perplexity(model, [(seq, n) for _, seq, n in gens.values()]))
-
-
-def score(gens: dict, topic: str, bigrams: set) -> dict:
-    """Rates over all generations: mention (the topic's word appears), fluent (see FLUENT_*), on
-    topic = mention and fluent, the headline: word salad that names the topic does not count."""
-    rx = re.compile(rf"\b{topic}\b")
-    rows = []
-    for prompt, (texts, _, _) in gens.items():
-        for text in texts:
-            share, distinct = fluency(prompt, text, bigrams)
-            fluent = share >= FLUENT_BIGRAMS and distinct >= FLUENT_DISTINCT
-            rows.append((bool(rx.search(text)), fluent, share, distinct))
-    n = len(rows)
-    gated = gated_rates([r[0] for r in rows], [r[1] for r in rows])  # the keys 03 reports too
-    return {"mention": sum(r[0] for r in rows) / n, "fluent": sum(r[1] for r in rows) / n,
-            "on_topic": sum(r[0] and r[1] for r in rows) / n, "bigram_share": sum(r[2] for r in rows) / n,
-            "distinct": sum(r[3] for r in rows) / n,
-            **{k: gated[k] for k in ("fluent_rate", "fluent_on_topic_rate", "on_topic_among_fluent")}}
+    texts, on_topic = [], []
+    for prompt, seq, n in gens:
+        for text in tok.batch_decode(seq[:, n:], skip_special_tokens=True):
+            texts.append(prompt.split() + text.split())
+            on_topic.append(bool(rx.search(text)))
+    fluent = [grammar.check(t).valid for t in texts]
+    return {**{k: v for k, v in gated_rates(on_topic, fluent).items() if k != "n"},
+            "sentence_valid_rate": grammar_rates(grammar, texts)["sentence_valid_rate"],
+            "perplexity": perplexity(model, [(seq, n) for _, seq, n in gens])}
 
 
 def first_per_head(matches: list, n: int, min_precision: float) -> list:
-    """The best code (matches are ranked by F1) of each of the first ``n`` heads."""
+    """The best code (matches are ranked by F1) of each of the first ``n`` heads with a code of
+    precision >= ``min_precision``."""
     chosen, heads = [], set()
     for m in matches:
         if m.precision >= min_precision and m.info.head not in heads:
@@ -285,158 +281,204 @@ def first_per_head(matches: list, n: int, min_precision: float) -> list:
 
 def save_for_app(model, tok, records) -> None:
     """What ``pyvene-like serve`` reads: the model without its codebooks (the app loads
-    ``codebooks/`` into a copy), its tokenizer, and the code records. Unwraps ``model``: the
-    last use of it."""
+    ``codebooks/`` into a copy), its tokenizer, and the code records. Unwraps ``model``."""
+    save_codebooks(model, OUT / "codebooks")
     unwrap_codebook(model).save_pretrained(OUT / "model")
     tok.save_pretrained(OUT / "model")
     records.save_to_disk(OUT / "records")
 
 
-def main() -> dict:
+def run_seed(seed: int, grammar: CorpusGrammar, save_app: bool) -> dict:
     t0 = time.perf_counter()
-    random.seed(SEED)
-    torch.manual_seed(SEED)
-    stories, story_topics = make_corpus(N_STORIES + N_RECORD, SEED)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    stories, _ = make_corpus(N_STORIES + N_RECORD, seed)
     tok = make_tokenizer(stories)
     train_texts, held_out = stories[:N_STORIES], stories[N_STORIES:]
     data = encode(tok, train_texts, MODEL["n_positions"])
-    print(f"corpus: {len(stories)} stories, {len(tok)} words; e.g.\n  {stories[0]}")
 
     # 2. the model: GPT-2's own initialisation (N(0, 0.02), scaled residual projections), seeded.
     config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id,
                         pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **MODEL)
     model = GPT2LMHeadModel(config)
-    wrap_codebook(model, ["head_attention_value_output"], seed=SEED, **CODEBOOK)
-    fit = train_codebook_model(model, data, seed=SEED, show_progress=not SMALL, log_every=100, **TRAIN)
+    wrap_codebook(model, ["head_attention_value_output"], seed=seed, **CODEBOOK)
+    fit = train_codebook_model(model, data, seed=seed, show_progress=False, log_every=100, **TRAIN)
+    model.eval()
     last = fit.history[-1]
-    t_train = time.perf_counter() - t0
-    print(f"seed {SEED}: trained {fit.global_step} steps in {fit.seconds:.1f} s: LM loss "
-          f"{fit.history[0]['lm_loss']:.3f} -> {last['lm_loss']:.3f}, reconstruction {last['reconstruction_loss']:.3f}, "
-          f"codes used {last['codes_used']:.2f}, dead codes replaced {sum(fit.replaced.values())}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_codebooks(model, OUT / "codebooks")
+    print(f"seed {seed}: corpus {len(stories)} stories, {len(tok)} words; trained {fit.global_step} steps in "
+          f"{fit.seconds:.0f} s: LM loss {fit.history[0]['lm_loss']:.3f} -> {last['lm_loss']:.3f}, codes used "
+          f"{last['codes_used']:.2f}, dead codes replaced {sum(fit.replaced.values())}", flush=True)
 
     # 3. record codes on held-out stories, rank each topic's codes by code search.
     records = record_codes(model, held_out, tok, batch_size=64, top_n=5)
-    ranked = {topic: code_search(records, rf"\b{topic}\b.*", top=None, min_fires=3) for topic in TOPICS}
-    bigrams = corpus_bigrams(train_texts)
+    ranked = {t: code_search(records, rf"\b{t}\b.*", top=None, min_fires=3) for t in TOPICS}
 
-    # 4a. validation: each candidate setting on the validation prompts; keep the best per topic.
-    base_val = generate(model, tok, VAL_PROMPTS, seed=SEED + 2)
-    validation, found, settings = {}, {}, {}
+    # 4a. validation: every setting on the validation prompts; keep the best within the fluency budget.
+    sample_seed = 1000 * seed
+    base_val = generate(model, tok, VAL_PROMPTS, seed=sample_seed + 1)
+    validation, chosen, found = {}, {}, {}
     for topic in TOPICS:
-        base = score(base_val, topic, bigrams)
+        base = measure(model, tok, base_val, topic, grammar)
         rows = []
-        for n, min_precision in CANDIDATES:
-            chosen = first_per_head(ranked[topic], n, min_precision)
-            if len(chosen) < n:
+        for n, min_precision in itertools.product(N_CODES, MIN_PRECISIONS):
+            codes = first_per_head(ranked[topic], n, min_precision)
+            if len(codes) < n:
                 continue  # fewer heads than n have such a code
-            im = pv.IntervenableModel(code_intervention_config([m.info for m in chosen], mode=MODE), model)
-            s = score(generate(model, tok, VAL_PROMPTS, im, seed=SEED + 2), topic, bigrams)
-            rows.append({"n": n, "min_precision": min_precision, "codes": [str(m.info) for m in chosen],
-                         "rise": s["on_topic"] - base["on_topic"], **s})
+            cfg = code_intervention_config([m.info for m in codes], mode=MODE)
+            for window in WINDOWS:
+                gens = generate(model, tok, VAL_PROMPTS, cfg, window, seed=sample_seed + 1)
+                rows.append({"n": n, "min_precision": min_precision, "window": window,
+                             **measure(model, tok, gens, topic, grammar)})
         if not rows:
             raise RuntimeError(f"code search found no code for {topic!r}")
-        best = max(rows, key=lambda r: r["rise"])
-        validation[topic] = {"baseline": base, "candidates": rows}
-        settings[topic] = (best["n"], best["min_precision"])
-        found[topic] = first_per_head(ranked[topic], *settings[topic])
-        print(f"\n{topic!r}: validation rise of fluent on-topic generations per setting (n codes, min precision): "
-              + ", ".join(f"({r['n']}, {r['min_precision']}) {100 * r['rise']:+.0f}" for r in rows)
-              + f"; kept {settings[topic]}:")
-        for m in found[topic]:
-            row = records.codes[(m.info.head or 0) * CODEBOOK["num_codes"] + m.info.code]
-            print(f"  {m.info}  precision {m.precision:.2f} recall {m.recall:.2f}  e.g. {row['top_contexts'][0]!r}")
+        ok = [r for r in rows if r["fluent_rate"] >= base["fluent_rate"] - MAX_FLUENCY_DROP] or rows
+        best = max(ok, key=lambda r: r["fluent_on_topic_rate"])
+        chosen[topic] = {k: best[k] for k in ("n", "min_precision", "window")}
+        found[topic] = first_per_head(ranked[topic], best["n"], best["min_precision"])
+        validation[topic] = {"unsteered": base, "settings": rows}
 
     # 4b. test: the kept setting on the test prompts, fresh samples, against the unsteered model.
-    base_test = generate(model, tok, PROMPTS, seed=SEED + 1)
-    base_nll = unsteered_nll(model, base_test)
-    table, examples, gated = {}, {}, {"unsteered": {}, "codes": {}}
+    base_test = generate(model, tok, PROMPTS, seed=sample_seed + 2)
+    test, examples = {"unsteered": {}, "codes": {}}, {}
     for topic in TOPICS:
-        im = pv.IntervenableModel(code_intervention_config([m.info for m in found[topic]], mode=MODE), model)
-        steered = generate(model, tok, PROMPTS, im, seed=SEED + 1)
-        b, s = score(base_test, topic, bigrams), score(steered, topic, bigrams)
-        table[topic] = {"baseline": b["on_topic"], "steered": s["on_topic"], "rise": s["on_topic"] - b["on_topic"],
-                        "setting": {"n": settings[topic][0], "min_precision": settings[topic][1], "mode": MODE},
-                        **{k: {"baseline": b[k], "steered": s[k]} for k in ("mention", "fluent", "bigram_share",
-                                                                             "distinct")},
-                        "nll": {"baseline": base_nll, "steered": unsteered_nll(model, steered)},
-                        "per_prompt_mention": {p: {"baseline": mentions(base_test[p][0], topic),
-                                                   "steered": mentions(steered[p][0], topic)} for p in PROMPTS}}
-        examples[topic] = steered[PROMPTS[1]][0][:3]
-        gated["unsteered"][topic], gated["codes"][topic] = b, s
+        cfg = code_intervention_config([m.info for m in found[topic]], mode=MODE)
+        gens = generate(model, tok, PROMPTS, cfg, chosen[topic]["window"], seed=sample_seed + 2)
+        test["unsteered"][topic] = measure(model, tok, base_test, topic, grammar)
+        test["codes"][topic] = measure(model, tok, gens, topic, grammar)
+        prompt, seq, n = gens[1]
+        examples[topic] = [prompt + " " + t for t in tok.batch_decode(seq[:3, n:], skip_special_tokens=True)]
+    prompt, seq, n = base_test[1]
+    examples["unsteered"] = [prompt + " " + t for t in tok.batch_decode(seq[:3, n:], skip_special_tokens=True)]
+    for topic in TOPICS:
+        u, s = test["unsteered"][topic], test["codes"][topic]
+        print(f"  {topic}: codes {[str(m.info).split(', Site')[0] for m in found[topic]]} (precision "
+              f"{', '.join(f'{m.precision:.2f}' for m in found[topic])}), window {chosen[topic]['window']}: fluent on "
+              f"topic {u['fluent_on_topic_rate']:.2f} -> {s['fluent_on_topic_rate']:.2f}, fluent "
+              f"{u['fluent_rate']:.2f} -> {s['fluent_rate']:.2f}", flush=True)
+    if save_app:
+        OUT.mkdir(parents=True, exist_ok=True)
+        save_for_app(model, tok, records)
+    print(f"  seed {seed} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return {"seed": seed, "training": {"history": fit.history, "replaced": fit.replaced, "seconds": fit.seconds},
+            "codes": {t: [{"code": str(m.info), "precision": m.precision, "recall": m.recall} for m in ms]
+                      for t, ms in found.items()},
+            "validation": validation, "chosen": chosen, "test": test, "examples": examples}
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": values}
+
+
+def main() -> dict:
+    t0 = time.perf_counter()
+    grammar = CorpusGrammar(all_sentences())
+    per_seed = [run_seed(s, grammar, save_app=i == 0) for i, s in enumerate(SEEDS)]
+    summary = {}
+    for cond in ("unsteered", "codes"):
+        summary[cond] = {}
+        for k in METRICS:
+            by_topic = {t: [r["test"][cond][t][k] for r in per_seed] for t in TOPICS}
+            means = [statistics.fmean(r["test"][cond][t][k] for t in TOPICS) for r in per_seed]
+            summary[cond][k] = {**spread(means), "per_topic": {t: spread(v) for t, v in by_topic.items()}}
+    table = {}
+    for t in TOPICS:
+        b = [r["test"]["unsteered"][t]["fluent_on_topic_rate"] for r in per_seed]
+        s = [r["test"]["codes"][t]["fluent_on_topic_rate"] for r in per_seed]
+        table[t] = {"baseline": spread(b), "steered": spread(s), "rise": spread([y - x for x, y in zip(b, s)])}
+    sweep = {}
+    for n in N_CODES:
+        for w in WINDOWS:
+            rows = [row for r in per_seed for t in TOPICS for row in r["validation"][t]["settings"]
+                    if row["n"] == n and row["window"] == w]
+            if rows:
+                sweep[f"n={n},window={w}"] = {"n": n, "window": w, "count": len(rows),
+                                              **{k: statistics.fmean(row[k] for row in rows) for k in METRICS}}
+    base_val = [r["validation"][t]["unsteered"] for r in per_seed for t in TOPICS]
+    sweep["unsteered"] = {k: statistics.fmean(row[k] for row in base_val) for k in METRICS}
+    fl = summary
+    target = {t: bool(table[t]["rise"]["mean"] >= 0.10
+                      and fl["codes"]["fluent_rate"]["per_topic"][t]["mean"]
+                      >= fl["unsteered"]["fluent_rate"]["per_topic"][t]["mean"] - 0.15) for t in TOPICS}
     seconds = time.perf_counter() - t0
 
-    print("\nexample of an unsteered story:", base_test[PROMPTS[1]][0][0])
-    for topic in TOPICS:
-        print(f"steered to {topic!r}:", examples[topic][0])
-    print(f"\ntest prompts ({len(PROMPTS)} prompts x {SAMPLES} samples, {MAX_NEW_TOKENS} new tokens), unsteered -> "
-          f"steered: generations that mention the topic; that are fluent (>= {FLUENT_BIGRAMS:.0%} corpus bigrams, "
-          f">= {FLUENT_DISTINCT:.0%} distinct words); that do both (on topic); NLL per token under the unsteered model")
-    print("| topic | codes kept | mention (%) | fluent (%) | on topic (%) | rise (points) | NLL |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    def pct(row: dict, k: str) -> str:
-        return f"{100 * row[k]['baseline']:.0f} -> {100 * row[k]['steered']:.0f}"
+    print(f"\ntest prompts ({len(PROMPTS)} prompts x {SAMPLES} samples, {MAX_NEW_TOKENS} new tokens, temperature "
+          f"{TEMPERATURE}), mean ± sd over seeds {SEEDS}; fluent = every sentence is one the story templates make")
+    print("| topic | fluent on topic, unsteered | fluent on topic, codes | rise (points) | fluent, unsteered "
+          "| fluent, codes | perplexity, codes | target met |")
+    print("|---|---:|---:|---:|---:|---:|---:|:---:|")
 
-    for topic, row in table.items():
-        print(f"| {topic} | {row['setting']['n']} (precision >= {row['setting']['min_precision']}) | {pct(row, 'mention')} | "
-              f"{pct(row, 'fluent')} | {100 * row['baseline']:.0f} -> {100 * row['steered']:.0f} | "
-              f"{100 * row['rise']:+.1f} | {row['nll']['baseline']:.2f} -> {row['nll']['steered']:.2f} |")
-    print("Not shown: steered stories stay less fluent than unsteered ones and the gate checks word order "
-          "locally (bigrams), not that a story holds together; one seed here (see the docstring for the "
-          "spread over seeds).")
+    def ms(d: dict, scale: float = 100, digits: int = 0) -> str:
+        return f"{scale * d['mean']:.{digits}f} ± {scale * d['sd']:.{digits}f}"
+
+    for t in TOPICS:
+        pt = {c: {k: summary[c][k]["per_topic"][t] for k in METRICS} for c in summary}
+        print(f"| {t} | {ms(table[t]['baseline'])} | {ms(table[t]['steered'])} | {ms(table[t]['rise'], digits=1)} "
+              f"| {ms(pt['unsteered']['fluent_rate'])} | {ms(pt['codes']['fluent_rate'])} "
+              f"| {ms(pt['codes']['perplexity'], 1, 2)} | {'yes' if target[t] else 'no'} |")
+    print(f"unsteered perplexity {ms(summary['unsteered']['perplexity'], 1, 2)}. Not shown: that the stories "
+          f"hold together beyond single sentences (names, one topic), or that any of it carries to a real model.")
+    print(f"\nexamples (seed {SEEDS[0]}, prompt {PROMPTS[1]!r}):")
+    for k, v in per_seed[0]["examples"].items():
+        print(f"  {k}: {v[0]}")
 
     results = {
-        "small": SMALL, "seed": SEED, "seconds": round(seconds, 2), "train_seconds": round(t_train, 2),
-        "pyvene_like": pv.__version__,
-        "recipe": {"model": MODEL, "codebook": CODEBOOK, "train": TRAIN, "n_stories": N_STORIES,
-                   "n_record": N_RECORD, "candidates": CANDIDATES, "mode": MODE, "prompts": PROMPTS,
-                   "val_prompts": VAL_PROMPTS, "samples": SAMPLES, "max_new_tokens": MAX_NEW_TOKENS,
-                   "fluent_bigrams": FLUENT_BIGRAMS, "fluent_distinct": FLUENT_DISTINCT},
-        "training": {"history": fit.history, "replaced": fit.replaced},
-        "codes": {t: [{"code": str(m.info), "precision": m.precision, "recall": m.recall} for m in ms]
-                  for t, ms in found.items()},
-        "validation": validation, "table": table, "examples": examples,
-        # the shared fluency keys (as in 03): per condition, the mean over topics for this seed
-        "summary": {cond: {k: {"mean": sum(r[k] for r in rows.values()) / len(rows), "sd": None,
-                               "per_seed": [sum(r[k] for r in rows.values()) / len(rows)],
-                               "per_topic": {t: r[k] for t, r in rows.items()}}
-                           for k in ("fluent_rate", "fluent_on_topic_rate")}
-                    for cond, rows in gated.items()},
+        "small": SMALL, "seeds": SEEDS, "seconds": round(seconds, 2), "pyvene_like": pv.__version__,
+        "conditions": ["unsteered", "codes"],
+        "recipe": {"model": MODEL, "codebook": CODEBOOK, "train": TRAIN, "n_stories": N_STORIES, "n_record": N_RECORD,
+                   "titled": TITLED, "title": TITLE, "n_codes": list(N_CODES), "windows": list(WINDOWS),
+                   "min_precisions": list(MIN_PRECISIONS), "max_fluency_drop": MAX_FLUENCY_DROP, "mode": MODE,
+                   "prompts": PROMPTS, "val_prompts": VAL_PROMPTS, "samples": SAMPLES,
+                   "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE},
+        "summary": summary, "table": table, "sweep": sweep, "target": target, "per_seed": per_seed,
     }
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    plot(table)
-    save_for_app(model, tok, records)
-    print(f"\nsaved {OUT / 'results.json'}, {OUT / 'steering.png'} and the codebooks in {OUT / 'codebooks'}; "
-          f"total {seconds:.1f} s")
-    worst = min(r["rise"] for r in table.values())
-    print(f"smallest rise of fluent on-topic generations: {100 * worst:+.1f} points; mean "
-          f"{100 * sum(r['rise'] for r in table.values()) / len(table):+.1f}")
+    plot(table, summary, sweep)
+    print(f"\nsaved {OUT / 'results.json'}, steering.png, sweep.png and the app's files; total {seconds:.0f} s")
     return results
 
 
-def plot(table: dict) -> None:
+def plot(table: dict, summary: dict, sweep: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    topics = list(table)
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     width = 0.27
-    bars = ((lambda t: table[t]["baseline"], "no steering, on topic"),
-            (lambda t: table[t]["steered"], "codes forced, on topic (fluent)"),
-            (lambda t: table[t]["mention"]["steered"], "codes forced, any mention"))
+    bars = ((lambda t: table[t]["baseline"], "no steering: fluent and on topic"),
+            (lambda t: table[t]["steered"], "codes forced: fluent and on topic"),
+            (lambda t: summary["codes"]["fluent_rate"]["per_topic"][t], "codes forced: fluent"))
     for j, (value, label) in enumerate(bars):
-        xs = [i + (j - 1) * width for i in range(len(topics))]
-        ax.bar(xs, [100 * value(t) for t in topics], width, label=label, **({"hatch": "//", "alpha": 0.5} if j == 2 else {}))
-    ax.set_xticks(range(len(topics)), topics)
+        xs = [i + (j - 1) * width for i in range(len(TOPICS))]
+        ax.bar(xs, [100 * value(t)["mean"] for t in TOPICS], width, yerr=[100 * value(t)["sd"] for t in TOPICS],
+               label=label, capsize=2, **({"hatch": "//", "alpha": 0.5} if j == 2 else {}))
+    ax.set_xticks(range(len(TOPICS)), TOPICS)
     ax.set_ylim(0, 100)
     ax.set_ylabel("test generations (%)")
-    ax.set_title("Topic steering with codebook features")
+    ax.set_title("Topic steering with codebook features (mean ± sd over seeds)")
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT / "steering.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for n in N_CODES:
+        rows = [r for r in sweep.values() if r.get("n") == n]
+        if rows:
+            ax.plot([100 * r["fluent_rate"] for r in rows], [100 * r["fluent_on_topic_rate"] for r in rows], "o-",
+                    label=f"{n} code(s)")
+            for r in rows:
+                ax.annotate(f"w={r['window']}", (100 * r["fluent_rate"], 100 * r["fluent_on_topic_rate"]), fontsize=6)
+    u = sweep["unsteered"]
+    ax.plot([100 * u["fluent_rate"]], [100 * u["fluent_on_topic_rate"]], "k*", markersize=10, label="unsteered")
+    ax.set_xlabel("fluent generations (%)")
+    ax.set_ylabel("fluent and on topic (%)")
+    ax.set_title("Validation sweep: codes x window (mean over seeds, topics)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "sweep.png", dpi=120)
     plt.close(fig)
 
 
