@@ -330,9 +330,10 @@ def main():
         if args.cases and name not in args.cases:
             continue
         n_pos = args.positions if name == "gpt2s_12x64" else None
-        r = results[name] = run_case(name, build, bsz, seq, rounds, max_rows, args.quick, n_pos, args.warmup)
+        key = name if n_pos is None else f"{name}_last{n_pos}"  # a cut grid is a case of its own
+        r = results[key] = run_case(name, build, bsz, seq, rounds, max_rows, args.quick, n_pos, args.warmup)
         peer = {p: (f"{r[p + '_ratio_vs_hand']:.2f}×" if p + "_ratio_vs_hand" in r else r[p]) for p in ("pyvene", "nnsight")}
-        print(f"| {name} | {r['grid'][0]}×{r['grid'][1]} (batch {r['batch']}) | {r['hand_hooks_ms']:.0f} | "
+        print(f"| {key} | {r['grid'][0]}×{r['grid'][1]} (batch {r['batch']}) | {r['hand_hooks_ms']:.0f} | "
               f"{r['ratio_vs_hand']:.2f}× | {peer['pyvene']} | {peer['nnsight']} | {r['attribution_ms']:.0f} | "
               f"{r['attribution_speedup']:.0f}× | {r['spearman']:.2f} | {r['top10_agreement']:.0%} |")
     for r in results.values():
@@ -346,6 +347,7 @@ def main():
         old = json.loads(Path(args.out).read_text())
         if old.get("quick") == args.quick:
             results = {**old["cases"], **results}
+            memory = memory or old.get("memory_budget", [])
     out = write_json(args.out, {"quick": args.quick, "machine": machine_info(), "cases": results,
                                 "memory_budget": memory})
     print(f"wrote {out}")
