@@ -384,3 +384,31 @@ def test_top_arguments_are_checked(result, kwargs, match):
     """k=0 and -1 gave every cell but the last ones silently (a negative slice), 1.5 a raw TypeError."""
     with pytest.raises(ConfigError, match=match):
         result.top(**kwargs)
+
+
+# -- interventions called directly: embed_dim narrower or wider than the units ---------------------
+def _direct(kind, iv, base, source):
+    return iv(base, source) if kind == "skip" else iv(base)
+
+
+@pytest.mark.parametrize("kind", ["zero", "noise", "skip"])
+def test_embed_dim_narrower_than_the_units_touches_only_its_prefix(kind):
+    """zero, noise and skip edited every feature where vanilla, addition and collect take only
+    the first embed_dim (pyvene's meaning of embed_dim on wider units)."""
+    from pyvene_like.interventions import basic
+    iv = {"zero": lambda: basic.ZeroIntervention(embed_dim=4),
+          "noise": lambda: basic.NoiseIntervention(embed_dim=4, noise_level=1.0, seed=0),
+          "skip": lambda: basic.SkipIntervention(embed_dim=4)}[kind]()
+    base, source = torch.ones(2, 3, 8), torch.full((2, 3, 8), 5.0)
+    out = _direct(kind, iv, base, source)
+    assert torch.equal(out[..., 4:], base[..., 4:])
+    assert not torch.equal(out[..., :4], base[..., :4])
+
+
+@pytest.mark.parametrize("kind", ["zero", "noise", "skip"])
+def test_embed_dim_wider_than_the_units_is_refused(kind):
+    """zero, noise and skip ran on units narrower than embed_dim where the others refused them."""
+    from pyvene_like.interventions import basic
+    iv = {"zero": basic.ZeroIntervention, "noise": basic.NoiseIntervention, "skip": basic.SkipIntervention}[kind](embed_dim=16)
+    with pytest.raises(ShapeError, match=r"units of width 8 are narrower than embed_dim=16"):
+        _direct(kind, iv, torch.ones(2, 8), torch.ones(2, 8))
