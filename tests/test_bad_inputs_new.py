@@ -412,3 +412,41 @@ def test_embed_dim_wider_than_the_units_is_refused(kind):
     iv = {"zero": basic.ZeroIntervention, "noise": basic.NoiseIntervention, "skip": basic.SkipIntervention}[kind](embed_dim=16)
     with pytest.raises(ShapeError, match=r"units of width 8 are narrower than embed_dim=16"):
         _direct(kind, iv, torch.ones(2, 8), torch.ones(2, 8))
+
+
+# -- CLI: malformed saved folders ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_ivs(tmp_path_factory, gpt2):
+    import pyvene_like as pv
+    folder = tmp_path_factory.mktemp("cli") / "ivs"
+    pv.IntervenableModel(pv.RepresentationConfig(0, "block_output", intervention_type="vanilla"), gpt2).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(weights=None), r"'weights' must be a JSON object, got None"),
+    (lambda d: d["intervenable_config"].update(representations=[1]), r"each of 'representations' must be a JSON object, got 1"),
+])
+def test_cli_info_on_malformed_interventions_is_one_line(saved_ivs, tmp_path, capsys, edit, match):
+    """Each escaped from `info` as a raw AttributeError traceback."""
+    import shutil
+
+    from pyvene_like.cli import main
+    folder = tmp_path / "ivs"
+    shutil.copytree(saved_ivs, folder)
+    doc = json.loads((folder / "config.json").read_text())
+    edit(doc)
+    (folder / "config.json").write_text(json.dumps(doc))
+    assert main(["info", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyvene-like: error: ")
+    assert __import__("re").search(match, err[0])
+
+
+@pytest.mark.parametrize("books", [None, 5])
+def test_cli_info_on_malformed_codebooks_is_one_line(tmp_path, capsys, books):
+    from pyvene_like.cli import main
+    (tmp_path / "codebooks.json").write_text(json.dumps({"library": "pyvene_like", "codebooks": books}))
+    assert main(["info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"'codebooks' must be a JSON list, got {books!r}" in err[0]
