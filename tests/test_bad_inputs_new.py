@@ -450,3 +450,45 @@ def test_cli_info_on_malformed_codebooks_is_one_line(tmp_path, capsys, books):
     assert main(["info", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"'codebooks' must be a JSON list, got {books!r}" in err[0]
+
+
+# -- app Workspace handlers ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    pytest.importorskip("datasets")
+    from app_files import build
+
+    from pyvene_like.app.workspace import Workspace
+    top = tmp_path_factory.mktemp("ws")
+    build(top / "served")
+    return Workspace([top / "served"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(head=True), r"head must be one of the codebook's heads \[0, 1\] \(or None for all\), got True"),
+    (dict(head=7), r"head must be one of the codebook's heads \[0, 1\].*got 7"),
+    (dict(head=-1), r"head must be one of the codebook's heads.*got -1"),
+    (dict(head=0.0), r"head must be one of the codebook's heads.*got 0\.0"),
+    (dict(head=None, limit=-1), r"limit must be an int in 1\.\.1000000, got -1"),
+    (dict(head=None, limit=0), r"limit must be an int in 1\.\.1000000, got 0"),
+    (dict(head=None, limit=1.5), r"limit must be an int in 1\.\.1000000, got 1\.5"),
+    (dict(head=None, limit="5"), r"limit must be an int in 1\.\.1000000, got '5'"),
+])
+def test_workspace_code_list_checks_head_and_limit(workspace, kwargs, match):
+    """head=True matched head 1 and a head the codebook lacks gave an empty list (silently);
+    limit=-1 dropped the last row, 1.5 and '5' escaped as raw TypeErrors."""
+    book = workspace.codebooks("served/records")[0]["name"]
+    head = kwargs.pop("head")
+    with pytest.raises(ConfigError, match=match):
+        workspace.code_list("served/records", book, head, **kwargs)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ws: ws.sae_summary("served/sae", "served/prompts/animals.txt", limit=-1), r"limit must be an int in 1\.\.1000000, got -1"),
+    (lambda ws: ws.sae_summary("served/sae", "served/prompts/animals.txt", limit=True), r"limit must be an int in 1\.\.1000000, got True"),
+    (lambda ws: ws.sae_feature("served/sae", "served/prompts/animals.txt", 0, top=-1), r"top must be an int in 1\.\.1000, got -1"),
+    (lambda ws: ws.sae_feature("served/sae", "served/prompts/animals.txt", 0, top=2.5), r"top must be an int in 1\.\.1000, got 2\.5"),
+])
+def test_workspace_sae_limits_are_checked(workspace, call, match):
+    with pytest.raises(ConfigError, match=match):
+        call(workspace)
