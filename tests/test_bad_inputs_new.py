@@ -492,3 +492,72 @@ def test_workspace_code_list_checks_head_and_limit(workspace, kwargs, match):
 def test_workspace_sae_limits_are_checked(workspace, call, match):
     with pytest.raises(ConfigError, match=match):
         call(workspace)
+
+
+# -- SAE steering ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scores():
+    from pyvene_like.sae import SAE
+    from pyvene_like.sae import steering as S
+    torch.manual_seed(0)
+    sae = SAE(d_in=8, d_sae=16)
+    g = torch.Generator().manual_seed(0)
+    align = [torch.randn(4, 8, generator=g), torch.randn(3, 8, generator=g)]
+    ref = [torch.randn(5, 8, generator=g), torch.randn(2, 8, generator=g)]
+    return sae, align, ref, S.score_features(sae, align, ref)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="add", top_k=3, scale=math.nan), r"scale must be a finite number, got nan"),
+    (dict(method="add", top_k=3, scale=math.inf), r"scale must be a finite number, got inf"),
+    (dict(method="add", top_k=3, scale=True), r"scale must be a finite number, got True"),
+    (dict(method="add", top_k=3, scale="x"), r"scale must be a finite number, got 'x'"),
+    (dict(method="add", top_k=3, scale=None), r"scale must be a finite number, got None"),
+    (dict(method="add", top_k=3, scale=1e308), r"scale must fit in float32"),
+    (dict(method="swap", top_k=3, use_error_term=1), r"use_error_term must be True or False, got 1"),
+    (dict(method="swap", top_k=3, use_error_term="yes"), r"use_error_term must be True or False, got 'yes'"),
+])
+def test_steering_kwargs_are_checked(scores, kwargs, match):
+    """NaN/inf/True/1e308 scales gave NaN, inf or cast steering values silently; 'x' and None
+    escaped as raw TypeErrors; use_error_term=1 or 'yes' was passed on as truthy."""
+    with pytest.raises(ConfigError, match=match):
+        scores[3].intervention_kwargs(**kwargs)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: torch.zeros(3, 8, dtype=torch.long), r"prompt 0 must be a floating-point tensor, got dtype torch\.int64"),
+    (lambda: torch.zeros(3, 8, dtype=torch.bool), r"prompt 0 must be a floating-point tensor, got dtype torch\.bool"),
+    (lambda: torch.zeros(3, 8, dtype=torch.complex64), r"prompt 0 must be a floating-point tensor, got dtype torch\.complex64"),
+    (lambda: torch.full((3, 8), math.nan), r"prompt 0 must hold finite numbers"),
+])
+@pytest.mark.parametrize("fn", ["coverage", "reconstruction_error", "prompt_summaries"])
+def test_sae_activations_must_be_finite_floats(scores, make, match, fn):
+    from pyvene_like.sae import steering as S
+    with pytest.raises(ShapeError, match=match):
+        getattr(S, fn)(scores[0], [make()])
+
+
+@pytest.mark.parametrize("distances, error, match", [
+    ([math.nan, 1.0], ConfigError, r"ref_distances must hold finite numbers"),
+    (["a", "b"], ConfigError, r"ref_distances must be a floating-point tensor .*got list"),
+    ([True, False], ConfigError, r"ref_distances must be a floating-point tensor, got dtype torch\.bool"),
+    (torch.tensor([1, 2]), ConfigError, r"ref_distances must be a floating-point tensor, got dtype torch\.int64"),
+    ([-1.0, 2.0], ConfigError, r"ref_distances must be >= 0 \(distances\), got -1"),
+    ([[1.0], [2.0]], ShapeError, r"ref_distances has shape \[2, 1\] for 2 reference prompts"),
+])
+def test_score_features_ref_distances_are_checked(scores, distances, error, match):
+    from pyvene_like.sae import steering as S
+    sae, align, ref, _ = scores
+    with pytest.raises(error, match=match):
+        S.score_features(sae, align, ref, method="distance", ref_distances=distances)
+
+
+@pytest.mark.parametrize("a, match", [
+    (None, r"ref_embeddings must be a floating-point tensor .*got NoneType"),
+    (torch.zeros(2, 3, dtype=torch.long), r"ref_embeddings must be a floating-point tensor, got dtype torch\.int64"),
+    (torch.full((2, 3), math.nan), r"ref_embeddings must hold finite numbers"),
+])
+def test_min_distances_embeddings_are_checked(a, match):
+    from pyvene_like.sae import steering as S
+    with pytest.raises(ShapeError, match=match):
+        S.min_distances(a, torch.zeros(2, 3))
