@@ -561,3 +561,18 @@ def test_min_distances_embeddings_are_checked(a, match):
     from pyvene_like.sae import steering as S
     with pytest.raises(ShapeError, match=match):
         S.min_distances(a, torch.zeros(2, 3))
+
+
+# -- low-rank rotation with index-list partition entries ------------------------------------------------
+@pytest.mark.parametrize("partition, reach", [([[0]], None), ([[0, 2, 5]], 6), ([[2, 4], [0, 1]], 4), ([[1, 3], [0]], None)])
+def test_low_rank_partition_reach_counts_every_entry(partition, reach):
+    """An index-list entry ([[0]]) raised a raw IndexError (the check read entry[-1][1]); an
+    unordered partition ([[2, 4], [0, 1]]) was checked by its last entry only and passed."""
+    from pyvene_like.interventions.rotated import LowRankRotatedSpaceIntervention
+    if reach is None:
+        iv = LowRankRotatedSpaceIntervention(embed_dim=8, subspace_partition=partition, low_rank_dimension=3)
+        assert iv.subspace_partition == partition
+    else:
+        with pytest.raises(ConfigError, match=rf"reaches dimension {reach} but the low-rank rotation has only "
+                                              rf"low_rank_dimension=3"):
+            LowRankRotatedSpaceIntervention(embed_dim=8, subspace_partition=partition, low_rank_dimension=3)
