@@ -139,17 +139,37 @@ def _json_file(path: Path) -> dict:
     return doc
 
 
+def _field(doc: dict, key: str, kind: type, where: Path):
+    """``doc[key]`` (an empty ``kind`` when absent) when it is a ``kind``; otherwise a LoadError."""
+    from .errors import LoadError
+
+    value = doc.get(key)
+    if value is None and key not in doc:
+        return kind()
+    if not isinstance(value, kind):
+        noun = {dict: "a JSON object", list: "a JSON list"}[kind]
+        raise LoadError(f"info: {where}: {key!r} must be {noun}, got {value!r}"[:300])
+    return value
+
+
 def _info_interventions(folder: Path) -> dict:
     from .serialization import CONFIG_NAME, read_config
 
     doc = read_config(folder)
-    reps = doc.get("intervenable_config", {}).get("representations", [])
+    where = folder / CONFIG_NAME
+    cfg = _field(doc, "intervenable_config", dict, where)
+    reps = _field(cfg, "representations", list, where)
+    bad = [r for r in reps if not isinstance(r, dict)]
+    if bad:
+        from .errors import LoadError
+
+        raise LoadError(f"info: {where}: each of 'representations' must be a JSON object, got {bad[0]!r}"[:300])
     return {
         "library_version": doc.get("library_version"), "base_model": doc.get("base_model"),
-        "mode": doc.get("intervenable_config", {}).get("mode"),
+        "mode": cfg.get("mode"),
         "interventions": [{"layer": r.get("layer"), "component": r.get("component"), "unit": r.get("unit"),
                            "type": r.get("intervention_type")} for r in reps],
-        "files": [CONFIG_NAME, doc.get("weights", {}).get("file")],
+        "files": [CONFIG_NAME, _field(doc, "weights", dict, where).get("file")],
     }
 
 
@@ -158,8 +178,9 @@ def _info_codebooks(folder: Path) -> dict:
 
     doc = _json_file(folder / CODEBOOK_CONFIG)
     keys = ("name", "layer", "component", "num_codes", "k", "num_groups", "similarity")
+    books = _field(doc, "codebooks", list, folder / CODEBOOK_CONFIG)
     return {"library_version": doc.get("library_version"), "base_model": doc.get("base_model"),
-            "codebooks": [{k: e.get(k) for k in keys} for e in doc.get("codebooks", []) if isinstance(e, dict)]}
+            "codebooks": [{k: e.get(k) for k in keys} for e in books if isinstance(e, dict)]}
 
 
 def _info_records(folder: Path) -> dict:

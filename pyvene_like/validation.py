@@ -184,3 +184,42 @@ def check_fits_dtype(value: float, field: str, dtype: object = "float32", *, hea
         smallest = float(torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)))
         raise error(f"{field} rounds to 0 in {name} (its smallest positive value is {smallest:.4g}), got {value!r}")
     return value
+
+
+def check_int_sequence(value: object, field: str, *, minimum: int | None = None, maximum: int | None = None,
+                       unique: bool = False, error: type[Exception] = ConfigError) -> list[int]:
+    """Like :func:`check_int_list`, also taking a ``range`` or a 1-d integer tensor / numpy
+    array (read with ``tolist``; a float tensor is refused, not truncated); ``unique``: an
+    entry given twice is refused (a grid axis or a head list with a repeat)."""
+    if isinstance(value, range):
+        value = list(value)
+    elif hasattr(value, "tolist") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 1:
+        value = value.tolist()  # a float tensor gives floats, refused below
+    out = check_int_list(value, field, minimum=minimum, maximum=maximum, error=error)
+    if unique and len(set(out)) != len(out):
+        twice = sorted({v for v in out if out.count(v) > 1})
+        raise error(f"{field} must not repeat an entry, got {value!r} ({twice} given more than once)")
+    return out
+
+
+def check_token_ids(value: object, field: str, *, vocab_size: int | None = None,
+                    error: type[Exception] | None = None) -> torch.Tensor:
+    """A ``[batch, seq]`` integer tensor of token ids, each in ``0..vocab_size - 1`` when the
+    vocabulary size is known (an id past it fails deep in the embedding otherwise). A float or
+    bool tensor is refused, not cast."""
+    import torch
+
+    from .errors import ShapeError
+
+    error = ShapeError if error is None else error
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.dtype.is_floating_point or \
+            value.dtype.is_complex or value.dtype == torch.bool:
+        desc = (f"a {value.dim()}-d {value.dtype} tensor" if isinstance(value, torch.Tensor)
+                else type(value).__name__)
+        raise error(f"{field} must be a [batch, seq] integer tensor of token ids, got {desc}")
+    if value.numel() and is_int(vocab_size):
+        lo, hi = int(value.min()), int(value.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise error(f"{field}: token id {bad} is outside the model's vocabulary (accepted: 0..{vocab_size - 1})")
+    return value

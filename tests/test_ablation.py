@@ -128,5 +128,7 @@ def test_ablate_heads_errors(gpt2, ids, kwargs, error, match):
 def test_ablate_heads_input_errors(gpt2, ids):
     with pytest.raises(ConfigError, match="inputs must be a dict of tensors.*got Tensor"):
         ablate_heads(gpt2, ids["input_ids"], [(1, 0)])
-    with pytest.raises(ShapeError, match=r"inputs hold no \[batch, seq\] tensor"):
+    with pytest.raises(ShapeError, match=r"inputs\['input_ids'\] must be a \[batch, seq\] integer tensor.*1-d"):
         ablate_heads(gpt2, {"input_ids": torch.tensor([1, 2])}, [(1, 0)])
+    with pytest.raises(ShapeError, match=r"inputs hold no \[batch, seq\] tensor"):
+        ablate_heads(gpt2, {"inputs_embeds": torch.zeros(4)}, [(1, 0)])

@@ -24,7 +24,7 @@ from torch import nn
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError
 from ..model import IntervenableModel
-from ..validation import is_int
+from ..validation import check_floating_tensor, check_token_ids, is_int
 from .attention import AttentionHead
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def head_means(dataset: Dataset, heads: Sequence, component: str = _COMPONENT) -
     ``"L{layer}.{component}.H{head}"``.
     """
     heads = _heads(heads, "head_means")
+    if not isinstance(component, str) or not component:
+        raise ConfigError(f"head_means: component must be a head component name (a str), got {component!r}")
     names = getattr(dataset, "column_names", None)
     if names is None:
         raise ConfigError(f"head_means: expected a datasets.Dataset from collect_activations, got {type(dataset).__name__}")
@@ -70,7 +72,20 @@ def head_means(dataset: Dataset, heads: Sequence, component: str = _COMPONENT) -
     if len(dataset) == 0:
         raise ConfigError("head_means: the dataset has no rows to average")
     cols = dataset.select_columns([_column(h, component) for h in heads]).with_format("torch")[:]
-    return {h: cols[_column(h, component)].float().mean(0) for h in heads}
+    out = {}
+    for h in heads:
+        col = cols[_column(h, component)]
+        if not isinstance(col, torch.Tensor) or col.dim() != 2 or not col.dtype.is_floating_point:
+            desc = f"{col.dtype} values of shape {list(col.shape)}" if isinstance(col, torch.Tensor) else \
+                "rows of different widths or non-numbers"
+            raise ConfigError(f"head_means: column {_column(h, component)!r} must hold one float vector [head_dim] per "
+                              f"row, as collect_activations writes it; got {desc}")
+        mean = col.float().mean(0)
+        if not bool(torch.isfinite(mean).all()):
+            raise ConfigError(f"head_means: column {_column(h, component)!r} holds NaN or infinite values; its mean "
+                              f"is not a usable activation")
+        out[h] = mean
+    return out
 
 
 def _positions(positions, bsz: int):
@@ -125,6 +140,11 @@ def ablate_heads(model: nn.Module, inputs: Mapping[str, torch.Tensor], heads: Se
     if not isinstance(inputs, Mapping):
         raise ConfigError(f"ablate_heads: inputs must be a dict of tensors (the tokenizer's output), got "
                           f"{type(inputs).__name__}")
+    if "input_ids" in inputs:
+        check_token_ids(inputs["input_ids"], "ablate_heads: inputs['input_ids']",
+                        vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
+    elif "inputs_embeds" not in inputs:
+        raise ConfigError(f"ablate_heads: inputs need 'input_ids' or 'inputs_embeds', got keys {sorted(inputs)}")
     bsz, seq = _batch_shape(inputs)
     pos = _positions(positions, bsz)
     by_layer: dict[int, list[int]] = {}
@@ -140,7 +160,8 @@ def ablate_heads(model: nn.Module, inputs: Mapping[str, torch.Tensor], heads: Se
         per_unit = 1 if pos is not None else seq  # head-major units: each head's mean once per position
         sources = []
         for layer, hs in by_layer.items():
-            vals = [torch.as_tensor(means[AttentionHead(layer, h)]).float() for h in hs]
+            vals = [check_floating_tensor(means[AttentionHead(layer, h)], f"ablate_heads: means[{AttentionHead(layer, h)}]")
+                    .float() for h in hs]
             if any(v.dim() != 1 or v.shape != vals[0].shape for v in vals):
                 raise ShapeError(f"ablate_heads: means for layer {layer} must be [head_dim] tensors of one width, got "
                                  f"{[tuple(v.shape) for v in vals]}")

@@ -18,14 +18,14 @@ it. Three measures, shared by the generation tutorials:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, ShapeError
-from ..validation import is_int
+from ..validation import check_token_ids, is_int
 
 
 def _words(text: str | Sequence[str], name: str) -> tuple[str, ...]:
@@ -62,12 +62,15 @@ class CorpusGrammar:
         self.end = end
         self._sentences: set[tuple[str, ...]] = set()
         self._prefixes: set[tuple[str, ...]] = {()}
+        if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+            raise ConfigError(f"CorpusGrammar: sentences must be a list of sentences (strings or lists of words), "
+                              f"got {type(sentences).__name__}")
         for i, s in enumerate(sentences):
             words = _words(s, f"CorpusGrammar: sentence {i}")
-            if not words or words[-1] != end or end in words[:-1]:
+            if len(words) < 2 or words[-1] != end or end in words[:-1]:
                 raise ConfigError(
                     f"CorpusGrammar: sentence {i} ({' '.join(words)!r}) must end with the end word {end!r} "
-                    f"and hold it only there"
+                    f"and hold it only there, after at least one word"
                 )
             self._sentences.add(words)
             self._prefixes.update(words[:j] for j in range(1, len(words)))
@@ -101,8 +104,9 @@ def grammar_rates(grammar: CorpusGrammar, texts: Sequence[str | Sequence[str]]) 
     their sentences that are valid, "n": number of texts}``."""
     if not isinstance(grammar, CorpusGrammar):
         raise ConfigError(f"grammar_rates: grammar must be a CorpusGrammar, got {type(grammar).__name__}")
-    if isinstance(texts, str) or not len(texts):
-        raise ConfigError("grammar_rates: texts must be a non-empty list of texts (strings or lists of words)")
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ConfigError(f"grammar_rates: texts must be a non-empty list of texts (strings or lists of words), got "
+                          f"{texts!r}"[:200])
     checks = [grammar.check(t) for t in texts]
     n_sent = sum(c.sentences for c in checks)
     return {"fluent_rate": sum(c.valid for c in checks) / len(checks),
@@ -110,11 +114,27 @@ def grammar_rates(grammar: CorpusGrammar, texts: Sequence[str | Sequence[str]]) 
             "n": len(checks)}
 
 
+def _flags(values, name: str) -> list[bool]:
+    """One bool per generation (Python or numpy bools, or a bool tensor); 1, "yes" or 0.7 are
+    refused rather than read by truthiness."""
+    if isinstance(values, torch.Tensor) and values.dtype == torch.bool and values.dim() == 1:
+        return values.tolist()
+    if hasattr(values, "dtype") and hasattr(values, "tolist") and str(values.dtype) == "bool":
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"gated_rates: {name} must be a list of bools, one per generation, got {values!r}"[:200])
+    for i, v in enumerate(values):
+        if not isinstance(v, bool) and type(v).__name__ != "bool_":
+            raise ConfigError(f"gated_rates: {name}[{i}] must be True or False, got {v!r} (turn scores into flags "
+                              f"yourself, e.g. score > threshold)")
+    return [bool(v) for v in values]
+
+
 def gated_rates(on_topic: Sequence[bool], fluent: Sequence[bool]) -> dict:
     """Steering success counted on fluent generations only, from one flag pair per generation:
     ``on_topic_rate``, ``fluent_rate``, ``fluent_on_topic_rate`` (on topic *and* fluent: the
     headline) and ``on_topic_among_fluent`` (0.0 when no generation is fluent), with ``n``."""
-    on_topic, fluent = [bool(x) for x in on_topic], [bool(x) for x in fluent]
+    on_topic, fluent = _flags(on_topic, "on_topic"), _flags(fluent, "fluent")
     if len(on_topic) != len(fluent):
         raise ShapeError(f"gated_rates: {len(on_topic)} on-topic flags but {len(fluent)} fluency flags; "
                          f"give one of each per generation")
@@ -133,12 +153,24 @@ def generated_nll(model: nn.Module, sequences: torch.Tensor, prompt_length: int,
     ``.logits``): ``(nll, mask)``, both ``[n, length - prompt_length]``. ``sequences`` are the
     prompt's ``prompt_length`` tokens followed by the generation; with ``stop_token``, tokens
     after a sequence's first stop token (padding) are masked out, the stop token itself counts."""
-    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.dtype.is_floating_point:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"generated_nll: model must be a torch nn.Module (a causal LM), got {type(model).__name__}")
+    if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.dtype.is_floating_point \
+            or sequences.dtype == torch.bool or sequences.dtype.is_complex:
         shape = list(sequences.shape) if isinstance(sequences, torch.Tensor) else type(sequences).__name__
         raise ShapeError(f"generated_nll: sequences must be a [n, length] tensor of token ids, got {shape}")
     if not is_int(prompt_length) or not 1 <= prompt_length < sequences.shape[1]:
         raise ConfigError(f"generated_nll: prompt_length must be an int in 1..{sequences.shape[1] - 1} (the "
                           f"sequences have {sequences.shape[1]} tokens and the first is never scored), got {prompt_length!r}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    check_token_ids(sequences, "generated_nll: sequences", vocab_size=vocab)
+    longest = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if is_int(longest) and sequences.shape[1] > longest:
+        raise ShapeError(f"generated_nll: sequences have {sequences.shape[1]} tokens, more than the model's "
+                         f"{longest} positions (max_position_embeddings)")
+    if stop_token is not None and (not is_int(stop_token) or stop_token < 0 or (is_int(vocab) and stop_token >= vocab)):
+        raise ConfigError(f"generated_nll: stop_token must be None or a token id (an int in "
+                          f"0..{vocab - 1 if is_int(vocab) else 'vocab_size - 1'}), got {stop_token!r}")
     device = next(model.parameters()).device
     seq = sequences.to(device)
     logits = model(input_ids=seq).logits[:, prompt_length - 1:-1].float()
@@ -156,7 +188,14 @@ def perplexity(model: nn.Module, generations: Iterable[tuple[torch.Tensor, int]]
     """Perplexity of generated tokens under ``model``: ``exp`` of the mean NLL per token over
     every ``(sequences, prompt_length)`` pair (one per prompt); see :func:`generated_nll`."""
     total, count = 0.0, 0
-    for sequences, prompt_length in generations:
+    if isinstance(generations, (str, bytes, Mapping, torch.Tensor)) or not isinstance(generations, Iterable):
+        raise ConfigError(f"perplexity: generations must be a list of (sequences, prompt_length) pairs, got "
+                          f"{type(generations).__name__}")
+    for i, pair in enumerate(generations):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ConfigError(f"perplexity: generations[{i}] must be a (sequences, prompt_length) pair, got "
+                              f"{type(pair).__name__}{f' of {len(pair)}' if isinstance(pair, (tuple, list)) else ''}")
+        sequences, prompt_length = pair
         nll, mask = generated_nll(model, sequences, prompt_length, stop_token=stop_token)
         total += float(nll[mask].sum())
         count += int(mask.sum())

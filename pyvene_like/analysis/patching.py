@@ -36,9 +36,19 @@ import torch
 from torch import nn
 
 from ..config import IntervenableConfig, RepresentationConfig
-from ..errors import ConfigError, LocationError
+from ..errors import ConfigError, LocationError, ShapeError
 from ..model import IntervenableModel
 from ..types import Device, Inputs
+from ..validation import (
+    check_bool,
+    check_fits_dtype,
+    check_int,
+    check_int_sequence,
+    check_number,
+    check_optional_positive_int,
+    check_token_ids,
+    is_int,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -135,8 +145,25 @@ class GaussianNoise:
     std: float | None = None
     seed: int = 0
 
+    def check(self) -> None:
+        """Refuse a bad ``std``, ``seed`` or ``positions`` (before the model is run)."""
+        if self.std is not None:
+            check_fits_dtype(check_number(self.std, "GaussianNoise.std", positive=True), "GaussianNoise.std",
+                             headroom=10.0)
+        check_int(self.seed, "GaussianNoise.seed", minimum=0)
+        pos = self.positions
+        if isinstance(pos, (list, tuple)) and pos and _flat(pos):
+            check_int_sequence(pos, "GaussianNoise.positions", unique=True, error=LocationError)
+        elif isinstance(pos, (list, tuple)) and pos and all(isinstance(r, (list, tuple)) for r in pos):
+            for b, r in enumerate(pos):
+                check_int_sequence(r, f"GaussianNoise.positions[{b}]", unique=True, error=LocationError)
+        else:
+            raise LocationError(f"GaussianNoise.positions must be a non-empty list of ints (the subject's "
+                                f"positions) or one such list per example, got {pos!r}")
+
     def tensor(self, model: nn.Module, bsz: int, seq: int, width: int, device: Device,
                dtype: torch.dtype) -> torch.Tensor:
+        self.check()
         std = self.std
         if std is None:
             std = 3 * float(model.get_input_embeddings().weight.detach().float().std())
@@ -155,7 +182,7 @@ class GaussianNoise:
 
 
 def _flat(v) -> bool:
-    return all(isinstance(x, int) for x in v)
+    return all(is_int(x) for x in v)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -191,6 +218,8 @@ class PatchingResult:
 
     def top(self, k: int = 10, normalized: bool = True) -> list[tuple[dict, float]]:
         """The ``k`` cells of largest effect (normalised), as ``({axis: label}, value)``."""
+        k = check_int(k, "PatchingResult.top: k", minimum=1)
+        normalized = check_bool(normalized, "PatchingResult.top: normalized")
         v = (self.normalized if normalized else self.effect).flatten()
         order = v.argsort(descending=True)[:k]
         shape = self.effect.shape
@@ -217,6 +246,9 @@ class PatchingResult:
         )
         from ..version import __version__
 
+        _check_result("PatchingResult.save", list(self.axes), self.labels, self.direction, self.component,
+                      self.method, self.tokens, {"per_example": self.per_example, "clean": self.clean,
+                                                 "corrupted": self.corrupted}, ConfigError)
         folder = check_save_folder(path, "PatchingResult.save", PATCHING_CONFIG)
         doc = {"library": "pyvene_like", "library_version": __version__, "format_version": 1,
                "kind": "patching_result", "axes": list(self.axes),
@@ -244,35 +276,69 @@ class PatchingResult:
             raise LoadError(f"{where}: not a saved PatchingResult (no \"kind\": \"patching_result\"); "
                             f"give a folder written by PatchingResult.save")
         check_versions(where, doc, format_version=1)
-        axes, labels = doc.get("axes"), doc.get("labels")
-        if (not isinstance(axes, list) or not all(isinstance(a, str) for a in axes) or not isinstance(labels, dict)
-                or not all(isinstance(labels.get(a), list) for a in axes)):
-            raise LoadError(f"{where}: 'axes' must be a list of axis names and 'labels' a list per axis, got "
-                            f"axes={axes!r}, labels for {sorted(labels) if isinstance(labels, dict) else labels!r}")
-        for key in ("direction", "component", "method"):
-            if not isinstance(doc.get(key), str):
-                raise LoadError(f"{where}: {key!r} must be a string, got {doc.get(key)!r}")
-        tokens = doc.get("tokens")
-        if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
-            raise LoadError(f"{where}: 'tokens' must be a list of strings or null, got {tokens!r}")
+        axes, labels, tokens = doc.get("axes"), doc.get("labels"), doc.get("tokens")
+        _check_fields(where, axes, labels, doc.get("direction"), doc.get("component"), doc.get("method"), tokens,
+                      LoadError)
         weights = doc.get("weights") if isinstance(doc.get("weights"), dict) else {}
         tensors = load_tensors(folder / PATCHING_WEIGHTS, caller="PatchingResult.load", sha256=weights.get("sha256"),
                                recorded_in=PATCHING_CONFIG, fix="save the result again")
-        missing = [k for k in ("per_example", "clean", "corrupted") if k not in tensors]
-        if missing:
-            raise LoadError(f"{folder / PATCHING_WEIGHTS}: tensor {missing[0]!r} is missing (it holds {sorted(tensors)})")
+        _check_tensors(str(folder / PATCHING_WEIGHTS), axes, labels, tensors, LoadError)
         per_example = tensors["per_example"]
-        grid = [len(labels[a]) for a in axes]
-        if list(per_example.shape[:-1]) != grid or per_example.dim() != len(axes) + 1:
-            raise LoadError(f"{folder / PATCHING_WEIGHTS}: 'per_example' has shape {list(per_example.shape)}, but the "
-                            f"labels give a grid of {grid} (plus a batch dimension)")
-        batch = per_example.shape[-1]
-        for key in ("clean", "corrupted"):
-            if list(tensors[key].shape) != [batch]:
-                raise LoadError(f"{folder / PATCHING_WEIGHTS}: {key!r} has shape {list(tensors[key].shape)}; "
-                                f"expected [{batch}] (one value per example)")
         return cls(per_example, tuple(axes), labels, tensors["clean"], tensors["corrupted"],
                    doc["direction"], doc["component"], doc["method"], tokens)
+
+
+_AXES = (("layer", "position"), ("layer", "head"), ("layer", "head", "position"))
+_METHODS = ("exact", "attribution")
+
+
+def _check_fields(where: str, axes, labels, direction, component, method, tokens, error) -> None:
+    """A result's axes, labels and names, as :meth:`PatchingResult.save` writes them."""
+    if not isinstance(axes, (list, tuple)) or tuple(axes) not in _AXES:
+        raise error(f"{where}: 'axes' must be one of {[list(a) for a in _AXES]}, got {axes!r}")
+    names = ("layer", "position", "head")
+    if not isinstance(labels, dict) or not set(axes) <= set(labels) <= set(names):
+        raise error(f"{where}: 'labels' must hold one list per axis {list(axes)} (keys among {list(names)}), got "
+                    f"{sorted(map(str, labels)) if isinstance(labels, dict) else labels!r}")
+    for a in labels:
+        if a in axes:
+            check_int_sequence(labels[a], f"{where}: labels[{a!r}]", minimum=0, unique=True, error=error)
+        elif not isinstance(labels[a], list) or not all(is_int(v) for v in labels[a]):
+            raise error(f"{where}: labels[{a!r}] must be a list of ints, got {labels[a]!r}")
+    if direction not in DIRECTIONS:
+        raise error(f"{where}: 'direction' {direction!r} is not accepted; accepted: {', '.join(map(repr, DIRECTIONS))}")
+    if method not in _METHODS:
+        raise error(f"{where}: 'method' {method!r} is not accepted; accepted: {', '.join(map(repr, _METHODS))}")
+    if not isinstance(component, str) or not component:
+        raise error(f"{where}: 'component' must be a non-empty component name, got {component!r}")
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        raise error(f"{where}: 'tokens' must be a list of strings or null, got {tokens!r}")
+
+
+def _check_tensors(where: str, axes, labels, tensors: dict, error) -> None:
+    """``per_example`` ``[*grid, batch]`` and ``clean`` / ``corrupted`` ``[batch]``, floating point."""
+    for key in ("per_example", "clean", "corrupted"):
+        t = tensors.get(key)
+        if t is None:
+            raise error(f"{where}: tensor {key!r} is missing (it holds {sorted(tensors)})")
+        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
+            desc = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise error(f"{where}: {key!r} must be a floating-point tensor (metric values), got {desc}")
+    per_example = tensors["per_example"]
+    grid = [len(labels[a]) for a in axes]
+    if list(per_example.shape[:-1]) != grid or per_example.dim() != len(axes) + 1 or per_example.shape[-1] < 1:
+        raise error(f"{where}: 'per_example' has shape {list(per_example.shape)}, but the labels give a grid of "
+                    f"{grid} (plus a batch dimension of at least 1)")
+    batch = per_example.shape[-1]
+    for key in ("clean", "corrupted"):
+        if list(tensors[key].shape) != [batch]:
+            raise error(f"{where}: {key!r} has shape {list(tensors[key].shape)}; expected [{batch}] (one value per "
+                        f"example)")
+
+
+def _check_result(where: str, axes, labels, direction, component, method, tokens, tensors, error) -> None:
+    _check_fields(where, axes, labels, direction, component, method, tokens, error)
+    _check_tensors(where, axes, labels, tensors, error)
 
 
 # -- shared pieces ----------------------------------------------------------------------------
@@ -290,7 +356,17 @@ def _shape(inputs: dict) -> tuple[int, int]:
         t = inputs.get("inputs_embeds")
     if t is None:
         raise ConfigError("inputs: expected input_ids or inputs_embeds")
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        raise ShapeError(f"inputs: input_ids / inputs_embeds must be a [batch, seq] tensor, got "
+                         f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     return t.shape[0], t.shape[1]
+
+
+def _check_inputs(model, inputs: dict, name: str) -> None:
+    if "input_ids" in inputs:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        check_token_ids(inputs["input_ids"], f"{name}['input_ids']", vocab_size=vocab)
+    _shape(inputs)
 
 
 def _tile(inputs: dict, k: int) -> dict:
@@ -346,6 +422,13 @@ def _position_table(positions, bsz: int, seq: int) -> tuple[torch.Tensor, list[i
     the subject's last token, wherever it is) -> (``[batch, n]`` table, axis labels)."""
     if positions is None:
         positions = list(range(seq))
+    if isinstance(positions, range) or (isinstance(positions, torch.Tensor) and positions.dim() in (1, 2)
+                                        and not positions.dtype.is_floating_point):
+        positions = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
+    if not isinstance(positions, (list, tuple)) or not all(
+            is_int(p) or (isinstance(p, (list, tuple)) and all(is_int(q) for q in p)) for p in positions):
+        raise LocationError(f"positions must be a list of ints (shared by the batch) or one list of ints per "
+                            f"example, got {positions!r}")
     per_example = len(positions) > 0 and not _flat(positions)
     rows = [list(r) for r in positions] if per_example else [list(positions)] * bsz
     if per_example and (len(rows) != bsz or len({len(r) for r in rows}) != 1):
@@ -360,27 +443,41 @@ def _position_table(positions, bsz: int, seq: int) -> tuple[torch.Tensor, list[i
             if isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq:
                 raise LocationError(f"positions: {p!r} is not a position of a sequence of length {seq}")
     table = torch.tensor(rows, dtype=torch.long) % seq
+    for r in table.tolist():
+        if len(set(r)) != len(r):
+            raise LocationError(f"positions: {positions!r} names a position twice (in a sequence of length {seq}); "
+                                f"give each grid column once")
     labels = list(range(table.shape[1])) if per_example else table[0].tolist()
     return table, labels
 
 
 def _grid(model, component: str, unit: str, layers, positions, heads, seq: int, bsz: int = 1) -> _Grid:
-    if unit not in UNITS:
+    if not isinstance(unit, str) or unit not in UNITS:
         raise ConfigError(f"unit {unit!r} is not a sweep grid; accepted: {', '.join(map(repr, UNITS))}")
+    if not isinstance(component, str):
+        raise ConfigError(f"component must be a component name (a str such as 'block_output'), got {component!r}")
     is_head = component.startswith("head_")
     if is_head != (unit != "pos"):
         raise ConfigError(
             f"component {component!r} with unit {unit!r}: head units ('h', 'h.pos') need a head "
             f"component (e.g. 'head_attention_value_output'), and unit 'pos' a whole-width one"
         )
-    layers = list(range(_n_layers(model))) if layers is None else list(layers)
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    layers = list(range(_n_layers(model))) if layers is None else check_int_sequence(
+        layers, "layers", minimum=0, maximum=n_layers - 1 if is_int(n_layers) else None, unique=True)
     table, labels = _position_table(positions, bsz, seq)
     n_heads = None
     if is_head:
-        n_heads = getattr(model.config, "num_attention_heads", None)
-        heads = list(range(n_heads)) if heads is None else list(heads)
+        n_heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+        if heads is None and not is_int(n_heads):
+            raise ConfigError("heads: the model's config does not say how many heads it has; pass heads=[...]")
+        heads = list(range(n_heads)) if heads is None else check_int_sequence(
+            heads, "heads", minimum=0, maximum=n_heads - 1 if is_int(n_heads) else None, unique=True)
+    elif heads is not None:
+        raise ConfigError(f"heads={heads!r} is only read by head units ('h', 'h.pos'); unit {unit!r} sweeps whole "
+                          f"positions, so drop heads=")
     else:
-        heads = [] if heads is None else list(heads)
+        heads = []
     return _Grid(component, unit, layers, labels, heads, table)
 
 
@@ -447,7 +544,7 @@ def _rows_for(model, bsz: int, seq: int, max_rows, memory_budget, held: int = 0)
     """Rows per batched forward: ``max_rows``, else what ``memory_budget`` leaves after ``held``
     bytes (the cached sources and reference outputs the sweep keeps) at a rough per-row cost."""
     if max_rows is not None:
-        return max(1, int(max_rows))
+        return max_rows
     cfg = getattr(model, "config", None)
     hidden = getattr(cfg, "hidden_size", 768) or 768
     heads = getattr(cfg, "num_attention_heads", 12) or 12
@@ -460,20 +557,52 @@ def _rows_for(model, bsz: int, seq: int, max_rows, memory_budget, held: int = 0)
     return max(bsz, int(max(0, memory_budget - held) // per_row))
 
 
-def _prepare(model, clean, corrupted, noise, direction):
-    if direction not in DIRECTIONS:
+def _prepare(model, clean, corrupted, noise, direction, metric=None, tokens=None):
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise ConfigError(f"direction {direction!r}; accepted: 'denoising', 'noising'")
+    if not isinstance(metric, str) and not callable(metric):
+        raise ConfigError(f"metric must be a function of the model's outputs or 'kl_to_clean', got {metric!r}")
+    if callable(metric):
+        import inspect
+
+        try:
+            inspect.signature(metric).bind(None)
+        except TypeError:
+            raise ConfigError(f"metric {metric!r} must take one argument (the model's outputs)") from None
+        except ValueError:  # builtins without a signature
+            pass
+    if noise is not None:
+        if not isinstance(noise, GaussianNoise):
+            raise ConfigError(f"noise must be a GaussianNoise(positions, std, seed), got {noise!r}")
+        noise.check()
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        raise ConfigError(f"tokens must be a list of strings (labels of the positions) or None, got {tokens!r}")
     clean = _as_dict(clean)
+    _check_inputs(model, clean, "clean")
     if (corrupted is None) == (noise is None):
         raise ConfigError("give either corrupted= (counterfactual inputs) or noise=GaussianNoise(...), not both")
     if corrupted is not None:
         corrupted = _as_dict(corrupted)
+        _check_inputs(model, corrupted, "corrupted")
         if _shape(corrupted) != _shape(clean):
             raise ConfigError(
                 f"corrupted inputs have shape {_shape(corrupted)} but clean ones {_shape(clean)}; pad "
                 f"them to the same length so positions line up"
             )
     return clean, corrupted
+
+
+def _values(v, rows: int, grad: bool = False) -> torch.Tensor:
+    """The metric's return value: a floating tensor of one value per row."""
+    if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != rows or not v.dtype.is_floating_point:
+        desc = f"a {v.dtype} tensor of shape {list(v.shape)}" if isinstance(v, torch.Tensor) else repr(v)[:80]
+        raise ShapeError(f"metric must return a 1-d floating-point tensor of one value per row ({rows} rows), got {desc}")
+    if grad and not v.requires_grad:
+        raise ConfigError("metric: attribution patching differentiates the metric, but its value has no gradient "
+                          "(it was detached or computed without torch); return a differentiable tensor")
+    return v
 
 
 def _resolve_metric(metric: Callable | str, clean_outputs: Callable[[], Any]) -> Callable:
@@ -528,11 +657,14 @@ def patching_sweep(
     the framework's own scratch memory comes on top (about 14 MB on a MiniLM-sized model on
     CPU, measured by ``benchmarks/patching.py``), so budgets of a few tens of MB are exceeded.
     """
-    clean, corrupted = _prepare(model, clean, corrupted, noise, direction)
+    clean, corrupted = _prepare(model, clean, corrupted, noise, direction, metric, tokens)
     bsz, seq = _shape(clean)
     grid = _grid(model, component, unit, layers, positions, heads, seq, bsz)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if not is_int(window) or window < 1:
         raise ConfigError(f"window: expected a positive int (layers restored together), got {window!r}")
+    max_rows = check_optional_positive_int(max_rows, "max_rows")
+    memory_budget = check_number(memory_budget, "memory_budget (bytes)", positive=True)
+    progress = check_bool(progress, "progress")
     n_layers = _n_layers(model) if window > 1 else None
     spans = {layer: ([layer] if window == 1 else
                      [j for j in range(layer - window // 2, layer - window // 2 + window) if 0 <= j < n_layers])
@@ -543,8 +675,8 @@ def patching_sweep(
         clean_out = _call(model, clean)
         corr_out = _call(model, corrupted) if corrupted is not None else _run_noised(model, clean, noise_rep)
     metric = _resolve_metric(metric, lambda: clean_out)
-    m_clean = metric(clean_out).detach().float().cpu()
-    m_corr = metric(corr_out).detach().float().cpu()
+    m_clean = _values(metric(clean_out), bsz).detach().float().cpu()
+    m_corr = _values(metric(corr_out), bsz).detach().float().cpu()
     del corr_out  # only its metric is needed (a "kl_to_clean" metric holds the clean logits)
 
     # The source of every patch, read once for the whole grid.
@@ -582,7 +714,7 @@ def patching_sweep(
             locs_in.insert(0, None)
         with torch.no_grad():
             out = im(_tile(base, k), unit_locations={"base": locs_in}, source_representations=reps_in)[1]
-        values[layer].append(metric(out).detach().float().cpu().view(k, bsz))
+        values[layer].append(_values(metric(out), k * bsz).detach().float().cpu().view(k, bsz))
     per_example = torch.stack([torch.cat(values[layer]) for layer in grid.layers])  # [L, sites, B]
     per_example = per_example.view(*grid.shape(), bsz)
     return PatchingResult(per_example, grid.axes, grid.labels, m_clean, m_corr, direction, component,
@@ -627,7 +759,7 @@ def attribution_patching(
     source run and one forward + backward of the base run:
     ``metric(base) + sum((a_source - a_base) * d metric / d a_base)`` per site (summed over the
     site's width, and over positions for unit ``"h"``)."""
-    clean, corrupted = _prepare(model, clean, corrupted, noise, direction)
+    clean, corrupted = _prepare(model, clean, corrupted, noise, direction, metric, tokens)
     bsz, seq = _shape(clean)
     grid = _grid(model, component, unit, layers, positions, heads, seq, bsz)
     noise_rep = _noise_for(noise, model, clean)
@@ -653,16 +785,16 @@ def attribution_patching(
     im = IntervenableModel(IntervenableConfig(reps), model)
     with torch.enable_grad():
         out = im(base, unit_locations={"base": [None] * len(reps)}, source_representations=inputs)[1]
-        m = metric(out)
+        m = _values(metric(out), bsz, grad=True)
         grads = torch.autograd.grad(m.sum(), deltas)
     m_base = m.detach().float().cpu()
     with torch.no_grad():
         if direction == "denoising":
-            m_corr, m_clean = m_base, metric(_call(model, clean)).float().cpu()
+            m_corr, m_clean = m_base, _values(metric(_call(model, clean)), bsz).float().cpu()
         else:
             m_clean = m_base
-            m_corr = metric(_call(model, corrupted) if corrupted is not None else
-                            _run_noised(model, clean, noise_rep)).float().cpu()
+            m_corr = _values(metric(_call(model, corrupted) if corrupted is not None else
+                                    _run_noised(model, clean, noise_rep)), bsz).float().cpu()
 
     per_layer = []
     base_acts = corr_acts if direction == "denoising" else clean_acts

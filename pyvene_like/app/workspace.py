@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from ..errors import ConfigError, LoadError, PyveneLikeError
+from ..validation import is_int
 
 #: How each kind of saved folder is recognised (the files its writer puts there).
 KINDS = ("model", "codebooks", "records", "sae", "patching", "interventions", "prompts")
@@ -261,8 +262,12 @@ class Workspace:
         table = self._cached(("code_table", self.resolve(rel, "records")), lambda: recs.codes.select_columns(
             ["codebook", "head", "code", "count", "frequency", "top_tokens"]).to_dict())
         names = sorted(set(table["codebook"]))
-        if codebook not in names:
+        if not isinstance(codebook, str) or codebook not in names:
             raise ConfigError(f"codebook {codebook!r} is not in {rel!r}; accepted: {names}")
+        heads = sorted({h for c, h in zip(table["codebook"], table["head"]) if c == codebook})
+        if head is not None and (not is_int(head) or head not in heads):
+            raise ConfigError(f"head must be one of the codebook's heads {heads} (or None for all), got {head!r}")
+        limit = _check_int(limit, "limit", 1, 10**6)
         rows = [
             {"row": i, "code": table["code"][i], "head": table["head"][i], "count": table["count"][i],
              "frequency": table["frequency"][i], "top_tokens": table["top_tokens"][i][:5]}
@@ -372,6 +377,7 @@ class Workspace:
         from ..sae import coverage
 
         sae, layer, component = self.sae(sae_rel)
+        limit = _check_int(limit, "limit", 1, 10**6)
         acts, feats, _ = self._features(sae_rel, prompts_rel)
         allf = torch.cat(feats)  # [tokens, d_sae]
         peak, fires = allf.max(0).values, (allf > 0).sum(0)
@@ -386,6 +392,7 @@ class Workspace:
         """One feature's top-activating tokens, each with its prompt's tokens and activations."""
         sae, _, _ = self.sae(sae_rel)
         feature = _check_int(feature, "feature", 0, sae.d_sae - 1)
+        top = _check_int(top, "top", 1, 1000)
         _, feats, tokens = self._features(sae_rel, prompts_rel)
         best = []
         for i, f in enumerate(feats):

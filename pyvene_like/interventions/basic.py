@@ -80,7 +80,7 @@ class ZeroIntervention(ConstantSourceIntervention):
 
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
-        mask = self.subspace_mask(subspaces, base)
+        mask = self.swap_mask(subspaces, base)  # embed_dim narrower than the units: its prefix only
         if mask is None:
             return torch.zeros_like(base)
         return base.masked_fill(mask, 0)
@@ -121,7 +121,7 @@ class SkipIntervention(Intervention):
 
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
-        return _blend(base, _like(source, base), self.subspace_mask(subspaces, base))
+        return _blend(base, _like(source, base), self.swap_mask(subspaces, base))
 
 
 # noise_level times a standard normal draw must stay finite: |N(0, 1)| > 16 has probability ~1e-57.
@@ -165,7 +165,7 @@ class NoiseIntervention(ConstantSourceIntervention):
             gen = torch.Generator(device=base.device).manual_seed(self.seed)
         noise = torch.randn(base.shape, generator=gen, device=base.device, dtype=base.dtype)
         noise = noise * self.noise_level
-        mask = self.subspace_mask(subspaces, base)
+        mask = self.swap_mask(subspaces, base)
         if mask is not None:
             noise = noise.masked_fill(~mask, 0)
         return base + noise

@@ -363,9 +363,11 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention):
                 f"(embed_dim={n})"
             )
         part = check_partition(subspace_partition, None)
-        if part is not None and part[-1][1] > low_rank_dimension:
+        # The furthest dim any entry reaches: entries may be [start, end) pairs or dim lists, in any order.
+        reach = None if part is None else max(d for g in partition_groups(part) for d in g) + 1
+        if reach is not None and reach > low_rank_dimension:
             raise ConfigError(
-                f"subspace_partition {subspace_partition!r} reaches dimension {part[-1][1]} but the "
+                f"subspace_partition {subspace_partition!r} reaches dimension {reach} but the "
                 f"low-rank rotation has only low_rank_dimension={low_rank_dimension} rotated dims"
             )
         super().__init__(n, part)

@@ -52,7 +52,7 @@ from ..analysis.collect import ActivationSite
 from ..analysis.collect import collect_activations as analysis_collect
 from ..config import RepresentationConfig
 from ..errors import ConfigError, ShapeError, accepted, did_you_mean
-from ..validation import check_number, is_int
+from ..validation import check_bool, check_fits_dtype, check_floating_tensor, check_number, is_int
 from .interventions import (
     SAESwapIntervention as SAESwapIntervention,  # steering's intervention, also here
 )
@@ -101,7 +101,7 @@ def _check_acts(name: str, acts, sae: SAE) -> list[torch.Tensor]:
                 f"{name}: prompt {i} has activations of width {a.shape[-1]} but the SAE has d_in={sae.d_in}; "
                 f"collect them at the site the SAE was trained on"
             )
-        out.append(a)
+        out.append(check_floating_tensor(a, f"{name}: prompt {i}", error=ShapeError))
     return out
 
 
@@ -136,7 +136,8 @@ def prompt_summaries(sae: SAE, acts: torch.Tensor | Sequence[torch.Tensor], summ
 def min_distances(ref_embeddings: torch.Tensor, align_embeddings: torch.Tensor) -> torch.Tensor:
     """For each reference prompt, the smallest Euclidean distance from its embedding to the
     alignment prompts' embeddings (the paper uses normalised sentence embeddings)."""
-    ref, align = torch.as_tensor(ref_embeddings).float(), torch.as_tensor(align_embeddings).float()
+    ref = check_floating_tensor(ref_embeddings, "min_distances: ref_embeddings", error=ShapeError).float()
+    align = check_floating_tensor(align_embeddings, "min_distances: align_embeddings", error=ShapeError).float()
     if ref.dim() != 2 or align.dim() != 2 or ref.shape[1] != align.shape[1] or not len(ref) or not len(align):
         raise ShapeError(
             f"min_distances: embeddings must be [n_ref, d] and [n_align, d] with the same d, got "
@@ -186,6 +187,9 @@ class FeatureScores:
         if method not in STEER_METHODS:
             raise ConfigError(f"steering method {method!r} is not supported; accepted: {accepted(STEER_METHODS)}."
                               f"{did_you_mean(str(method), STEER_METHODS)}")
+        if use_error_term is not None:
+            check_bool(use_error_term, "use_error_term")
+        scale = check_fits_dtype(check_number(scale, "scale"), "scale", headroom=1e4)
         if power is not None and not (method == "swap" and top_k is None):
             raise ConfigError(f"power={power!r} is only used by method='swap' with top_k=None (continuous "
                               f"weights); got method={method!r}, top_k={top_k!r}")
@@ -268,9 +272,13 @@ def score_features(sae: SAE, align_acts: torch.Tensor | Sequence[torch.Tensor],
         if ref_distances is None:
             raise ConfigError("score_features: method='distance' needs ref_distances, one per reference "
                               "prompt (e.g. min_distances(ref_embeddings, align_embeddings))")
-        d = torch.as_tensor(ref_distances, dtype=torch.float32).flatten()
-        if d.numel() != len(ref):
-            raise ShapeError(f"score_features: ref_distances has {d.numel()} entries for {len(ref)} reference prompts")
+        d = check_floating_tensor(ref_distances, "score_features: ref_distances").float()
+        if d.dim() != 1 or d.numel() != len(ref):
+            got = f"{d.numel()} entries" if d.dim() == 1 else f"shape {list(d.shape)}"
+            raise ShapeError(f"score_features: ref_distances has {got} for {len(ref)} reference prompts; "
+                             f"give one distance per prompt")
+        if bool((d < 0).any()):
+            raise ConfigError(f"score_features: ref_distances must be >= 0 (distances), got {d.min().item():g}")
         weight = ref_sum.sum(0)
         raw = (d.pow(2)[:, None] * ref_sum).sum(0) / weight
         fired = weight > 0
