@@ -576,3 +576,12 @@ def test_low_rank_partition_reach_counts_every_entry(partition, reach):
         with pytest.raises(ConfigError, match=rf"reaches dimension {reach} but the low-rank rotation has only "
                                               rf"low_rank_dimension=3"):
             LowRankRotatedSpaceIntervention(embed_dim=8, subspace_partition=partition, low_rank_dimension=3)
+
+
+def test_perplexity_under_a_model_without_logits_names_what_it_needs():
+    from transformers import BertConfig, BertModel
+
+    enc = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=16)).eval()
+    with pytest.raises(ConfigError, match=r"model must be a causal LM whose output has \.logits .*BertModel returned"):
+        F.perplexity(enc, [(torch.tensor([[1, 2, 3, 4]]), 2)])

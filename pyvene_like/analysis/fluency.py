@@ -173,7 +173,15 @@ def generated_nll(model: nn.Module, sequences: torch.Tensor, prompt_length: int,
                           f"0..{vocab - 1 if is_int(vocab) else 'vocab_size - 1'}), got {stop_token!r}")
     device = next(model.parameters()).device
     seq = sequences.to(device)
-    logits = model(input_ids=seq).logits[:, prompt_length - 1:-1].float()
+    out = model(input_ids=seq)
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != seq.shape:
+        raise ConfigError(
+            f"generated_nll: model must be a causal LM whose output has .logits of shape [n, length, vocab]; "
+            f"{type(model).__name__} returned {type(out).__name__}"
+            + ("" if logits is None else f" with logits of shape {list(getattr(logits, 'shape', []))}")
+        )
+    logits = logits[:, prompt_length - 1:-1].float()
     target = seq[:, prompt_length:]
     nll = -torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]
     mask = torch.ones_like(target, dtype=torch.bool)
