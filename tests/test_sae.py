@@ -615,3 +615,38 @@ def test_saelens_sizes_that_disagree_with_the_weights_are_refused_before_allocat
               str(tmp_path / "sae_weights.safetensors"))
     with pytest.raises(LoadError, match=r"'W_enc' has shape \[4, 8\], expected \[1000000000, 1000000000\]"):
         load_sae(tmp_path)
+
+
+# -- save_sae ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [
+    {"activation": "relu"},
+    {"activation": "topk", "k": 3},
+    {"activation": "jumprelu"},
+    {"activation": "relu", "normalize_activations": "expected_average_only_in", "norm_scaling_factor": 2.5},
+    {"activation": "relu", "normalize_activations": "layer_norm", "layer_norm_eps": 1e-3, "apply_b_dec_to_input": False},
+])
+def test_save_sae_round_trips_through_load_sae(tmp_path, kw):
+    from pyvene_like.sae import SAE, load_sae, save_sae
+
+    torch.manual_seed(0)
+    sae = SAE(d_in=8, d_sae=12, hook_name="blocks.1.hook_resid_post", **kw)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.5)
+    assert save_sae(sae, tmp_path / "sae") == tmp_path / "sae"
+    back = load_sae(tmp_path / "sae")
+    assert back.config() == sae.config()
+    x = torch.randn(5, 8)
+    assert torch.equal(back(x), sae(x)) and torch.equal(back.encode(x), sae.encode(x))
+
+
+def test_save_sae_refuses_what_it_cannot_write(tmp_path):
+    from pyvene_like.sae import SAE, save_sae
+
+    with pytest.raises(pv.ConfigError, match="save_sae: expected a pyvene_like SAE, got Linear"):
+        save_sae(torch.nn.Linear(2, 2), tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(pv.ConfigError, match="save_sae: save_directory .* is a file, not a folder"):
+        save_sae(SAE(d_in=2, d_sae=4), tmp_path / "f")
+    with pytest.raises(pv.ConfigError, match="save_sae: save_directory must be a folder path, got the empty string"):
+        save_sae(SAE(d_in=2, d_sae=4), "")

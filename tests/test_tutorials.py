@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import pyvene_like as pv
+
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
 
@@ -167,6 +169,10 @@ def _check_steering(results, tmp_path):
     strongest = max((r for r in results["sweep"]["add_distance"] if r["positions"] == "all"),
                     key=lambda r: r["strength"])
     assert strongest["fluent_rate"] <= results["sweep"]["unsteered"]["fluent_rate"] - 0.3, strongest
+    # what `pyvene-like serve` reads: the SAE loads back, the model folder has its tokenizer
+    sae = pv.sae.load_sae(out / "app" / "sae")
+    assert sae.hook_name and (out / "app" / "model" / "tokenizer.json").is_file()
+    assert (out / "app" / "sea_sentences.txt").read_text().strip()
 
 
 def _check_causal_tracing(results, tmp_path):

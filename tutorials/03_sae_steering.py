@@ -63,7 +63,10 @@ rates averaged over seeds); ``target[method]`` (on every seed, ``fluent_on_topic
 least 0.10 over unsteered with ``fluent_rate`` within 0.15 of it). Conditions:
 ``unsteered``, ``reconstruction`` (the SAE's plain reconstruction, the control for swap),
 ``swap_distance``, ``add_distance`` (main), ``swap_difference``, ``add_difference``
-(comparison).
+(comparison). ``app/`` holds the first seed's model (with an HF word-level tokenizer), its SAE
+(``pv.sae.save_sae``, SAELens layout) and the scoring sentences (``sea_sentences.txt``,
+``mixed_sentences.txt``): ``pyvene-like serve tutorial_outputs/03_sae_steering/app`` browses
+the features and steers with them.
 """
 
 from __future__ import annotations
@@ -261,7 +264,23 @@ def timesteps(setting: dict | None):
     return "all" if setting is None or setting["positions"] == "all" else None
 
 
-def run_seed(seed: int, embed: SentenceEmbedder, grammar: CorpusGrammar) -> dict:
+def save_for_app(folder: Path, model, tok: WordTokenizer, sae, align: list[str], ref: list[str]) -> None:
+    """What ``pyvene-like serve`` reads: the model with an HF tokenizer of the same words, the SAE
+    (``save_sae``, SAELens layout) and the scoring sentences as prompt files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel(vocab=dict(tok.vocab), unk_token="<eot>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=word_level, eos_token="<eot>", pad_token="<eot>")
+    model.save_pretrained(folder / "model")
+    hf_tok.save_pretrained(folder / "model")
+    pv.sae.save_sae(sae, folder / "sae")
+    (folder / "sea_sentences.txt").write_text("\n".join(align) + "\n")
+    (folder / "mixed_sentences.txt").write_text("\n".join(ref) + "\n")
+
+
+def run_seed(seed: int, embed: SentenceEmbedder, grammar: CorpusGrammar, app_dir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     rng = random.Random(seed)
     tok = WordTokenizer()
@@ -285,6 +304,8 @@ def run_seed(seed: int, embed: SentenceEmbedder, grammar: CorpusGrammar) -> dict
     distances = pv.sae.min_distances(embed(ref), embed(align))
     scores = {"distance": pv.sae.score_features(sae, a_acts, r_acts, method="distance", ref_distances=distances),
               "difference": pv.sae.score_features(sae, a_acts, r_acts, method="difference")}
+    if app_dir is not None:
+        save_for_app(app_dir, model, tok, sae, align, ref)
 
     # validation prompts: every strength of every method; keep the best within the fluency budget
     sample_seed = 1000 * seed
@@ -330,7 +351,8 @@ def main() -> dict:
     t0 = time.perf_counter()
     grammar = CorpusGrammar(all_sentences())
     embed = SentenceEmbedder()
-    per_seed = [run_seed(s, embed, grammar) for s in RECIPE["seeds"]]
+    # the first seed's model, SAE and sentences also go to app/, for `pyvene-like serve`
+    per_seed = [run_seed(s, embed, grammar, OUT / "app" if i == 0 else None) for i, s in enumerate(RECIPE["seeds"])]
     conditions = list(per_seed[0]["test"])
     summary = {c: {m: spread([r["test"][c][m] for r in per_seed]) for m in METRICS} for c in conditions}
     rates = ("on_topic_rate", "fluent_rate", "fluent_on_topic_rate")

@@ -17,6 +17,7 @@ from .formats import (
     register_sae_format,
     sae_from_openai_state_dict,
     saelens_settings,
+    save_sae,
 )
 from .hooks import hook_to_site, openai_location_to_site
 from .interventions import (

@@ -41,7 +41,7 @@ import torch
 
 from ..errors import ConfigError, LoadError, PyveneLikeWarning, accepted, did_you_mean
 from ..registry import Registry
-from ..validation import check_bool, check_positive_int
+from ..validation import check_bool, check_path, check_positive_int
 from .sae import NORMALIZATIONS, SAE, dtype_from_name
 
 SAELENS_CONFIG = "cfg.json"
@@ -236,6 +236,8 @@ def _load_saelens(src: SAESource, opts: LoadOptions) -> SAE:
             )
     if settings["activation"] == "jumprelu" and "threshold" not in tensors and "log_threshold" in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").exp()  # a TrainingSAE checkpoint
+    if norm_scaling_factor is None and cfg.get("norm_scaling_factor") is not None:
+        norm_scaling_factor = cfg["norm_scaling_factor"]  # written by save_sae
     if settings["normalize_activations"] == "expected_average_only_in":
         if norm_scaling_factor is None:
             warnings.warn(
@@ -270,6 +272,39 @@ def _load_saelens(src: SAESource, opts: LoadOptions) -> SAE:
     except ConfigError as e:
         raise LoadError(f"{cfg_path}: {e}") from None
     return sae.load_weights(tensors, where=str(weights_path))
+
+
+def save_sae(sae: SAE, save_directory: str | os.PathLike) -> Path:
+    """Write ``sae`` in SAELens' layout (``cfg.json`` + ``sae_weights.safetensors``), which
+    :func:`load_sae` (and SAELens) read back: an SAE from :func:`~pyvene_like.sae.train_sae` can be
+    kept, shared on the Hub as a folder, and browsed by ``pyvene-like serve``. Settings SAELens
+    has no field for (``norm_scaling_factor``, a non-default ``layer_norm_eps``) are written
+    under those names and read back by :func:`load_sae`. Returns the folder."""
+    from safetensors.torch import save_file
+
+    if not isinstance(sae, SAE):
+        raise ConfigError(f"save_sae: expected a pyvene_like SAE, got {type(sae).__name__}")
+    folder = check_path(save_directory, "save_sae: save_directory")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"save_sae: save_directory {str(folder)!r} is a file, not a folder")
+    c = sae.config()
+    arch = {"jumprelu": "jumprelu", "topk": "topk"}.get(c["activation"], "standard")
+    cfg = {
+        "architecture": arch, "d_in": c["d_in"], "d_sae": c["d_sae"],
+        "activation_fn": "topk" if c["activation"] == "topk" else "relu",
+        "activation_fn_kwargs": {"k": c["k"]} if c["k"] is not None else {},
+        "apply_b_dec_to_input": c["apply_b_dec_to_input"],
+        "normalize_activations": c["normalize_activations"], "dtype": c["dtype"],
+        "hook_name": c["hook_name"], "metadata": {"hook_name": c["hook_name"], "library": "pyvene_like"},
+        "norm_scaling_factor": c["norm_scaling_factor"], "layer_norm_eps": c["layer_norm_eps"],
+    }
+    if c["k"] is not None:
+        cfg["k"] = c["k"]
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters() if p is not None}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    save_file(tensors, str(folder / SAELENS_WEIGHTS))
+    return folder
 
 
 def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
@@ -327,6 +362,7 @@ def saelens_settings(cfg: dict, where: str = "cfg.json") -> dict:
         "apply_b_dec_to_input": check_bool(cfg.get("apply_b_dec_to_input", True),
                                            f"{where}: apply_b_dec_to_input", error=LoadError),
         "normalize_activations": norm, "hook_name": hook, "dtype": dtype,
+        **({"layer_norm_eps": cfg["layer_norm_eps"]} if cfg.get("layer_norm_eps") is not None else {}),
     }
 
 
