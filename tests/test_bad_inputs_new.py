@@ -5,6 +5,7 @@ was. Each case failed (raw error or silent acceptance) before the checks were ad
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -352,7 +353,8 @@ def test_load_refuses_non_float_or_empty_tensors(result, tmp_path, key, make, ma
     tensors[key] = make(tensors[key]).contiguous()
     save_file(tensors, str(folder / P.PATCHING_WEIGHTS))
     doc = json.loads((folder / P.PATCHING_CONFIG).read_text())
-    doc["weights"].pop("sha256")
+    # the hash of the rewritten file, so that the tensors' own check is what refuses them
+    doc["weights"]["sha256"] = "sha256:" + hashlib.sha256((folder / P.PATCHING_WEIGHTS).read_bytes()).hexdigest()
     (folder / P.PATCHING_CONFIG).write_text(json.dumps(doc))
     with pytest.raises(LoadError, match=match):
         P.PatchingResult.load(folder)
@@ -585,3 +587,23 @@ def test_perplexity_under_a_model_without_logits_names_what_it_needs():
                                intermediate_size=32, max_position_embeddings=16)).eval()
     with pytest.raises(ConfigError, match=r"model must be a causal LM whose output has \.logits .*BertModel returned"):
         F.perplexity(enc, [(torch.tensor([[1, 2, 3, 4]]), 2)])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(library="other"), r"'library' must be \"pyvene_like\""),
+    (lambda d: d.update(library_version=3), r"'library_version' a version string"),
+    (lambda d: d.pop("weights"), r"'weights' must be \{\"file\": 'patching.safetensors', \"sha256\""),
+    (lambda d: d["weights"].pop("sha256"), r"'weights' must be .*got \{'file': 'patching.safetensors'\}"),
+    (lambda d: d["weights"].update(sha256="xyz"), r"'weights' must be .*'sha256': 'xyz'"),
+    (lambda d: d["weights"].update(file="other.safetensors"), r"'weights' must be .*other.safetensors"),
+])
+def test_a_patching_folder_must_say_what_wrote_it_and_the_weights_hash(tmp_path, edit, match):
+    res = P.PatchingResult(torch.zeros(2, 3, 1), ("layer", "position"), {"layer": [0, 1], "position": [0, 1, 2]},
+                           torch.zeros(1), torch.zeros(1), "denoising", "block_output", "exact", None)
+    folder = res.save(tmp_path / "r")
+    P.PatchingResult.load(folder)  # as saved: loads
+    doc = json.loads((folder / "patching.json").read_text())
+    edit(doc)
+    (folder / "patching.json").write_text(json.dumps(doc))
+    with pytest.raises(LoadError, match=match):
+        P.PatchingResult.load(folder)

@@ -275,11 +275,21 @@ class PatchingResult:
         if not isinstance(doc, dict) or doc.get("kind") != "patching_result":
             raise LoadError(f"{where}: not a saved PatchingResult (no \"kind\": \"patching_result\"); "
                             f"give a folder written by PatchingResult.save")
+        if doc.get("library") != "pyvene_like" or not isinstance(doc.get("library_version"), str):
+            raise LoadError(f"{where}: 'library' must be \"pyvene_like\" and 'library_version' a version "
+                            f"string (as PatchingResult.save writes them), got {doc.get('library')!r} and "
+                            f"{doc.get('library_version')!r}")
         check_versions(where, doc, format_version=1)
         axes, labels, tokens = doc.get("axes"), doc.get("labels"), doc.get("tokens")
         _check_fields(where, axes, labels, doc.get("direction"), doc.get("component"), doc.get("method"), tokens,
                       LoadError)
-        weights = doc.get("weights") if isinstance(doc.get("weights"), dict) else {}
+        weights = doc.get("weights")
+        digest = weights.get("sha256") if isinstance(weights, dict) else None
+        hexdigits = digest[len("sha256:"):] if isinstance(digest, str) and digest.startswith("sha256:") else ""
+        if (not isinstance(weights, dict) or weights.get("file") != PATCHING_WEIGHTS or len(hexdigits) != 64
+                or any(c not in "0123456789abcdef" for c in hexdigits)):
+            raise LoadError(f"{where}: 'weights' must be {{\"file\": {PATCHING_WEIGHTS!r}, \"sha256\": \"sha256:<64 "
+                            f"hex digits>\"}} (the hash PatchingResult.save records, checked on load), got {weights!r}")
         tensors = load_tensors(folder / PATCHING_WEIGHTS, caller="PatchingResult.load", sha256=weights.get("sha256"),
                                recorded_in=PATCHING_CONFIG, fix="save the result again")
         _check_tensors(str(folder / PATCHING_WEIGHTS), axes, labels, tensors, LoadError)
