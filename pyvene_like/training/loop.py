@@ -204,6 +204,11 @@ def _positive_or_none(name: str, value, allow_zero: bool = False) -> None:
                           f"got {value!r}")
 
 
+def _all_finite(tensors: list) -> bool:
+    """Whether every tensor holds only finite values (one host sync for all of them)."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class TrainLoop:
     """One training loop, driven by ``step_fn`` and :class:`Callback` s (see the module docstring).
 
@@ -402,12 +407,14 @@ class TrainLoop:
         else:
             acc.backward(loss)
         self._call("on_before_optimizer_step")
-        if self.sync_gradients:
+        # fp16 is left to its loss scaler, which skips steps with inf gradients by design.
+        check_finite = self.sync_gradients and getattr(acc, "mixed_precision", "no") != "fp16"
+        if check_finite:
             self._check_finite_gradients(loss)
         if self.max_grad_norm is not None and self.sync_gradients:
             params = self.clip_parameters
             if params is None:
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                params = self._optimized_parameters()
             if acc is None:
                 torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
             else:
@@ -415,22 +422,20 @@ class TrainLoop:
         # A prepared optimizer only acts on the micro-batch whose gradients sync; the schedule
         # follows the steps it took (fp16's scaler skips a step with inf gradients).
         self.optimizer.step()
-        if self.sync_gradients:
+        if check_finite:
             self._check_finite_parameters(loss)
         if self.scheduler is not None and self.sync_gradients and not getattr(self.optimizer, "step_was_skipped",
                                                                               False):
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _optimized_parameters(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def _check_finite_gradients(self, loss: torch.Tensor) -> None:
         """Refuse a step whose (synced, so same on every process) gradients hold inf or NaN: it
-        would turn the parameters into NaN for the rest of the run with no error. fp16 is left
-        to its loss scaler, which skips such steps by design."""
-        acc = self.accelerator
-        if acc is not None and getattr(acc, "mixed_precision", "no") == "fp16":
-            return
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        would turn the parameters into NaN for the rest of the run with no error."""
+        if _all_finite([p.grad for p in self._optimized_parameters() if p.grad is not None]):
             return
         self.optimizer.zero_grad(set_to_none=True)
         raise TrainingError(
@@ -441,11 +446,7 @@ class TrainLoop:
 
     def _check_finite_parameters(self, loss: torch.Tensor) -> None:
         """Finite gradients times a large learning rate can still overflow the parameters."""
-        acc = self.accelerator
-        if acc is not None and getattr(acc, "mixed_precision", "no") == "fp16":
-            return
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        if _all_finite(self._optimized_parameters()):
             return
         raise TrainingError(
             f"training: the optimizer step {self._where(loss)} made parameters inf or NaN (the "
