@@ -200,9 +200,9 @@ class Intervention(nn.Module):
             return self.prefix_mask(base)
         return self.subspace_mask(subspaces, base)
 
-    def prefix_mask(self, base: torch.Tensor) -> torch.Tensor | None:
+    def prefix_width(self, base: torch.Tensor) -> int | None:
         """pyvene's meaning of ``embed_dim`` for an intervention called directly on wider units:
-        only the first ``embed_dim`` features take part. ``None`` when the units are
+        only the first ``embed_dim`` features take part (returned). ``None`` when the units are
         ``embed_dim`` wide, and always inside an IntervenableModel (:attr:`in_model`): there the
         units are the site's whole width."""
         width = base.shape[-1]
@@ -214,8 +214,15 @@ class Intervention(nn.Module):
                 f"{self.embed_dim}; give units at least embed_dim wide (the first embed_dim "
                 f"features take part)"
             )
-        mask = torch.zeros(width, dtype=torch.bool, device=base.device)
-        mask[: self.embed_dim] = True
+        return self.embed_dim
+
+    def prefix_mask(self, base: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`prefix_width` as a ``[width]`` boolean mask (``None``: every feature)."""
+        n = self.prefix_width(base)
+        if n is None:
+            return None
+        mask = torch.zeros(base.shape[-1], dtype=torch.bool, device=base.device)
+        mask[:n] = True
         return mask
 
     def _table(self, width: int, device) -> torch.Tensor:

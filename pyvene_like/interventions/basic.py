@@ -102,8 +102,8 @@ class CollectIntervention(ConstantSourceIntervention):
     def forward(self, base: torch.Tensor, source: torch.Tensor | None = None,
                 subspaces: Subspaces = None) -> torch.Tensor:
         if subspaces is None:
-            prefix = self.prefix_mask(base)
-            return base if prefix is None else base[..., : self.embed_dim]
+            n = self.prefix_width(base)
+            return base if n is None else base[..., :n]
         # The selected dims, in the order the ids name them (as pyvene returns them).
         dims, cover = self.subspace_dims(subspaces, base)
         index = dims.view(*cover, dims.shape[-1]).expand(*base.shape[:-1], dims.shape[-1])
