@@ -58,6 +58,17 @@ from common import (  # noqa: E402
 )
 
 
+def _block_out(o):
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _chunks(positions, bsz, max_rows):
+    per_chunk = max(1, max_rows // bsz)
+    for lo in range(0, len(positions), per_chunk):
+        chunk = positions[lo:lo + per_chunk]
+        yield chunk, torch.tensor(chunk).repeat_interleave(bsz), len(chunk)
+
+
 def hand_sweep(model, blocks, clean, corrupted, metric, positions, max_rows):
     """The batched sweep written by hand: one clean pass caching every block's output, then per
     layer and chunk of positions one pass of the corrupted batch tiled along the batch, a hook
@@ -65,7 +76,7 @@ def hand_sweep(model, blocks, clean, corrupted, metric, positions, max_rows):
     (what normalises the effects, as the library's sweep returns them)."""
     bsz = clean["input_ids"].shape[0]
     cache = {}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: cache.__setitem__(i, (o[0] if isinstance(o, tuple) else o)))
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: cache.__setitem__(i, _block_out(o)))
                for i, b in enumerate(blocks)]
     try:
         with torch.no_grad():
@@ -75,20 +86,15 @@ def hand_sweep(model, blocks, clean, corrupted, metric, positions, max_rows):
             h.remove()
     with torch.no_grad():  # the unpatched runs' metrics, which normalise the effects
         baselines = metric(model(**clean)), metric(model(**corrupted))
-    per_chunk = max(1, max_rows // bsz)
     out = []
     for i, block in enumerate(blocks):
         vals = []
-        for lo in range(0, len(positions), per_chunk):
-            chunk = positions[lo:lo + per_chunk]
-            k = len(chunk)
-            pos = torch.tensor(chunk).repeat_interleave(bsz)
+        for chunk, pos, k in _chunks(positions, bsz, max_rows):
             rows = torch.arange(k * bsz)
             src = cache[i][:, chunk].transpose(0, 1).reshape(k * bsz, -1)
 
             def put(m, a, o, rows=rows, pos=pos, src=src):
-                x = o[0] if isinstance(o, tuple) else o
-                x[rows, pos] = src
+                _block_out(o)[rows, pos] = src
 
             h = block.register_forward_hook(put)
             try:
@@ -99,17 +105,6 @@ def hand_sweep(model, blocks, clean, corrupted, metric, positions, max_rows):
             vals.append(metric(res).view(k, bsz))
         out.append(torch.cat(vals))
     return torch.stack(out), baselines  # [layers, positions, batch]
-
-
-def _block_out(o):
-    return o[0] if isinstance(o, tuple) else o
-
-
-def _chunks(positions, bsz, max_rows):
-    per_chunk = max(1, max_rows // bsz)
-    for lo in range(0, len(positions), per_chunk):
-        chunk = positions[lo:lo + per_chunk]
-        yield chunk, torch.tensor(chunk).repeat_interleave(bsz), len(chunk)
 
 
 def pyvene_sweep(model, paths, clean, corrupted, metric, positions, max_rows):
@@ -134,9 +129,10 @@ def pyvene_sweep(model, paths, clean, corrupted, metric, positions, max_rows):
     return torch.stack(out)
 
 
-def nnsight_sweep(model, modules_of, clean, corrupted, metric, positions, max_rows):
+def nnsight_sweep(model, modules_of, clean, corrupted, metric, positions, max_rows, tuple_out: bool):
     """nnsight: one clean trace saving each block's output, then per layer and chunk one trace
-    of the tiled corrupted batch writing the clean values at each row's position."""
+    of the tiled corrupted batch writing the clean values at each row's position. ``tuple_out``:
+    whether a block returns a tuple on this transformers version (a proxy cannot be asked)."""
     from nnsight import NNsight
 
     # BERT's blocks have submodules named "output"; nnsight says it renames them, every time.
@@ -148,7 +144,7 @@ def nnsight_sweep(model, modules_of, clean, corrupted, metric, positions, max_ro
     with torch.no_grad(), lm.trace(**clean):
         for b in blocks:
             o = b.output
-            saved.append((o[0] if isinstance(_probe_kind[0], tuple) else o).save())
+            saved.append((o[0] if tuple_out else o).save())
     out = []
     for i, b in enumerate(blocks):
         vals = []
@@ -157,16 +153,12 @@ def nnsight_sweep(model, modules_of, clean, corrupted, metric, positions, max_ro
             src = saved[i][:, chunk].transpose(0, 1).reshape(k * bsz, -1)
             with torch.no_grad(), lm.trace(**{key: v.repeat(k, 1) for key, v in corrupted.items()}):
                 o = b.output
-                x = o[0] if isinstance(_probe_kind[0], tuple) else o
+                x = o[0] if tuple_out else o
                 x[rows, pos] = src
                 res = lm.output.save()
             vals.append(metric(res).view(k, bsz))
         out.append(torch.cat(vals))
     return torch.stack(out)
-
-
-#: what a block returns on this transformers version (a tensor or a tuple), read once by a hook
-_probe_kind: list = [None]
 
 
 def minilm(seed=0):
@@ -217,7 +209,12 @@ def run_case(name, build, bsz, seq, rounds, max_rows, quick, n_positions=None, w
         return attribution_patching(model, clean, metric, corrupted=corrupted, layers=layers, positions=positions)
 
     exact = ours()
-    reference = hand()[0]
+    returns_tuple = []  # what a block returns, seen by the reference run (for nnsight's proxies)
+    h = blocks[0].register_forward_hook(lambda m, a, o: returns_tuple.append(isinstance(o, tuple)))
+    try:
+        reference = hand()[0]
+    finally:
+        h.remove()
     diff = float((exact.per_example - reference).abs().max())
     if diff > 1e-4:
         sys.exit(f"{name}: pyvene_like's sweep differs from the hand-written sweep by {diff}")
@@ -226,14 +223,11 @@ def run_case(name, build, bsz, seq, rounds, max_rows, quick, n_positions=None, w
     stats = compare_attribution(exact, approx, k=10)
     contenders = {"hand_hooks": hand, "pyvene_like": ours}
     peers = {}
-    h = blocks[0].register_forward_hook(lambda m, a, o: _probe_kind.__setitem__(0, o))
-    with torch.no_grad():
-        model(**clean)
-    h.remove()
     paths = [paths_of(model, i) for i in layers]
     for peer, fn in (("pyvene", lambda: pyvene_sweep(model, paths, clean, corrupted, metric, positions, max_rows)),
                      ("nnsight", lambda: nnsight_sweep(model, lambda lm: [modules_of(lm)[i] for i in layers], clean,
-                                                       corrupted, metric, positions, max_rows))):
+                                                       corrupted, metric, positions, max_rows,
+                                                       returns_tuple[0]))):
         try:
             __import__(peer)
         except ImportError:
